@@ -1,0 +1,5 @@
+"""mobilenetv3: train, evaluate, export and serve MobileNetV3 image classifiers."""
+from .models import MobileNetV3, create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["MobileNetV3", "create_model", "list_models", "__version__"]
