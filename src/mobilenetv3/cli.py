@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -16,7 +17,6 @@ EXIT_USER_ERROR = 2
 
 # Subcommands that later work fills in; until then they say so in one line.
 PLANNED = {
-    "train": "train a model (the seed's recipe, resume, torchrun)",
     "eval": "evaluate a checkpoint: top-1/top-5 over every sample",
     "export": "export to ONNX, TorchScript, torch.export or INT8 ONNX, verified",
     "predict": "classify images with a checkpoint or an exported model",
@@ -93,6 +93,56 @@ def _cmd_info_or_list(args: argparse.Namespace) -> int:
     return _cmd_info(args)
 
 
+def _add_train(subparsers) -> None:
+    from .config import Config, field_type, list_presets, section_fields
+
+    p = subparsers.add_parser(
+        "train", help="train a model (the seed's recipe, resume, torchrun)",
+        description="Train a MobileNetV3. Settings come from the defaults, then --config, then the flags given.",
+        epilog=f"presets: {', '.join(list_presets())}. Several processes: torchrun --nproc_per_node=N -m "
+               "mobilenetv3 train ...")
+    p.add_argument("--config", help="a preset name or a YAML file")
+    defaults = Config()
+    for section, f in section_fields():
+        kind = field_type(getattr(defaults, section), f.name)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"] + (f" ({', '.join(f.metadata['choices'])})" if f.metadata.get("choices") else "")
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
+                           help=help_text)
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .engine import NonFiniteLoss
+    from .runner import RunError, prepare_config, train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
+    config = prepare_config(args.config, overrides)
+    try:
+        result = train(config)
+    except (NonFiniteLoss, RunError) as err:
+        print(f"{PROG} train: failed: {_one_line(err)}", file=sys.stderr)
+        return 1
+    if result is None:  # not the main process
+        return 0
+    if result["stopped"]:
+        print(f"stopped at epoch {result['epoch'] + 1}, step {result['step_in_epoch']}; checkpoint saved: "
+              f"{result['checkpoint']}")
+        print(f"resume with: {PROG} train --resume auto --run-dir {result['run_dir']}")
+        return 0
+    if result["top1"] is not None:
+        print(f"final accuracy: top-1 {100 * result['top1']:.2f}%, top-5 {100 * result['top5']:.2f}% "
+              f"on {result['val_count']} validation images")
+    print(f"checkpoint: {result['checkpoint']}")
+    print(f"log: {result['log']}")
+    print(f"run directory: {result['run_dir']} ({result['time'] / 60:.1f} min)")
+    return 0
+
+
 def _cmd_planned(args: argparse.Namespace) -> int:
     print(f"{PROG} {args.command}: not available yet in this version", file=sys.stderr)
     return 1
@@ -106,12 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in PLANNED.items():
         subparsers.add_parser(name, help=help_text, description=help_text).set_defaults(handler=_cmd_planned)
+    _add_train(subparsers)
     _add_info(subparsers)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
     except (UserError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:

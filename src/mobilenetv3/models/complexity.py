@@ -46,7 +46,7 @@ def _row_of(qualified_name: str) -> str:
 
 
 def _operators(model: MobileNetV3) -> dict[str, str]:
-    ops = {"stem": f"conv2d 3x3 s2 hswish", "final_conv": "conv2d 1x1 hswish", "head": "pool, fc hswish, fc"}
+    ops = {"stem": "conv2d 3x3 s2 hswish", "final_conv": "conv2d 1x1 hswish", "head": "pool, fc hswish, fc"}
     for i, cfg in enumerate(model.block_configs):
         se = " SE" if cfg.se else ""
         ops[f"blocks.{i}"] = f"bneck {cfg.kernel}x{cfg.kernel} exp {cfg.expand}{se} {cfg.act} s{cfg.stride}"

@@ -127,6 +127,7 @@ class MobileNetV3(nn.Module):
         self.num_classes = num_classes
 
         self.arch = arch
+        self.backbone_frozen = False  # see freeze_backbone()
         self.block_configs = blocks  # after width scaling; read by the MAdds table
         # Everything needed to rebuild this exact module (checkpoints store it).
         self.model_kwargs = dict(
@@ -153,6 +154,21 @@ class MobileNetV3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def freeze_backbone(self) -> None:
+        """Train only the classifier (linear probing): other parameters stop requiring gradients and
+        their BatchNorm statistics stay fixed, even in ``train()`` mode."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(name.startswith("classifier."))
+        self.backbone_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "MobileNetV3":
+        super().train(mode)
+        if self.backbone_frozen:
+            for module in (self.stem, self.blocks, self.final_conv, self.head_fc):
+                module.eval()
+        return self
 
     def get_classifier(self) -> nn.Module:
         return self.classifier

@@ -1,0 +1,285 @@
+"""Checkpoints, in one place: the format, atomic writes, safe loads, RNG state, pruning.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: loading never runs code from the file. It describes itself
+(model name and constructor kwargs, class names, preprocessing, the resolved config), so
+``mobilenetv3.load_model`` can rebuild the network from the file alone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mobilenetv3.checkpoint/1"
+EPOCH_CHECKPOINT = re.compile(r"mobilenetV3-(\d+)_(\d+)\.pt$")
+
+
+def epoch_checkpoint_name(epoch: int, steps_per_epoch: int) -> str:
+    """The seed's naming, ``mobilenetV3-{epoch}_{steps_per_epoch}``, with PyTorch's extension."""
+    return f"mobilenetV3-{epoch}_{steps_per_epoch}.pt"
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file, fsync, rename, fsync of the folder.
+
+    A process killed at any moment leaves either the old file or the new one, never a torn one.
+    On failure (disk full, read-only folder) the temporary file is removed and the error raised.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """Make ``target`` the same file as ``source`` (a hard link, else a copy), atomically."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_file(path) -> Any:
+    """``torch.load`` with ``weights_only=True``; a clear ``ValueError`` for anything that is not a safe checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: refused to load: it holds Python objects that could run code "
+                         f"({_first_line(err)}); only tensors and plain data are loaded") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as err:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or another format: "
+                         f"{_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint written by this package (``save_checkpoint``); ``ValueError`` for anything else."""
+    state = load_file(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a mobilenetv3 training checkpoint")
+    return state
+
+
+# -------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) generator states as plain data."""
+    np_state = np.random.get_state()
+    state = dict(python=random.getstate(), numpy=[np_state[0], torch.from_numpy(np_state[1].copy()),
+                                                 int(np_state[2]), int(np_state[3]), float(np_state[4])],
+                 torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# --------------------------------------------------------------------------------------- run files
+def prune_epoch_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete the oldest ``mobilenetV3-*`` checkpoints beyond ``keep`` (last.pt and best.pt are separate files)."""
+    found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := EPOCH_CHECKPOINT.match(p.name)))
+    for _, path in found[:-keep] if keep else found:
+        path.unlink(missing_ok=True)
+
+
+def save_safetensors(state_dict: dict, path: Path, metadata: dict[str, str]) -> None:
+    """Weights only, for sharing: ``safetensors`` (no code, no pickle), with the model description as metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def latest_run_checkpoint(run_dir: Path) -> Optional[Path]:
+    last = run_dir / "last.pt"
+    return last if last.is_file() else None
+
+
+# ------------------------------------------------------------------------- weights of any format
+@dataclass
+class Weights:
+    """Weights read from any supported file, in this package's names, with what is known about them."""
+
+    model_name: str
+    model_kwargs: dict
+    state_dict: dict
+    source: str  # "mobilenetv3", "safetensors", "torchvision", "timm", "mindspore"
+    classes: Optional[list] = None
+    preprocessing: Optional[dict] = None
+    checkpoint: Optional[dict] = None  # the whole training checkpoint, when it was one
+
+
+def read_weights(path, ema: bool = False) -> Weights:
+    """Read a checkpoint of ours, safetensors, a torchvision or timm state dict (or training checkpoint),
+    or a MindSpore ``.ckpt``; ``ema=True`` takes the EMA weights of our training checkpoints."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        return _read_mindspore(path)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    content = load_file(path)
+    if isinstance(content, dict) and content.get("format") == FORMAT:
+        if ema and content.get("ema") is None:
+            raise ValueError(f"{path} has no EMA weights (train with --ema-decay to keep them)")
+        return Weights(content["model_name"], dict(content["model_kwargs"]),
+                       content["ema"] if ema else content["model"], "mobilenetv3", content.get("classes"),
+                       content.get("preprocessing"), content)
+    if ema:
+        raise ValueError(f"{path} is not a mobilenetv3 training checkpoint, so it has no EMA weights")
+    for key in ("state_dict", "model"):  # torchvision's and timm's training checkpoints
+        if isinstance(content, dict) and isinstance(content.get(key), dict):
+            content = content[key]
+            break
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ValueError(f"{path}: holds no state dict (a mapping of names to tensors)")
+    return foreign_weights(content, str(path))
+
+
+def foreign_weights(state_dict: dict, source: str) -> Weights:
+    """A state dict in any framework's names -> ``Weights`` (architecture inferred from the shapes)."""
+    from .convert import TORCHVISION_KWARGS, from_timm, from_torchvision
+    from .convert.common import fitting_model
+
+    state_dict = {_strip_wrappers(k): v for k, v in state_dict.items()}
+    if "stem.conv.weight" in state_dict:
+        converted, origin, extra = state_dict, "mobilenetv3", {}
+    elif "features.0.0.weight" in state_dict:
+        converted, origin, extra = from_torchvision(state_dict), "torchvision", dict(TORCHVISION_KWARGS)
+    elif "conv_stem.weight" in state_dict:
+        converted, origin, extra = from_timm(state_dict), "timm", {}
+    else:
+        first = next(iter(state_dict), "nothing")
+        raise ValueError(f"{source}: not MobileNetV3 weights of a known layout (first tensor {first!r})")
+    try:
+        model = fitting_model(converted, extra)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    return Weights(model.model_name, dict(model.model_kwargs), converted, origin)
+
+
+def _strip_wrappers(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def _read_safetensors(path: Path) -> Weights:
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as load_safetensors
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_safetensors(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+    if "model_name" in metadata:
+        return Weights(metadata["model_name"], json.loads(metadata["model_kwargs"]), tensors, "safetensors",
+                       json.loads(metadata.get("classes", "null")), json.loads(metadata.get("preprocessing", "null")))
+    return foreign_weights(tensors, str(path))
+
+
+def _read_mindspore(path: Path) -> Weights:
+    from .convert import mindspore
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        converted = mindspore.from_mindspore(mindspore.read_ckpt(path))
+    except ValueError as err:
+        message = str(err)
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    return Weights(converted.model_name, converted.model_kwargs, converted.state_dict, "mindspore")
+
+
+def load_model(path, ema: bool = False, **overrides) -> torch.nn.Module:
+    """Build the network stored in ``path`` (any format ``read_weights`` reads), in eval mode.
+
+    ``overrides`` change constructor arguments that do not alter the weights' shapes (``dropout``,
+    ``bn_eps``, ...). The returned model carries ``classes`` and ``preprocessing`` when the file has them.
+    """
+    from .convert import check_shapes
+    from .models import create_model
+
+    weights = read_weights(path, ema=ema)
+    model = create_model(weights.model_name, **dict(weights.model_kwargs, **overrides))
+    try:
+        check_shapes(weights.state_dict, model)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    model.load_state_dict(weights.state_dict)
+    model.classes = weights.classes
+    model.preprocessing = weights.preprocessing
+    return model.eval()

@@ -1,0 +1,257 @@
+"""Training configuration: typed dataclasses, YAML presets, flag overrides, plain-dict round trips.
+
+Defaults live here and only here. A run's configuration is resolved in three layers: these
+defaults, then a YAML preset (``configs/<name>.yaml`` or a path), then command-line flags. The CLI
+builds one flag per field from the ``help`` metadata below (``--batch-size``, ``--lr``, ...).
+"""
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/ (editable installs)
+
+
+def _f(default: Any, help: str, choices: Optional[tuple] = None):
+    return field(default=default, metadata=dict(help=help, choices=choices))
+
+
+@dataclass
+class ModelConfig:
+    model: str = _f("mobilenetv3_small", "model name (mobilenetv3_large, mobilenetv3_small)")
+    num_classes: Optional[int] = _f(None, "classifier outputs (default: the dataset's class count)")
+    width_mult: float = _f(1.0, "width multiplier")
+    dropout: float = _f(0.2, "dropout before the classifier (the seed: 0)")
+    head_channels: Optional[int] = _f(None, "hidden head width (default 1280 Large, 1024 Small; the seed: 1280)")
+    in_chans: Optional[int] = _f(None, "input channels (default: the dataset's, 1 for grayscale)")
+    bn_eps: float = _f(1e-5, "BatchNorm eps")
+    bn_momentum: float = _f(0.1, "BatchNorm momentum (PyTorch convention; MindSpore's 0.9 is 0.1 here)")
+    pretrained: Optional[str] = _f(None, "initialise from these weights (any format; a different class count "
+                                         "resets the classifier)")
+    freeze_backbone: bool = _f(False, "train only the classifier (linear probing)")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("fashion-mnist", "dataset format", ("fashion-mnist", "mnist", "cifar10", "imagenet",
+                                                           "synthetic"))
+    data_path: Optional[str] = _f(None, "dataset folder (fashion-mnist: found in /usr/share/datasets if omitted)")
+    download: bool = _f(False, "download fashion-mnist/mnist/cifar10 with torchvision if absent (needs internet)")
+    transform: str = _f("small", "augmentation preset", ("small", "seed-cifar10", "seed-imagenet", "none"))
+    image_size: int = _f(32, "train/eval image size in pixels")
+    eval_resize: Optional[int] = _f(None, "resize before the eval center crop (default: image_size / 0.875 for "
+                                          "seed-imagenet, image_size otherwise)")
+    interpolation: str = _f("bilinear", "resize interpolation", ("bilinear", "bicubic", "nearest"))
+    cutout: Optional[int] = _f(None, "CutOut hole size in pixels (seed-cifar10 default: 112 at 224, scaled)")
+    auto_augment: Optional[str] = _f(None, "extra augmentation", ("randaugment", "trivialaugment"))
+    random_erasing: float = _f(0.0, "RandomErasing probability")
+    mixup_alpha: float = _f(0.0, "mixup alpha (0: off)")
+    cutmix_alpha: float = _f(0.0, "cutmix alpha (0: off)")
+    batch_size: int = _f(128, "batch size per process")
+    eval_batch_size: Optional[int] = _f(None, "evaluation batch size per process (default: 2 x batch size)")
+    workers: Optional[int] = _f(None, "data-loading worker processes (default: from the CPU count)")
+    skip_bad_images: bool = _f(False, "skip unreadable images (counted in the log) instead of stopping")
+    synthetic_samples: int = _f(512, "synthetic dataset: images per split (train; eval gets a quarter)")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = _f("sgd", "optimizer", ("sgd", "rmsprop", "adamw"))
+    lr: float = _f(0.1, "peak learning rate at --lr-reference-batch")
+    lr_reference_batch: Optional[int] = _f(None, "global batch that --lr is given for; the LR scales linearly "
+                                                 "with the real global batch (default: no scaling)")
+    lr_init: float = _f(0.0, "learning rate at the first warmup step")
+    lr_end: float = _f(0.0, "learning rate at the last step")
+    warmup_epochs: float = _f(5.0, "linear warmup length in epochs")
+    epochs: int = _f(120, "training epochs")
+    momentum: float = _f(0.9, "SGD/RMSProp momentum")
+    weight_decay: float = _f(1e-4, "weight decay (never on BatchNorm weights)")
+    decay_bias: bool = _f(True, "apply weight decay to biases too, as the seed does")
+    label_smoothing: float = _f(0.1, "label smoothing epsilon")
+    smoothing: str = _f("seed", "seed: off-value e/(N-1) as MindSpore; torch: PyTorch's e/N", ("seed", "torch"))
+    grad_clip: Optional[float] = _f(None, "clip the gradient norm to this value")
+
+
+@dataclass
+class RunConfig:
+    run_dir: Optional[str] = _f(None, "run directory (default: runs/<config>-<time>)")
+    resume: Optional[str] = _f(None, "continue from a checkpoint: a path, or 'auto' for the run's last.pt")
+    seed: int = _f(1, "seed for Python, NumPy, torch and every data-loader worker")
+    deterministic: bool = _f(False, "use PyTorch's deterministic algorithms")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    amp: str = _f("none", "mixed precision", ("none", "bf16", "fp16"))
+    channels_last: bool = _f(False, "channels-last memory format")
+    compile: bool = _f(False, "torch.compile the model")
+    sync_bn: bool = _f(False, "SyncBatchNorm across GPUs (distributed GPU runs only)")
+    ema_decay: Optional[float] = _f(None, "keep an exponential moving average of the weights with this decay")
+    eval_every: int = _f(1, "validate every N epochs (0: only at the end)")
+    save_every: int = _f(1, "save a checkpoint every N epochs")
+    save_every_steps: Optional[int] = _f(None, "also save last.pt every N steps")
+    keep_checkpoint_max: int = _f(10, "epoch checkpoints to keep (last.pt and best.pt are kept apart)")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    name: str = "custom"  # the preset it came from; names the run directory
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        config = cls()
+        config.update(values)
+        return config
+
+    def update(self, values: dict, source: str = "config") -> None:
+        """Set fields from ``{"section": {"field": value}}`` or flat ``{"field": value}``; unknown keys are errors."""
+        for key, value in values.items():
+            if key == "name":
+                self.name = str(value)
+            elif key in SECTIONS and isinstance(value, dict):
+                for sub_key, sub_value in value.items():
+                    self._set(SECTIONS[key], sub_key, sub_value, source)
+            elif key in FIELD_SECTION:
+                self._set(FIELD_SECTION[key], key, value, source)
+            else:
+                raise ValueError(f"{source}: unknown setting {key!r}")
+
+    def _set(self, section: str, key: str, value: Any, source: str) -> None:
+        section_obj = getattr(self, section)
+        if key not in {f.name for f in fields(section_obj)}:
+            raise ValueError(f"{source}: unknown setting {section}.{key}")
+        setattr(section_obj, key, coerce(section_obj, key, value, source))
+
+
+SECTIONS = {"model": "model", "data": "data", "optim": "optim", "run": "run"}
+FIELD_SECTION = {f.name: section for section in SECTIONS for f in fields(getattr(Config(), section))}
+
+
+def section_fields():
+    """(section name, dataclass field) for every setting, in declaration order."""
+    config = Config()
+    for section in SECTIONS:
+        for f in fields(getattr(config, section)):
+            yield section, f
+
+
+def field_type(section_obj, name: str) -> type:
+    """The base type of a field (``Optional[int]`` -> ``int``)."""
+    hint = typing.get_type_hints(type(section_obj))[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def coerce(section_obj, key: str, value: Any, source: str) -> Any:
+    """Check a value's type and choices; YAML/CLI strings like '1e-4' become numbers."""
+    meta = next(f for f in fields(section_obj) if f.name == key).metadata
+    kind = field_type(section_obj, key)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and kind is not str):
+        if typing.get_type_hints(type(section_obj))[key] is kind:  # not Optional
+            raise ValueError(f"{source}: {key} cannot be empty")
+        return None
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif kind is float:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        else:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: {key} must be a {kind.__name__}, got {value!r}") from None
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ValueError(f"{source}: {key} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    return value
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(preset: Optional[str] = None, overrides: Optional[dict] = None) -> Config:
+    """Defaults, then a preset (a name from ``list_presets()`` or a YAML path), then ``overrides``."""
+    config = Config()
+    if preset:
+        path = Path(preset)
+        if not path.suffix:
+            path = CONFIG_DIR / f"{preset}.yaml"
+            if not path.is_file():
+                raise ValueError(f"unknown config {preset!r}; presets: {', '.join(list_presets())} (or a YAML path)")
+        config.update(_read_yaml(path), source=str(path))
+        config.name = path.stem
+    if overrides:
+        config.update(overrides, source="flag")
+    validate(config)
+    return config
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of settings")
+    return values
+
+
+def validate(config: Config) -> None:
+    """Range checks that types alone do not catch; one clear ValueError for the first problem."""
+    m, d, o, r = config.model, config.data, config.optim, config.run
+    checks = [
+        (d.batch_size >= 1, f"batch_size must be at least 1, got {d.batch_size}"),
+        (d.eval_batch_size is None or d.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
+        (d.image_size >= 16, f"image_size must be at least 16, got {d.image_size}"),
+        (d.workers is None or d.workers >= 0, "workers must be 0 or more"),
+        (0 <= d.random_erasing <= 1, "random_erasing must be a probability in [0, 1]"),
+        (d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "mixup_alpha and cutmix_alpha must be 0 or more"),
+        (d.synthetic_samples >= 1, "synthetic_samples must be at least 1"),
+        (o.lr > 0, f"lr must be positive, got {o.lr}"),
+        (o.lr_init >= 0 and o.lr_end >= 0, "lr_init and lr_end must be 0 or more"),
+        (o.epochs >= 1, f"epochs must be at least 1, got {o.epochs}"),
+        (0 <= o.warmup_epochs <= o.epochs, f"warmup_epochs must be in [0, epochs], got {o.warmup_epochs}"),
+        (0 <= o.momentum < 1, f"momentum must be in [0, 1), got {o.momentum}"),
+        (o.weight_decay >= 0, f"weight_decay must be 0 or more, got {o.weight_decay}"),
+        (0 <= o.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {o.label_smoothing}"),
+        (o.grad_clip is None or o.grad_clip > 0, "grad_clip must be positive"),
+        (o.lr_reference_batch is None or o.lr_reference_batch >= 1, "lr_reference_batch must be at least 1"),
+        (r.ema_decay is None or 0 < r.ema_decay < 1, f"ema_decay must be in (0, 1), got {r.ema_decay}"),
+        (r.eval_every >= 0 and r.save_every >= 1, "eval_every must be 0 or more and save_every at least 1"),
+        (r.save_every_steps is None or r.save_every_steps >= 1, "save_every_steps must be at least 1"),
+        (r.keep_checkpoint_max >= 1, "keep_checkpoint_max must be at least 1"),
+        (m.num_classes is None or m.num_classes >= 1, f"num_classes must be at least 1, got {m.num_classes}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def replace(config: Config, **sections: dict) -> Config:
+    """A copy with some fields changed: ``replace(cfg, optim=dict(epochs=2))``."""
+    copy = Config.from_dict(config.to_dict())
+    copy.update(sections)
+    return copy
+

@@ -1,0 +1,208 @@
+"""Data loaders: batches are requested whole, each with its own seed.
+
+The sampler yields ``BatchRequest(indices, seed)``; a batch dataset turns one request into one
+``Batch`` (augmented in a worker process, or in the main process with ``workers=0``). Because the
+randomness of a batch depends only on (seed, epoch, batch index, rank), a run resumed in the middle
+of an epoch sees exactly the batches an uninterrupted run would, whatever the worker count.
+
+Training order comes from ``DistributedSampler`` (one process is a world of size 1). Evaluation
+shards ``range(rank, N, world_size)`` without padding, so every sample is scored exactly once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import Dataset as TorchDataset
+
+from .datasets import Dataset, ImageFiles, InMemoryImages
+from .transforms import BatchAugment, Preprocessing, Recipe, image_transform
+
+log = logging.getLogger(__name__)
+
+
+class BatchRequest(NamedTuple):
+    indices: list[int]
+    seed: int
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # (B, C, H, W) float32, normalised
+    labels: torch.Tensor  # (B,) int64, or (B, num_classes) float32 with mixup/cutmix
+    skipped: int  # unreadable images left out (with skip_bad_images)
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class TrainBatches(Sampler):
+    """Shuffled batches of this process's share of an epoch; ``set_epoch(epoch, start_batch)`` to resume."""
+
+    def __init__(self, dataset_size: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 drop_last: bool = True):
+        self.order = DistributedSampler(range(dataset_size), num_replicas=world_size, rank=rank, shuffle=True,
+                                        seed=seed)
+        self.batch_size, self.rank, self.seed, self.drop_last = batch_size, rank, seed, drop_last
+        self.epoch, self.start_batch = 0, 0
+        if len(self) == 0:
+            raise ValueError(f"the training set has {dataset_size} images, fewer than one batch of {batch_size} "
+                             f"per process; lower --batch-size")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        per_rank = self.order.num_samples
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self):
+        self.order.set_epoch(self.epoch)
+        indices = list(self.order)
+        for batch in range(self.start_batch, len(self)):
+            chunk = indices[batch * self.batch_size:(batch + 1) * self.batch_size]
+            yield BatchRequest(chunk, batch_seed(self.seed, self.epoch, batch, self.rank))
+
+
+class EvalBatches(Sampler):
+    """Samples ``rank, rank + world_size, ...`` in order, in batches; no padding, no drop."""
+
+    def __init__(self, dataset_size: int, batch_size: int, *, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, dataset_size, world_size))
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.indices), self.batch_size):
+            yield BatchRequest(self.indices[start:start + self.batch_size], 0)
+
+
+class MixCut:
+    """mixup and/or cutmix (torchvision's batch transforms; one picked per batch when both are on)."""
+
+    def __init__(self, mixup_alpha: float, cutmix_alpha: float, num_classes: int):
+        from torchvision.transforms import v2
+
+        ops = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha else []) + \
+              ([v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha else [])
+        self.op = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+    def __call__(self, images, labels, generator: torch.Generator):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            return self.op(images, labels)
+
+
+class InMemoryBatches(TorchDataset):
+    """Turns a ``BatchRequest`` into an augmented batch of an in-memory dataset, all samples at once."""
+
+    def __init__(self, data: InMemoryImages, augment: BatchAugment, mix: Optional[MixCut] = None):
+        self.data, self.augment, self.mix = data, augment, mix
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, request: BatchRequest) -> Batch:
+        generator = torch.Generator().manual_seed(request.seed)
+        index = torch.as_tensor(request.indices, dtype=torch.int64)
+        images, labels = self.augment(self.data.images[index], generator), self.data.labels[index]
+        if self.mix is not None:
+            images, labels = self.mix(images, labels, generator)
+        return Batch(images, labels, 0)
+
+
+def load_image(path: str, channels: int):
+    """Decode an image file fully; grayscale, palette, RGBA and CMYK become RGB (or L for 1 channel)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "PA", "LA", "RGBA", "I;16", "I", "F") and channels == 3:
+                image = image.convert("RGBA").convert("RGB") if "A" in image.mode or image.mode == "P" \
+                    else image.convert("RGB")
+            return image.convert("RGB" if channels == 3 else "L")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable image ({' '.join(str(err).split())})") from None
+
+
+class FileBatches(TorchDataset):
+    """Turns a ``BatchRequest`` into a batch of decoded, transformed image files."""
+
+    def __init__(self, data: ImageFiles, transform, augment: BatchAugment, channels: int,
+                 skip_bad_images: bool = False, mix: Optional[MixCut] = None):
+        self.data, self.transform, self.augment, self.mix = data, transform, augment, mix
+        self.channels, self.skip_bad_images = channels, skip_bad_images
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, request: BatchRequest) -> Batch:
+        generator = torch.Generator().manual_seed(request.seed)
+        seeds = torch.randint(0, 2**62, (len(request.indices),), generator=generator).tolist()
+        images, labels, skipped = [], [], 0
+        with torch.random.fork_rng(devices=[]):
+            for index, seed in zip(request.indices, seeds):
+                path, label = self.data.samples[index]
+                try:
+                    image = load_image(path, self.channels)
+                except ValueError:
+                    if not self.skip_bad_images:
+                        raise
+                    log.warning("skipping unreadable image %s", path)
+                    skipped += 1
+                    continue
+                torch.manual_seed(seed)
+                images.append(self.transform(image))
+                labels.append(label)
+        if not images:
+            size = self.augment.pre.crop
+            return Batch(torch.empty(0, self.channels, size, size), torch.empty(0, dtype=torch.int64), skipped)
+        batch = self.augment.after_normalize(torch.stack(images), generator)
+        targets = torch.tensor(labels, dtype=torch.int64)
+        if self.mix is not None:
+            batch, targets = self.mix(batch, targets, generator)
+        return Batch(batch, targets, skipped)
+
+
+def default_workers(world_size: int = 1) -> int:
+    """One worker per spare core: the training step keeps the rest busy (the seed's fixed 8 crashed on 2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // max(1, world_size) - 1))
+
+
+def build_loader(data: Dataset, recipe: Recipe, preprocessing: Preprocessing, *, train: bool, batch_size: int,
+                 rank: int = 0, world_size: int = 1, seed: int = 0, workers: Optional[int] = None,
+                 pin_memory: bool = False, skip_bad_images: bool = False, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, num_classes: int = 0) -> DataLoader:
+    """A DataLoader of ``Batch`` for training (shuffled, drop_last) or evaluation (every sample once)."""
+    augment = BatchAugment(recipe, preprocessing, train=train)
+    mix = MixCut(mixup_alpha, cutmix_alpha, num_classes) if train and (mixup_alpha or cutmix_alpha) else None
+    if isinstance(data, InMemoryImages):
+        batches: TorchDataset = InMemoryBatches(data, augment, mix)
+    else:
+        batches = FileBatches(data, image_transform(recipe, preprocessing, train), augment, preprocessing.in_chans,
+                              skip_bad_images, mix)
+    if train:
+        sampler: Sampler = TrainBatches(len(data), batch_size, rank=rank, world_size=world_size, seed=seed)
+    else:
+        sampler = EvalBatches(len(data), batch_size, rank=rank, world_size=world_size)
+    workers = default_workers(world_size) if workers is None else workers
+    return DataLoader(batches, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0, worker_init_fn=_seed_worker,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def _seed_worker(worker_id: int) -> None:
+    """NumPy and ``random`` in each worker follow torch's per-worker seed (which follows --seed)."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

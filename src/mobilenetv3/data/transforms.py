@@ -1,0 +1,329 @@
+"""Named augmentation presets, run on whole uint8 batches (in-memory data) or per image (image files).
+
+A preset is a ``Recipe`` (what to do in training) plus a ``Preprocessing`` (the eval protocol:
+resize, center crop, interpolation, mean/std, channels), which is saved with checkpoints and
+recorded with every result. Two executors run a recipe:
+
+- ``BatchAugment`` works on a whole (B, C, H, W) uint8 batch with vectorised per-sample random
+  crops, flips, colour jitter, cutout and erasing, drawing from one ``torch.Generator`` per batch.
+  This is what keeps a 2-core CPU from being data-bound on CIFAR and Fashion-MNIST.
+- ``image_transform`` builds torchvision ``transforms.v2`` pipelines for decoded image files.
+
+Presets:
+- ``seed-imagenet``: RandomResizedCrop(size, scale 0.08-1, ratio 3/4-4/3), flip, ColorJitter(0.4, 0.4,
+  0.4), ImageNet mean/std; eval Resize(size / 0.875) + CenterCrop(size), i.e. 256/224.
+- ``seed-cifar10``: RandomCrop(32, pad 4), flip, ColorJitter(0.4, 0.4, 0.4), Resize(size), the seed's
+  CIFAR mean/std, CutOut (112 at 224 px, scaled); eval Resize(size).
+- ``small``: for 28-32 px images kept small: RandomCrop(pad size/8), flip; eval Resize(size).
+- ``none``: the eval protocol for training too (tests, debugging).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+PRESETS = ("small", "seed-cifar10", "seed-imagenet", "none")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The eval protocol: resize the shorter side to ``resize``, center-crop ``crop``, normalise."""
+
+    resize: int
+    crop: int
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_chans: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Preprocessing":
+        return cls(int(values["resize"]), int(values["crop"]), str(values["interpolation"]),
+                   tuple(values["mean"]), tuple(values["std"]), int(values["in_chans"]))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training augmentation; zero or None switches a step off."""
+
+    size: int
+    random_resized_crop: bool = False  # else: resize to ``size``
+    pad_crop: int = 0  # RandomCrop at the native size with this padding, before resizing
+    hflip: bool = True
+    color_jitter: float = 0.0  # brightness = contrast = saturation strength
+    cutout: int = 0  # square hole side in pixels at ``size``
+    auto_augment: Optional[str] = None  # "randaugment" or "trivialaugment"
+    random_erasing: float = 0.0
+
+
+def build_preset(name: str, size: int, mean, std, in_chans: int, native_size: Optional[int] = None, *,
+                 eval_resize: Optional[int] = None, interpolation: str = "bilinear", cutout: Optional[int] = None,
+                 hflip: bool = True, auto_augment: Optional[str] = None,
+                 random_erasing: float = 0.0) -> tuple[Recipe, Preprocessing]:
+    """The recipe and eval protocol of preset ``name`` at ``size`` px for data of ``native_size`` px."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown transform preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    mean, std = _match_channels(mean, in_chans), _match_channels(std, in_chans)
+    extra = dict(auto_augment=auto_augment, random_erasing=random_erasing, hflip=hflip)
+    if name == "seed-imagenet":
+        recipe = Recipe(size, random_resized_crop=True, color_jitter=0.4, **extra)
+        resize = eval_resize or int(round(size / 0.875))
+    elif name == "seed-cifar10":
+        hole = cutout if cutout is not None else round(112 * size / 224)
+        recipe = Recipe(size, pad_crop=round((native_size or 32) / 8), color_jitter=0.4, cutout=hole, **extra)
+        resize = eval_resize or size
+    elif name == "small":
+        recipe = Recipe(size, pad_crop=round((native_size or size) / 8), cutout=cutout or 0, **extra)
+        resize = eval_resize or size
+    else:  # "none"
+        recipe = Recipe(size, hflip=False)
+        resize = eval_resize or size
+    return recipe, Preprocessing(resize, size, interpolation, mean, std, in_chans)
+
+
+def _match_channels(values, in_chans: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    return (sum(v * w for v, w in zip(values, (0.299, 0.587, 0.114))),) if in_chans == 1 else values[:in_chans]
+
+
+# ------------------------------------------------------------------------------ batch operations
+def to_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """(B, C, H, W) with C in {1, 3} -> (B, in_chans, H, W): gray is repeated, RGB becomes luma."""
+    channels = images.shape[1]
+    if channels == in_chans:
+        return images
+    if channels == 1:
+        return images.expand(-1, in_chans, -1, -1)
+    if in_chans == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(images.dtype)
+    raise ValueError(f"cannot turn {channels}-channel images into {in_chans} channels")
+
+
+def pad_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """RandomCrop(size=H, padding) per sample: zero-pad, then take an H x W window at a random offset."""
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    rows = (top[:, None] + torch.arange(height))[:, :, None]  # (B, H, 1)
+    cols = (left[:, None] + torch.arange(width))[:, None, :]  # (B, 1, W)
+    out = padded.permute(0, 2, 3, 1)[torch.arange(batch)[:, None, None], rows, cols]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def hflip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], generator=generator) < p
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Generator,
+                        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """torchvision's RandomResizedCrop box sampling (10 tries, then a center crop) per sample,
+    cropped and resized bilinearly for the whole batch at once with ``roi_align``. Float in, float out."""
+    from torchvision.ops import roi_align
+
+    batch, _, height, width = images.shape
+    area = height * width
+    tries = 10
+    target = area * torch.empty(batch, tries).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(batch, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    valid = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = torch.where(valid.any(1), valid.float().argmax(1), torch.full((batch,), -1))
+    pick = first.clamp(min=0)
+    w, h = w[torch.arange(batch), pick], h[torch.arange(batch), pick]
+    # Fallback (no valid try), as torchvision: the whole image, cut to the nearest ratio in range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    fallback = first < 0
+    w = torch.where(fallback, torch.tensor(float(fw)), w)
+    h = torch.where(fallback, torch.tensor(float(fh)), h)
+    top = torch.floor(torch.rand(batch, generator=generator) * (height - h + 1))
+    left = torch.floor(torch.rand(batch, generator=generator) * (width - w + 1))
+    top = torch.where(fallback, torch.floor((height - h) / 2), top)
+    left = torch.where(fallback, torch.floor((width - w) / 2), left)
+    boxes = torch.stack([torch.arange(batch, dtype=torch.float32), left, top, left + w, top + h], 1)
+    return roi_align(images, boxes, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=False)
+
+
+def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation factors in [1 - s, 1 + s] per sample; images float in [0, 1]."""
+    batch = images.shape[0]
+    factors = torch.empty(3, batch, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=generator)
+    images = (images * factors[0]).clamp(0, 1)
+    gray = _gray(images)
+    images = (images - gray.mean((1, 2, 3), keepdim=True)) * factors[1] + gray.mean((1, 2, 3), keepdim=True)
+    images = images.clamp(0, 1)
+    if images.shape[1] == 3:
+        gray = _gray(images)
+        images = ((images - gray) * factors[2] + gray).clamp(0, 1)
+    return images
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    if images.shape[1] == 1:
+        return images
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
+def _box_masks(batch: int, height: int, width: int, box_h: torch.Tensor, box_w: torch.Tensor,
+               generator: torch.Generator) -> torch.Tensor:
+    """(B, 1, H, W) bool masks of one box per sample at a random position inside the image."""
+    top = torch.floor(torch.rand(batch, generator=generator) * (height - box_h + 1))
+    left = torch.floor(torch.rand(batch, generator=generator) * (width - box_w + 1))
+    rows = torch.arange(height).view(1, -1, 1)
+    cols = torch.arange(width).view(1, 1, -1)
+    inside = (rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1)) \
+        & (cols >= left.view(-1, 1, 1)) & (cols < (left + box_w).view(-1, 1, 1))
+    return inside[:, None]
+
+
+def cutout(images: torch.Tensor, hole: int, generator: torch.Generator) -> torch.Tensor:
+    """The seed's CutOut: zero one hole x hole square per image (after normalising: the mean colour)."""
+    batch, _, height, width = images.shape
+    hole_h, hole_w = torch.full((batch,), float(min(hole, height))), torch.full((batch,), float(min(hole, width)))
+    return images.masked_fill(_box_masks(batch, height, width, hole_h, hole_w, generator), 0.0)
+
+
+def random_erasing(images: torch.Tensor, p: float, generator: torch.Generator,
+                   scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> torch.Tensor:
+    """RandomErasing per sample with probability ``p``: one box of random area and aspect set to 0."""
+    batch, _, height, width = images.shape
+    area = height * width * torch.empty(batch).uniform_(*scale, generator=generator)
+    aspect = torch.exp(torch.empty(batch).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
+    box_h = torch.sqrt(area * aspect).round().clamp(1, height)
+    box_w = torch.sqrt(area / aspect).round().clamp(1, width)
+    masks = _box_masks(batch, height, width, box_h, box_w, generator)
+    masks &= (torch.rand(batch, generator=generator) < p).view(-1, 1, 1, 1)
+    return images.masked_fill(masks, 0.0)
+
+
+def resize(images: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
+    """Float (B, C, H, W) -> (B, C, size, size) for square inputs; shorter side to ``size`` otherwise."""
+    height, width = images.shape[-2:]
+    if min(height, width) == size and height == width:
+        return images
+    scale = size / min(height, width)
+    out_size = (max(size, round(height * scale)), max(size, round(width * scale)))
+    antialias = interpolation in ("bilinear", "bicubic") and scale < 1
+    align = False if interpolation in ("bilinear", "bicubic") else None
+    return F.interpolate(images, size=out_size, mode=interpolation, align_corners=align, antialias=antialias)
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return images[..., top:top + size, left:left + size]
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def _auto_augment(images: torch.Tensor, name: str, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandAugment / TrivialAugmentWide, one draw per image, seeded from the batch."""
+    from torchvision.transforms import v2
+
+    op = v2.RandAugment() if name == "randaugment" else v2.TrivialAugmentWide()
+    seeds = torch.randint(0, 2**62, (images.shape[0],), generator=generator)
+    out = torch.empty_like(images)
+    with torch.random.fork_rng(devices=[]):
+        for i, seed in enumerate(seeds.tolist()):
+            torch.manual_seed(seed)
+            out[i] = op(images[i])
+    return out
+
+
+# --------------------------------------------------------------------------------------- executors
+class BatchAugment:
+    """Runs a ``Recipe`` (``train=True``) or the eval protocol on a (B, C, H, W) uint8 batch.
+
+    Returns normalised float32 (B, in_chans, crop, crop). Randomness comes only from ``generator``.
+    """
+
+    def __init__(self, recipe: Recipe, preprocessing: Preprocessing, train: bool):
+        self.recipe, self.pre, self.train = recipe, preprocessing, train
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        r, pre = self.recipe, self.pre
+        images = to_channels(images, pre.in_chans)
+        if not self.train:
+            images = resize(images.float() / 255, pre.resize, pre.interpolation)
+            return normalize(center_crop(images, pre.crop).contiguous(), pre.mean, pre.std)
+        if r.auto_augment:
+            images = _auto_augment(images, r.auto_augment, generator)
+        if r.pad_crop:
+            images = pad_crop(images, r.pad_crop, generator)
+        if r.hflip:
+            images = hflip(images, generator)
+        images = images.float() / 255
+        if r.random_resized_crop:
+            images = random_resized_crop(images, r.size, generator)
+        if r.color_jitter:
+            images = color_jitter(images, r.color_jitter, generator)
+        if not r.random_resized_crop:
+            images = center_crop(resize(images, r.size, pre.interpolation), r.size)
+        return self.after_normalize(normalize(images.contiguous(), pre.mean, pre.std), generator)
+
+    def after_normalize(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The steps on normalised images (shared with the per-image path): cutout, random erasing."""
+        if not self.train:
+            return images
+        if self.recipe.cutout:
+            images = cutout(images, self.recipe.cutout, generator)
+        if self.recipe.random_erasing:
+            images = random_erasing(images, self.recipe.random_erasing, generator)
+        return images
+
+
+def image_transform(recipe: Recipe, preprocessing: Preprocessing, train: bool):
+    """torchvision v2 pipeline for one decoded PIL image -> normalised float (in_chans, crop, crop).
+
+    Cutout and random erasing run afterwards on the batch (``BatchAugment.after_normalize``).
+    """
+    from torchvision.transforms import InterpolationMode, v2
+
+    interpolation = InterpolationMode(preprocessing.interpolation)
+    steps = []
+    if not train:
+        steps += [v2.Resize(preprocessing.resize, interpolation=interpolation, antialias=True),
+                  v2.CenterCrop(preprocessing.crop)]
+    else:
+        if recipe.random_resized_crop:
+            steps.append(v2.RandomResizedCrop(recipe.size, interpolation=interpolation, antialias=True))
+        else:
+            steps += [v2.Resize(recipe.size, interpolation=interpolation, antialias=True), v2.CenterCrop(recipe.size)]
+            if recipe.pad_crop:
+                steps.append(v2.RandomCrop(recipe.size, padding=round(recipe.pad_crop * recipe.size / 32)))
+        if recipe.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if recipe.color_jitter:
+            strength = recipe.color_jitter
+            steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
+        if recipe.auto_augment:
+            steps.append(v2.RandAugment() if recipe.auto_augment == "randaugment" else v2.TrivialAugmentWide())
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+              v2.Normalize(list(preprocessing.mean), list(preprocessing.std))]
+    return v2.Compose(steps)

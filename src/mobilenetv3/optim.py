@@ -1,0 +1,113 @@
+"""Parameter groups, optimizers, the seed's warmup-cosine schedule and its loss."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_bias: bool = True) -> list[dict]:
+    """Two groups: decayed and not. BatchNorm weights and biases are never decayed (MindSpore's default
+    filter skips names with ``gamma``/``beta``); other biases are decayed unless ``decay_bias=False``."""
+    norm_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   for p in m.parameters(recurse=False)}
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_bias = name.endswith(".bias")
+        (no_decay if id(param) in norm_params or (is_bias and not decay_bias) else decay).append(param)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def build_optimizer(name: str, groups: Iterable[dict], lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``sgd``: the seed's Momentum (PyTorch's SGD has the same update, v = m*v + g; w -= lr*v);
+    ``rmsprop``: TensorFlow's RMSProp as the paper trained with; ``adamw``: decoupled weight decay."""
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "rmsprop":
+        return RMSpropTF(groups, lr=lr, momentum=momentum)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSProp as TensorFlow implements it (and the MobileNetV3 paper used: decay 0.9, momentum 0.9, eps 1e-3).
+
+    It differs from ``torch.optim.RMSprop`` in two ways that matter early in training: the squared
+    average starts at 1 (not 0) and epsilon goes inside the square root. Weight decay is added to
+    the gradient (L2), as TensorFlow's regularisers do.
+    """
+
+    def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if group["weight_decay"]:
+                    grad = grad.add(param, alpha=group["weight_decay"])
+                state = self.state[param]
+                if not state:
+                    state["square_avg"] = torch.ones_like(param)
+                    state["momentum_buffer"] = torch.zeros_like(param)
+                square_avg = state["square_avg"]
+                square_avg.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
+                update = grad / (square_avg + group["eps"]).sqrt()
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(update, alpha=group["lr"])
+                param.sub_(buf)
+        return loss
+
+
+def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, lr_max: float,
+                     lr_init: float = 0.0, lr_end: float = 0.0) -> float:
+    """The seed's per-step learning rate (``src/lr_generator.py``), for step 0 .. total_steps - 1.
+
+    Linear from ``lr_init`` over ``warmup_steps`` (so the very first step uses ``lr_init``), then a
+    cosine from ``lr_max`` down towards ``lr_end``; never below 0.
+    """
+    if step < warmup_steps:
+        lr = lr_init + (lr_max - lr_init) * step / warmup_steps
+    else:
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        lr = lr_end + (lr_max - lr_end) * (1 + math.cos(math.pi * progress)) / 2
+    return max(0.0, lr)
+
+
+def scaled_lr(lr: float, global_batch: int, reference_batch) -> float:
+    """The linear scaling rule: ``lr`` is given for ``reference_batch``; ``None`` means no scaling."""
+    return lr if reference_batch is None else lr * global_batch / reference_batch
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float,
+                           mode: str = "seed") -> torch.Tensor:
+    """Cross-entropy with label smoothing, mean over the batch.
+
+    ``mode="seed"``: MindSpore's one-hot with on-value 1 - e and off-value e / (N - 1).
+    ``mode="torch"``: PyTorch's ``label_smoothing=e`` (on 1 - e + e / N, off e / N).
+    ``targets`` are class indices (B,) or soft targets (B, N) from mixup/cutmix; soft targets are
+    smoothed by the same affine map, which is exact for one-hot rows.
+    """
+    num_classes = logits.shape[1]
+    if targets.dim() == 1:
+        if mode == "torch" or smoothing == 0:
+            return F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+        targets = F.one_hot(targets, num_classes).float()
+    if smoothing:
+        off = smoothing / (num_classes - 1) if mode == "seed" else smoothing / num_classes
+        on = 1 - smoothing if mode == "seed" else 1 - smoothing + smoothing / num_classes
+        targets = targets * (on - off) + off
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=1), dim=1).mean()
