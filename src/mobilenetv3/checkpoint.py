@@ -264,22 +264,68 @@ def _read_mindspore(path: Path) -> Weights:
     return Weights(converted.model_name, converted.model_kwargs, converted.state_dict, "mindspore")
 
 
+def model_from_weights(weights: Weights, **overrides) -> torch.nn.Module:
+    """The network ``weights`` describe, with their values, in eval mode; ``classes`` and ``preprocessing``
+    attached (the registry's ImageNet preprocessing when the file has none)."""
+    from .convert import check_shapes
+    from .models import create_model, get_model_entry
+
+    model = create_model(weights.model_name, **dict(weights.model_kwargs, **overrides))
+    check_shapes(weights.state_dict, model)
+    model.load_state_dict(weights.state_dict)
+    model.classes = weights.classes
+    default = dict(get_model_entry(weights.model_name).meta["preprocessing"], in_chans=model.in_chans)
+    model.preprocessing = weights.preprocessing or dict(
+        resize=default["resize"], crop=default["crop"], interpolation=default["interpolation"],
+        mean=default["mean"] if model.in_chans == 3 else (0.449,), std=default["std"] if model.in_chans == 3
+        else (0.226,), in_chans=model.in_chans)
+    return model.eval()
+
+
 def load_model(path, ema: bool = False, **overrides) -> torch.nn.Module:
     """Build the network stored in ``path`` (any format ``read_weights`` reads), in eval mode.
 
     ``overrides`` change constructor arguments that do not alter the weights' shapes (``dropout``,
-    ``bn_eps``, ...). The returned model carries ``classes`` and ``preprocessing`` when the file has them.
+    ``bn_eps``, ...). The model carries ``classes`` and ``preprocessing`` (mean, std, resize, crop).
     """
-    from .convert import check_shapes
-    from .models import create_model
-
     weights = read_weights(path, ema=ema)
-    model = create_model(weights.model_name, **dict(weights.model_kwargs, **overrides))
     try:
-        check_shapes(weights.state_dict, model)
+        return model_from_weights(weights, **overrides)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    model.load_state_dict(weights.state_dict)
-    model.classes = weights.classes
-    model.preprocessing = weights.preprocessing
-    return model.eval()
+
+
+def write_weights(weights: Weights, path: Path, fmt: str) -> None:
+    """Write ``weights`` as ``fmt``: ``mobilenetv3`` (a weights-only checkpoint of ours), ``safetensors``,
+    ``torchvision`` or ``timm`` (their state dicts, for their models) or ``mindspore`` (the seed's ``.ckpt``).
+
+    Frameworks fix BatchNorm eps in code (torchvision 1e-3, timm and the seed 1e-5): weights trained with
+    another eps compute a slightly different function there, which is logged.
+    """
+    import json
+
+    from .convert import to_timm, to_torchvision
+    from .convert.mindspore import to_mindspore, write_ckpt
+
+    state = {k: v.detach().cpu() for k, v in weights.state_dict.items()}
+    eps = weights.model_kwargs.get("bn_eps", 1e-5)
+    expected_eps = {"torchvision": 1e-3, "timm": 1e-5, "mindspore": 1e-5}.get(fmt)
+    if expected_eps is not None and abs(eps - expected_eps) > 1e-12:
+        log.warning("%s's MobileNetV3 uses BatchNorm eps %g, these weights were made with %g: outputs will differ "
+                    "slightly", fmt, expected_eps, eps)
+    if fmt == "mindspore":
+        write_ckpt(to_mindspore(state), path)
+    elif fmt == "safetensors":
+        save_safetensors(state, path, dict(model_name=weights.model_name, model_kwargs=json.dumps(weights.model_kwargs),
+                                           classes=json.dumps(weights.classes),
+                                           preprocessing=json.dumps(weights.preprocessing)))
+    elif fmt == "mobilenetv3":
+        save_checkpoint(dict(format=FORMAT, model_name=weights.model_name, model_kwargs=dict(weights.model_kwargs),
+                             classes=weights.classes, preprocessing=weights.preprocessing, model=state, ema=None),
+                        path)
+    elif fmt == "torchvision":
+        save_checkpoint(to_torchvision(state), path)
+    elif fmt == "timm":
+        save_checkpoint(to_timm(state), path)
+    else:
+        raise ValueError(f"unknown weights format {fmt!r}")

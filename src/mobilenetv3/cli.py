@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 PROG = "mobilenetv3"
@@ -17,10 +18,6 @@ EXIT_USER_ERROR = 2
 
 # Subcommands that later work fills in; until then they say so in one line.
 PLANNED = {
-    "eval": "evaluate a checkpoint: top-1/top-5 over every sample",
-    "export": "export to ONNX, TorchScript, torch.export or INT8 ONNX, verified",
-    "predict": "classify images with a checkpoint or an exported model",
-    "convert": "convert weights between MindSpore .ckpt, torchvision, timm and ours",
     "bench": "benchmark latency and throughput against torchvision",
 }
 
@@ -93,8 +90,36 @@ def _cmd_info_or_list(args: argparse.Namespace) -> int:
     return _cmd_info(args)
 
 
+def _add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str], only: Sequence[str] = ()) -> None:
+    """One flag per config field of ``sections`` (plus the named fields ``only``), defaults suppressed so
+    that only the flags given override the preset."""
+    from .config import Config, field_type, section_fields
+
+    defaults = Config()
+    for section, f in section_fields():
+        if section not in sections and f.name not in only:
+            continue
+        kind = field_type(getattr(defaults, section), f.name)
+        flag = "--" + f.name.replace("_", "-")
+        choices = f.metadata.get("choices")
+        help_text = f.metadata["help"] + (f" ({', '.join(choices)})" if choices else "")
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
+                           help=help_text)
+
+
+def _overrides(args: argparse.Namespace, exclude: Sequence[str] = ()) -> dict:
+    """The config fields given on the command line."""
+    from .config import FIELD_SECTION
+
+    return {k: v for k, v in vars(args).items() if k in FIELD_SECTION and k not in exclude}
+
+
 def _add_train(subparsers) -> None:
-    from .config import Config, field_type, list_presets, section_fields
+    from .config import list_presets
 
     p = subparsers.add_parser(
         "train", help="train a model (the seed's recipe, resume, torchrun)",
@@ -102,17 +127,7 @@ def _add_train(subparsers) -> None:
         epilog=f"presets: {', '.join(list_presets())}. Several processes: torchrun --nproc_per_node=N -m "
                "mobilenetv3 train ...")
     p.add_argument("--config", help="a preset name or a YAML file")
-    defaults = Config()
-    for section, f in section_fields():
-        kind = field_type(getattr(defaults, section), f.name)
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"] + (f" ({', '.join(f.metadata['choices'])})" if f.metadata.get("choices") else "")
-        if kind is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=help_text)
-        else:
-            p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
-                           help=help_text)
+    _add_config_flags(p, ("model", "data", "optim", "run"))
     p.set_defaults(handler=_cmd_train)
 
 
@@ -120,15 +135,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .engine import NonFiniteLoss
     from .runner import RunError, prepare_config, train
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
-    config = prepare_config(args.config, overrides)
+    config = prepare_config(args.config, _overrides(args))
     try:
         result = train(config)
     except (NonFiniteLoss, RunError) as err:
         print(f"{PROG} train: failed: {_one_line(err)}", file=sys.stderr)
         return 1
-    if result is None:  # not the main process
-        return 0
     if result["stopped"]:
         print(f"stopped at epoch {result['epoch'] + 1}, step {result['step_in_epoch']}; checkpoint saved: "
               f"{result['checkpoint']}")
@@ -143,6 +155,256 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- eval
+PREPROCESSING_FLAGS = ("transform", "image_size", "eval_resize", "interpolation")
+
+
+def _base_config(weights_checkpoint: Optional[dict]):
+    """The training run's config when the weights come from our checkpoint, else the defaults."""
+    from .config import Config
+
+    saved = (weights_checkpoint or {}).get("config")
+    return Config.from_dict(saved) if saved else Config()
+
+
+def _add_eval(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5 over every sample",
+                              description="Score a checkpoint (any format) or an exported ONNX model on a dataset's "
+                                          "validation split, every sample exactly once; writes a JSON report and the "
+                                          "confusion matrix. Runs under torchrun too.")
+    p.add_argument("--checkpoint", help="weights: ours, safetensors, torchvision/timm state dict, MindSpore .ckpt")
+    p.add_argument("--onnx", help="evaluate this exported ONNX model with ONNX Runtime instead")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    p.add_argument("--out", help="report folder (default: eval-<dataset> beside the weights)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_config_flags(p, ("data",), only=("device", "seed"))
+    p.set_defaults(handler=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import read_weights
+    from .runner import run_eval
+
+    if not args.checkpoint and not args.onnx:
+        raise UserError("give --checkpoint PATH (or --onnx FILE)")
+    base = _base_config(read_weights(args.checkpoint, ema=args.ema).checkpoint) if args.checkpoint else None
+    config = _eval_config(base, args)
+    preprocessing = None
+    if any(flag in vars(args) for flag in PREPROCESSING_FLAGS):  # the user asked for another protocol
+        from .data import STATS, build_preset
+
+        d = config.data
+        in_chans = _model_in_chans(args)
+        preprocessing = build_preset(d.transform, d.image_size, *STATS[d.dataset], in_chans,
+                                     eval_resize=d.eval_resize, interpolation=d.interpolation)[1]
+    result = run_eval(config, args.checkpoint, ema=args.ema, onnx=args.onnx, preprocessing=preprocessing,
+                      out_dir=args.out)
+    if result is None:  # not the main process
+        return 0
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
+        return 0
+    print(f"scored {result['count']} of {result['dataset_size']} images, each once "
+          f"({result['dataset']} {result['split']}, {result['runtime']}"
+          + (f", {result['skipped']} unreadable skipped" if result["skipped"] else "") + ")")
+    print(f"top-1 {100 * result['top1']:.2f}%  top-{result['topk']} {100 * result['top5']:.2f}%  "
+          f"loss {result['loss']:.4f}")
+    if len(result["classes"]) <= 20:
+        for name, accuracy in zip(result["classes"], result["per_class_accuracy"]):
+            print(f"  {name:<20} {100 * accuracy:6.2f}%")
+    print(f"result: {{'acc': {result['top1']}, 'top5': {result['top5']}}} ckpt= {result['weights']}")
+    print(f"report: {result['reports']['json']} (confusion matrix: {result['reports']['csv']}, "
+          f"{result['reports']['png']})")
+    return 0
+
+
+def _eval_config(base, args: argparse.Namespace):
+    from .config import Config, validate
+
+    config = base or Config()
+    config.update(_overrides(args), source="flag")
+    validate(config)
+    return config
+
+
+def _model_in_chans(args: argparse.Namespace) -> int:
+    if args.onnx:
+        from .export import OnnxModule
+
+        return OnnxModule(args.onnx).in_chans
+    from .checkpoint import read_weights
+
+    return int(read_weights(args.checkpoint).model_kwargs.get("in_chans", 3))
+
+
+# ----------------------------------------------------------------------------------------- export
+def _add_export(subparsers) -> None:
+    from .export import FORMATS
+
+    p = subparsers.add_parser("export", help="export to ONNX, TorchScript, torch.export or INT8 ONNX, verified",
+                              description="Export weights and verify the file in its runtime against PyTorch.")
+    p.add_argument("--checkpoint", required=True, help="weights in any format the project reads")
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="output format (default onnx)")
+    p.add_argument("--output", help="output file (default: beside the checkpoint)")
+    p.add_argument("--softmax", action="store_true", help="append a softmax (the seed's export); default: logits")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
+    p.add_argument("--calibration-images", type=int, default=300, help="images to calibrate INT8 with")
+    p.add_argument("--no-dataset", action="store_true", help="verify on random inputs only")
+    _add_config_flags(p, (), only=("dataset", "data_path", "batch_size", "workers", "image_size"))
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import model_from_weights, read_weights
+    from .data.transforms import Preprocessing
+    from .export import SUFFIXES, export_verified
+
+    weights = read_weights(args.checkpoint, ema=args.ema)
+    model = model_from_weights(weights)
+    pre = Preprocessing.from_dict(model.preprocessing)
+    size = getattr(args, "image_size", None) or pre.crop
+    source = Path(args.checkpoint)
+    path = Path(args.output) if args.output else source.with_name(source.stem + SUFFIXES[args.format])
+    config = _base_config(weights.checkpoint)
+    config.update(_overrides(args), source="flag")
+    has_data = not args.no_dataset and (config.data.dataset in ("fashion-mnist", "synthetic") or config.data.data_path)
+    real, calibration, val = [], None, None
+    if has_data:
+        val, real, calibration = _export_data(config, model, pre, args)
+    example = torch.randn(2, model.in_chans, size, size)
+    result = export_verified(model, args.format, path, example, softmax=args.softmax, real_inputs=real,
+                             calibration=calibration)
+    print(f"exported {args.format}: {result['path']}")
+    for name in ("random", "real"):
+        if name in result:
+            r = result[name]
+            print(f"  {name} inputs ({r['compared']} images): max |difference| to PyTorch {r['max_abs_diff']:.2e}, "
+                  f"top-1 agreement {100 * r['top1_agreement']:.2f}%")
+    if args.format == "onnx-int8" and val is not None:
+        _report_int8_accuracy(result, val, pre, config)
+    return 0
+
+
+def _export_data(config, model, pre, args):
+    """A few real validation batches to verify on, and training images to calibrate INT8 with."""
+    import itertools
+
+    from .data import build_dataset, build_loader, check_labels
+    from .data.transforms import Recipe
+
+    d = config.data
+    val = build_dataset(d.dataset, d.data_path, "val", download=d.download)
+    check_labels(val, model.num_classes)
+    batch = min(d.batch_size, 64)
+    loader = build_loader(val, Recipe(pre.crop), pre, train=False, batch_size=batch, workers=0)
+    real = [b.images for b in itertools.islice(loader, 2)]
+    calibration = None
+    if args.format == "onnx-int8":
+        train = build_dataset(d.dataset, d.data_path, "train", download=d.download)
+        loader = build_loader(train, Recipe(pre.crop), pre, train=False, batch_size=batch, workers=0)
+        count = max(1, -(-args.calibration_images // batch))
+        calibration = [b.images for b in itertools.islice(loader, count)]
+    return val, real, calibration
+
+
+def _report_int8_accuracy(result: dict, val, pre, config) -> None:
+    from .data import build_loader
+    from .data.transforms import Recipe
+    from .engine import evaluate
+    from .export import OnnxModule
+
+    import torch
+
+    scores = {}
+    for name, path in (("fp32", result["fp32_path"]), ("int8", result["path"])):
+        model = OnnxModule(path)
+        loader = build_loader(val, Recipe(pre.crop), pre, train=False, batch_size=config.data.batch_size, workers=0)
+        scores[name] = evaluate(model, loader, num_classes=model.num_classes, device=torch.device("cpu"))
+    print(f"  accuracy on {config.data.dataset} val ({scores['int8']['count']} images): INT8 top-1 "
+          f"{100 * scores['int8']['top1']:.2f}%, fp32 top-1 {100 * scores['fp32']['top1']:.2f}%")
+
+
+# ---------------------------------------------------------------------------------------- predict
+def _add_predict(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="classify images with a checkpoint or an exported model",
+                              description="Top-k classes for image files, folders or globs.")
+    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--checkpoint", help="weights in any format the project reads")
+    p.add_argument("--onnx", help="an exported ONNX model instead of --checkpoint")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data.transforms import Preprocessing
+    from .export import OnnxModule
+    from .predict import expand_inputs, predict
+
+    if bool(args.checkpoint) == bool(args.onnx):
+        raise UserError("give exactly one of --checkpoint PATH or --onnx FILE")
+    if args.topk < 1 or args.batch_size < 1:
+        raise UserError("--topk and --batch-size must be at least 1")
+    paths = expand_inputs(args.images)
+    model = OnnxModule(args.onnx) if args.onnx else load_model(args.checkpoint)
+    if not model.preprocessing:
+        raise UserError(f"{args.onnx} carries no preprocessing metadata (export it with `{PROG} export`)")
+    results = predict(model, paths, Preprocessing.from_dict(model.preprocessing), model.classes, args.topk,
+                      args.batch_size, outputs_probabilities=getattr(model, "softmax", False))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    width = min(60, max(len(r["path"]) for r in results))
+    for r in results:
+        top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
+        print(f"{r['path']:<{width}}  {top}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- convert
+CONVERT_FORMATS = ("mindspore", "mobilenetv3", "safetensors", "torchvision", "timm")
+_SUFFIX_FORMATS = {".ckpt": "mindspore", ".safetensors": "safetensors", ".pt": "mobilenetv3"}
+
+
+def _add_convert(subparsers) -> None:
+    p = subparsers.add_parser("convert", help="convert weights between MindSpore .ckpt, torchvision, timm and ours",
+                              description="Convert MobileNetV3 weights between formats. The source format is "
+                                          "detected from the file; the target from DST's extension or --to "
+                                          "(.ckpt MindSpore, .pt ours, .safetensors; .pth needs --to).")
+    p.add_argument("src", help="source weights")
+    p.add_argument("dst", help="output file")
+    p.add_argument("--to", choices=CONVERT_FORMATS, help="target format when DST's extension does not say")
+    p.add_argument("--from", dest="from_format", choices=CONVERT_FORMATS, help="(detected; checked if given)")
+    p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    p.set_defaults(handler=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoint import read_weights, write_weights
+
+    target = args.to or _SUFFIX_FORMATS.get(Path(args.dst).suffix)
+    if target is None:
+        raise UserError(f"cannot tell the format of {args.dst} from its extension; add --to "
+                        f"({', '.join(CONVERT_FORMATS)})")
+    if Path(args.dst).resolve() == Path(args.src).resolve():
+        raise UserError("SRC and DST are the same file")
+    weights = read_weights(args.src, ema=args.ema)
+    source_format = "mobilenetv3" if weights.source in ("mobilenetv3", "safetensors") and \
+        Path(args.src).suffix != ".safetensors" else weights.source
+    if args.from_format and args.from_format != source_format:
+        raise UserError(f"{args.src} holds {source_format} weights, not {args.from_format}")
+    write_weights(weights, Path(args.dst), target)
+    print(f"{args.src} ({source_format}, {weights.model_name}, "
+          + ", ".join(f"{k}={v}" for k, v in weights.model_kwargs.items() if k in ("num_classes", "width_mult",
+                                                                                 "head_channels"))
+          + f") -> {args.dst} ({target})")
+    return 0
+
+
 def _cmd_planned(args: argparse.Namespace) -> int:
     print(f"{PROG} {args.command}: not available yet in this version", file=sys.stderr)
     return 1
@@ -154,16 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train, evaluate, export and serve MobileNetV3 image classifiers.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(subparsers)
+    _add_eval(subparsers)
+    _add_export(subparsers)
+    _add_predict(subparsers)
+    _add_convert(subparsers)
     for name, help_text in PLANNED.items():
         subparsers.add_parser(name, help=help_text, description=help_text).set_defaults(handler=_cmd_planned)
-    _add_train(subparsers)
     _add_info(subparsers)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _log_to_stderr()
     try:
         return args.handler(args)
     except (UserError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
@@ -181,6 +447,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG} {args.command}: failed: {type(err).__name__}: {_one_line(err)} "
               "(set MOBILENETV3_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _log_to_stderr() -> None:
+    """The package's INFO messages on stderr; other libraries stay at WARNING."""
+    package = logging.getLogger("mobilenetv3")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+    package.setLevel(logging.INFO)
 
 
 def _one_line(err: BaseException) -> str:

@@ -177,7 +177,8 @@ def coerce(section_obj, key: str, value: Any, source: str) -> Any:
         else:
             value = str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{source}: {key} must be a {kind.__name__}, got {value!r}") from None
+        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+        raise ValueError(f"{source}: {key} must be {expected}, got {value!r}") from None
     if meta.get("choices") and value not in meta["choices"]:
         raise ValueError(f"{source}: {key} must be one of {', '.join(meta['choices'])}, got {value!r}")
     return value

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .config import Config, load_config, validate
 from .data import STATS, build_dataset, build_loader, build_preset, check_labels
 from .data.datasets import Dataset
-from .data.transforms import Preprocessing
+from .data.transforms import Preprocessing, Recipe
 from .dist import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .engine import NonFiniteLoss, evaluate, train_one_epoch
 from .convert import check_shapes
@@ -50,7 +50,10 @@ def prepare_config(preset: Optional[str], overrides: dict) -> Config:
     resume_path = resolve_resume(config)
     if resume_path is None:
         return config
-    saved = Config.from_dict(ckpt.load_checkpoint(resume_path)["config"])
+    state = ckpt.load_checkpoint(resume_path)
+    if "config" not in state:
+        raise ValueError(f"{resume_path} holds weights only, not a training state; start from it with --pretrained")
+    saved = Config.from_dict(state["config"])
     saved.update(overrides, source="flag")
     saved.run.resume, saved.run.run_dir = str(resume_path), str(resume_path.parent)
     validate(saved)
@@ -144,7 +147,7 @@ class RunData:
     classes: list[str]
 
 
-def eval_preprocessing(config: Config, train: Dataset, in_chans: int) -> tuple:
+def data_recipe(config: Config, train: Dataset, in_chans: int) -> tuple:
     """The preset's recipe and eval protocol for this dataset, as configured."""
     d = config.data
     mean, std = STATS[d.dataset]
@@ -165,7 +168,7 @@ def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: O
     check_labels(train, num_classes)
     check_labels(val, num_classes)
     in_chans = in_chans or train.channels
-    recipe, preprocessing = eval_preprocessing(config, train, in_chans)
+    recipe, preprocessing = data_recipe(config, train, in_chans)
     loader_args = dict(rank=info.rank, world_size=info.world_size, seed=config.run.seed, workers=d.workers,
                        pin_memory=device.type == "cuda", skip_bad_images=d.skip_bad_images)
     train_loader = build_loader(train, recipe, preprocessing, train=True, batch_size=d.batch_size,
@@ -459,6 +462,8 @@ class _Saver:
 
 def _restore(path: Path, model, optimizer, scaler, ema, state: dict) -> dict:
     saved = ckpt.load_checkpoint(path)
+    if "optimizer" not in saved:
+        raise ValueError(f"{path} holds weights only, not a training state; start from it with --pretrained")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if scaler is not None and saved.get("scaler"):
@@ -492,3 +497,62 @@ def _summary(run_dir: Path, state: dict, metrics: dict, started: float, stopped:
                 val_count=metrics.get("count"), best_top1=state["best_top1"], stopped=stopped,
                 time=time.perf_counter() - started,
                 plot=str(run_dir / "curves.png") if (run_dir / "curves.png").exists() else None)
+
+
+# ------------------------------------------------------------------------------------- evaluation
+def run_eval(config: Config, weights: str, *, ema: bool = False, onnx: Optional[str] = None,
+             preprocessing: Optional[Preprocessing] = None, out_dir: Optional[str] = None) -> Optional[dict]:
+    """Score ``weights`` (any format ``load_model`` reads) or an exported ``onnx`` model on the dataset's
+    validation split, every sample exactly once, in one process or under torchrun.
+
+    ``preprocessing`` defaults to the one saved with the weights, else the configured preset's.
+    Rank 0 writes the report (JSON, confusion matrix CSV and PNG) and gets the metrics; others get ``None``.
+    """
+    from .export import OnnxModule
+    from .reports import file_sha256, write_eval_report
+
+    device_type = "cuda" if config.run.device.startswith("cuda") or (
+        config.run.device == "auto" and torch.cuda.is_available()) else "cpu"
+    info = init_distributed(device_type)
+    try:
+        device = pick_device(config.run.device, info)
+        if onnx:
+            model: nn.Module = OnnxModule(onnx)
+            source = onnx
+        else:
+            model = ckpt.load_model(weights, ema=ema).to(device)
+            source = weights
+        d = config.data
+        common = dict(download=d.download, synthetic_samples=d.synthetic_samples,
+                      synthetic_classes=model.num_classes, synthetic_size=d.image_size, seed=config.run.seed)
+        val = build_dataset(d.dataset, d.data_path, "val", **common)
+        check_labels(val, model.num_classes)
+        saved = getattr(model, "preprocessing", None)
+        if preprocessing is None and saved:
+            preprocessing = Preprocessing.from_dict(saved)
+        if preprocessing is None:
+            preprocessing = data_recipe(config, val, model.in_chans)[1]
+        if preprocessing.in_chans != model.in_chans:
+            raise ValueError(f"the model takes {model.in_chans}-channel images, the preprocessing gives "
+                             f"{preprocessing.in_chans}")
+        loader = build_loader(val, Recipe(preprocessing.crop), preprocessing, train=False,
+                              batch_size=d.eval_batch_size or 2 * d.batch_size, rank=info.rank,
+                              world_size=info.world_size, workers=d.workers, pin_memory=device.type == "cuda",
+                              skip_bad_images=d.skip_bad_images)
+        metrics = evaluate(model, loader, num_classes=model.num_classes, device=device)
+        expected = len(val) - metrics["skipped"]
+        if metrics["count"] != expected:
+            raise RunError(f"evaluation scored {metrics['count']} samples, the dataset has {expected}")
+        if not info.is_main:
+            return None
+        classes = getattr(model, "classes", None) or val.classes
+        if len(classes) != model.num_classes:
+            classes = [str(i) for i in range(model.num_classes)]
+        meta = dict(weights=str(source), weights_sha256=file_sha256(source), ema=ema, runtime="onnxruntime" if onnx
+                    else "pytorch", dataset=d.dataset, data_path=val.source, dataset_size=len(val), split="val",
+                    preprocessing=preprocessing.to_dict(), world_size=info.world_size)
+        out = Path(out_dir) if out_dir else Path(source).parent / f"eval-{d.dataset}"
+        paths = write_eval_report(out, metrics, classes, meta)
+        return dict(metrics, **meta, classes=classes, reports=paths)
+    finally:
+        destroy_distributed()

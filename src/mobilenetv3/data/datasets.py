@@ -14,12 +14,12 @@ import logging
 import math
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
-import torchvision.datasets.folder as tv_folder
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ def build_dataset(name: str, path: Optional[str], split: str, *, download: bool 
     if name in ("fashion-mnist", "mnist"):
         return _mnist_like(name, path, split, download)
     if name == "cifar10":
+        if download and path is not None:
+            Path(path).expanduser().mkdir(parents=True, exist_ok=True)
         return _cifar10(_existing(path, name), split, download)
     if name == "imagenet":
         return image_folder(_existing(path, name), split)
@@ -122,10 +124,11 @@ _IDX_DTYPES = {0x08: torch.uint8}
 
 
 def read_idx(path: Path) -> torch.Tensor:
-    """One IDX file (``*-idx3-ubyte`` images or ``*-idx1-ubyte`` labels), gzipped or not."""
+    """One IDX file (``*-idx3-ubyte`` images or ``*-idx1-ubyte`` labels), gzipped or not (told by its first bytes)."""
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        data = path.read_bytes()
+        data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise ValueError(f"{path}: cannot read ({err})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or data[3] not in (1, 3):
         raise ValueError(f"{path}: not an IDX file of unsigned bytes (wrong magic number {data[:4].hex() or 'none'})")
@@ -209,6 +212,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles CIFAR's python batches (dicts, lists, bytes, numpy arrays) and nothing that runs code."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # pickle protocol 5
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # numpy ints as labels
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
@@ -291,41 +296,75 @@ def _require(files: list[Path]) -> None:
 
 
 # ------------------------------------------------------------------------------------- ImageFolder
+_VAL_FOLDERS = ("val", "validation", "test")
+
+
 def split_folder(path: Path, split: str) -> Path:
-    """``path/train`` or ``path/val`` (also ``validation``, ``test``); a path without them is itself one split."""
-    names = ("train",) if split == "train" else ("val", "validation", "test")
+    """``path/train`` or ``path/val`` (also ``validation``, ``test``); a path without them is itself one split
+    (used for both training and validation)."""
+    names = ("train",) if split == "train" else _VAL_FOLDERS
     for name in names:
         if (path / name).is_dir():
             return path / name
+    if split == "val" and (path / "train").is_dir():  # else the folder "train" would become the only class
+        raise FileNotFoundError(f"{path} has a train folder but no val folder (nor validation or test)")
     return path
 
 
 def image_folder(path: Path, split: str) -> ImageFiles:
-    """An ImageFolder split: class folders of images, named classes sorted as torchvision does."""
+    """An ImageFolder split: class folders of images, named classes sorted as torchvision does.
+
+    Validation labels index the training split's classes, so a class missing from ``val`` does not
+    shift the labels of the classes after it.
+    """
+    import torchvision.datasets.folder as tv_folder  # here: torchvision takes seconds to import
+
     folder = split_folder(path, split)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
-    try:
-        classes, class_to_idx = tv_folder.find_classes(str(folder))
-    except FileNotFoundError:
-        raise ValueError(f"{folder} has no class folders (expected {folder}/<class>/<image>)") from None
-    try:
-        samples = tv_folder.make_dataset(str(folder), class_to_idx, extensions=tv_folder.IMG_EXTENSIONS)
-    except FileNotFoundError:
-        raise ValueError(f"{folder} has class folders but no images in any of them") from None
-    empty = [c for c in classes if not any(label == class_to_idx[c] for _, label in samples)]
+    classes, class_to_idx = _class_folders(folder)
+    if split == "val" and folder != path and (path / "train").is_dir():
+        classes, class_to_idx = _val_classes(folder, path / "train", classes)
+    samples = tv_folder.make_dataset(str(folder), class_to_idx, extensions=tv_folder.IMG_EXTENSIONS,
+                                     allow_empty=True)
+    if not samples:
+        raise ValueError(f"{folder} has class folders but no images in any of them "
+                         f"(looked for {', '.join(tv_folder.IMG_EXTENSIONS)})")
+    present = {label for _, label in samples}
+    empty = [name for name, label in class_to_idx.items() if label not in present]
     if empty:
         log.warning("%s: class folder(s) without images: %s", folder, ", ".join(empty[:5]))
     return ImageFiles(samples, classes, str(folder))
 
 
+def _class_folders(folder: Path) -> tuple[list[str], dict[str, int]]:
+    import torchvision.datasets.folder as tv_folder
+
+    try:
+        return tv_folder.find_classes(str(folder))
+    except FileNotFoundError:
+        raise ValueError(f"{folder} has no class folders (expected {folder}/<class>/<image>)") from None
+
+
+def _val_classes(folder: Path, train_folder: Path, val_classes: list[str]) -> tuple[list[str], dict[str, int]]:
+    """The training classes and index, checked against the validation folder's class folders."""
+    classes, class_to_idx = _class_folders(train_folder)
+    unknown = [name for name in val_classes if name not in class_to_idx]
+    if unknown:
+        raise ValueError(f"{folder} has class folder(s) that {train_folder} lacks: {', '.join(unknown[:5])}")
+    return classes, {name: class_to_idx[name] for name in val_classes}
+
+
 def _check_label_range(labels: torch.Tensor, num_classes: int, source) -> None:
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{source}: label {int(labels.max())} is out of range for {num_classes} classes")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(f"{source}: label {int(bad[0])} is out of range for {num_classes} classes "
+                         f"(labels must be 0 to {num_classes - 1})")
 
 
 def check_labels(dataset: Dataset, num_classes: int) -> None:
     """Every label must index the model's classifier."""
     labels = dataset.labels
     if len(labels) and int(labels.max()) >= num_classes:
-        raise ValueError(f"{dataset.source}: label {int(labels.max())} is out of range for num_classes={num_classes}")
+        raise ValueError(f"{dataset.source}: label {int(labels.max())} is out of range for num_classes={num_classes} "
+                         "(raise --num-classes, or leave it out to use the dataset's class count)")

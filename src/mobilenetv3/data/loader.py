@@ -119,7 +119,7 @@ class InMemoryBatches(TorchDataset):
 
 def load_image(path: str, channels: int):
     """Decode an image file fully; grayscale, palette, RGBA and CMYK become RGB (or L for 1 channel)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
@@ -128,7 +128,7 @@ def load_image(path: str, channels: int):
                 image = image.convert("RGBA").convert("RGB") if "A" in image.mode or image.mode == "P" \
                     else image.convert("RGB")
             return image.convert("RGB" if channels == 3 else "L")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
         raise ValueError(f"{path}: unreadable image ({' '.join(str(err).split())})") from None
 
 
@@ -194,9 +194,40 @@ def build_loader(data: Dataset, recipe: Recipe, preprocessing: Preprocessing, *,
     else:
         sampler = EvalBatches(len(data), batch_size, rank=rank, world_size=world_size)
     workers = default_workers(world_size) if workers is None else workers
-    return DataLoader(batches, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+    return BatchLoader(batches, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, worker_init_fn=_seed_worker,
                       generator=torch.Generator().manual_seed(seed))
+
+
+class BatchLoader(DataLoader):
+    """A DataLoader whose worker errors read as the worker raised them.
+
+    PyTorch re-raises a worker's exception with the worker's whole traceback as its message
+    ("Caught ValueError in DataLoader worker process 0. Original Traceback ..."); for the errors
+    that name a bad file the message should stay the one line that names it.
+    """
+
+    def __iter__(self):
+        return _plain_worker_errors(super().__iter__())
+
+
+def _plain_worker_errors(batches):
+    try:
+        yield from batches
+    except (ValueError, OSError) as err:
+        message = worker_error_message(str(err))
+        if message is None:
+            raise
+        raise type(err)(message) from err
+
+
+def worker_error_message(text: str) -> Optional[str]:
+    """The original message inside a DataLoader worker's re-raised error; ``None`` for any other text."""
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return None
+    last = text.rstrip().splitlines()[-1]
+    name, sep, message = last.partition(": ")
+    return message if sep and name.replace(".", "").replace("_", "").isalnum() else last
 
 
 def _seed_worker(worker_id: int) -> None:

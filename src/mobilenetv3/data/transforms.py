@@ -55,7 +55,7 @@ class Recipe:
 
     size: int
     random_resized_crop: bool = False  # else: resize to ``size``
-    pad_crop: int = 0  # RandomCrop at the native size with this padding, before resizing
+    pad_crop: int = 0  # RandomCrop padding at the native size, before resizing (image files: at 32 px, scaled)
     hflip: bool = True
     color_jitter: float = 0.0  # brightness = contrast = saturation strength
     cutout: int = 0  # square hole side in pixels at ``size``
@@ -80,7 +80,7 @@ def build_preset(name: str, size: int, mean, std, in_chans: int, native_size: Op
         recipe = Recipe(size, pad_crop=round((native_size or 32) / 8), color_jitter=0.4, cutout=hole, **extra)
         resize = eval_resize or size
     elif name == "small":
-        recipe = Recipe(size, pad_crop=round((native_size or size) / 8), cutout=cutout or 0, **extra)
+        recipe = Recipe(size, pad_crop=round((native_size or 32) / 8), cutout=cutout or 0, **extra)
         resize = eval_resize or size
     else:  # "none"
         recipe = Recipe(size, hflip=False)
@@ -224,15 +224,17 @@ def resize(images: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     if min(height, width) == size and height == width:
         return images
     scale = size / min(height, width)
-    out_size = (max(size, round(height * scale)), max(size, round(width * scale)))
+    # torchvision's rule: the shorter side becomes ``size``, the longer one int(size * long / short)
+    out_size = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
     antialias = interpolation in ("bilinear", "bicubic") and scale < 1
     align = False if interpolation in ("bilinear", "bicubic") else None
     return F.interpolate(images, size=out_size, mode=interpolation, align_corners=align, antialias=antialias)
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The middle ``size`` x ``size``; an odd margin splits as torchvision's CenterCrop does (rounded half to even)."""
     height, width = images.shape[-2:]
-    top, left = (height - size) // 2, (width - size) // 2
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
     return images[..., top:top + size, left:left + size]
 
 

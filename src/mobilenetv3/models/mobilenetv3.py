@@ -125,6 +125,7 @@ class MobileNetV3(nn.Module):
         self.head_drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(head_channels, num_classes)
         self.num_classes = num_classes
+        self.in_chans = in_chans
 
         self.arch = arch
         self.backbone_frozen = False  # see freeze_backbone()

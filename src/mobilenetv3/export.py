@@ -1,0 +1,228 @@
+"""Export to ONNX, INT8 ONNX, TorchScript and ``torch.export`` (pt2), each verified against PyTorch.
+
+Every exported file carries the model description (name, constructor kwargs, class names,
+preprocessing, whether a softmax is appended) so ``predict`` and ``eval --onnx`` need nothing else.
+ONNX uses torch's ``torch.export``-based exporter at opset 18: hard-swish and hard-sigmoid are native
+``HardSwish``/``HardSigmoid`` nodes and BatchNorm is folded into the convolutions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2")
+SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
+OPSET = 18
+METADATA_KEY = "mobilenetv3"
+
+
+class WithSoftmax(nn.Module):
+    """The seed's export: the network followed by a softmax over classes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(dim=1)
+
+
+def describe(model: nn.Module, softmax: bool) -> dict:
+    """What an exported file says about itself (read back by ``OnnxModule`` and ``load_exported``)."""
+    return dict(model_name=model.model_name, model_kwargs=model.model_kwargs, classes=getattr(model, "classes", None),
+                preprocessing=getattr(model, "preprocessing", None), softmax=softmax)
+
+
+def _atomic_target(path: Path) -> Path:
+    """A temporary sibling that keeps the extension (some writers check it); renamed over ``path`` when done."""
+    return path.with_name(f".tmp{os.getpid()}.{path.name}")
+
+
+def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:
+    """ONNX with a dynamic batch dimension (input ``input`` (N, C, H, W), output ``logits`` or ``probs``)."""
+    import onnx
+
+    net = WithSoftmax(model) if softmax else model
+    tmp = _atomic_target(path)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(net.eval(), (example,), dynamo=True, opset_version=OPSET, input_names=["input"],
+                                output_names=["probs" if softmax else "logits"], dynamic_shapes=({0: batch},),
+                                verbose=False)
+    program.save(str(tmp))
+    proto = onnx.load(str(tmp))
+    _strip_export_metadata(proto)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(describe(model, softmax))
+    proto.producer_name = "mobilenetv3"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def _strip_export_metadata(proto) -> None:
+    """torch's exporter records Python-side node names on every value; they are noise in a shipped file."""
+    for collection in (proto.graph.input, proto.graph.output, proto.graph.value_info, proto.graph.initializer,
+                       proto.graph.node):
+        for item in collection:
+            del item.metadata_props[:]
+
+
+def quantize_onnx(fp32_path: Path, path: Path, calibration: Iterable[torch.Tensor]) -> Path:
+    """Static INT8 quantisation with ONNX Runtime: QDQ format, per-channel weights, calibrated on ``calibration``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch.numpy()}
+
+    prepared = path.with_name(f".tmp{os.getpid()}.prepared.{path.name}")
+    tmp = _atomic_target(path)
+    try:
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        proto = onnx.load(str(tmp))
+        source = onnx.load(str(fp32_path), load_external_data=False)
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(source.metadata_props)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        prepared.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:
+    """TorchScript (traced), with the description in the archive's ``metadata.json``."""
+    import warnings
+
+    net = WithSoftmax(model) if softmax else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but many runtimes load it
+        traced = torch.jit.trace(net.eval(), example)
+        tmp = _atomic_target(path)
+        torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(describe(model, softmax))})
+    os.replace(tmp, path)
+    return path
+
+
+def export_pt2(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:
+    """``torch.export`` program with a dynamic batch, loadable with ``torch.export.load``."""
+    net = WithSoftmax(model) if softmax else model
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(net.eval(), (example,), dynamic_shapes=({0: batch},))
+    tmp = _atomic_target(path)
+    torch.export.save(program, str(tmp), extra_files={"metadata.json": json.dumps(describe(model, softmax))})
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------- runtimes
+class OnnxModule(nn.Module):
+    """An ONNX file run by ONNX Runtime, usable where a model is expected (``engine.evaluate``, predict)."""
+
+    def __init__(self, path, threads: Optional[int] = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ValueError(f"{path}: not a loadable ONNX model ({' '.join(str(err).split())[:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        info = json.loads(meta) if meta else {}
+        shape = self.session.get_inputs()[0].shape
+        self.input_name = self.session.get_inputs()[0].name
+        self.in_chans = shape[1] if isinstance(shape[1], int) else 3
+        self.num_classes = self.session.get_outputs()[0].shape[1]
+        self.classes, self.preprocessing = info.get("classes"), info.get("preprocessing")
+        self.model_name, self.model_kwargs = info.get("model_name", path.stem), info.get("model_kwargs", {})
+        self.softmax = bool(info.get("softmax", False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.session.run(None, {self.input_name: x.detach().float().contiguous().cpu().numpy()})[0]
+        return torch.from_numpy(output)
+
+
+def load_exported(path: Path, fmt: str):
+    """A callable (N, C, H, W) -> outputs for an exported file, in its own runtime."""
+    if fmt in ("onnx", "onnx-int8"):
+        return OnnxModule(path)
+    if fmt == "torchscript":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path)).eval()
+    return torch.export.load(str(path)).module()
+
+
+@torch.no_grad()
+def compare(reference: nn.Module, exported, inputs: Iterable[torch.Tensor]) -> dict:
+    """Max absolute difference of outputs and top-1 agreement between PyTorch and an exported model."""
+    max_diff, agree, count = 0.0, 0, 0
+    for x in inputs:
+        expected, actual = reference(x), exported(x)
+        max_diff = max(max_diff, (expected - actual).abs().max().item())
+        agree += (expected.argmax(1) == actual.argmax(1)).sum().item()
+        count += len(x)
+    return dict(max_abs_diff=max_diff, top1_agreement=agree / max(1, count), compared=count)
+
+
+def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, *, softmax: bool = False,
+                    real_inputs: Iterable[torch.Tensor] = (), calibration: Optional[Iterable[torch.Tensor]] = None,
+                    tolerance: float = 1e-4) -> dict:
+    """Export ``model`` as ``fmt`` to ``path``, then run the file in its runtime on random inputs (batch 1
+    and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
+    (``ValueError`` otherwise); INT8 reports its agreement. Returns the comparison figures and paths."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    model = model.eval()
+    reference = WithSoftmax(model).eval() if softmax else model
+    paths = dict(path=str(path))
+    if fmt == "onnx-int8":
+        if calibration is None:
+            raise ValueError("onnx-int8 needs images to calibrate: give --dataset and --data-path")
+        fp32_path = path.with_name(path.name.replace(".int8.onnx", ".onnx") if ".int8." in path.name
+                                   else f"{path.stem}.fp32.onnx")
+        export_onnx(model, fp32_path, example, softmax)
+        quantize_onnx(fp32_path, path, calibration)
+        paths["fp32_path"] = str(fp32_path)
+    else:
+        {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2}[fmt](model, path, example, softmax)
+    runtime = load_exported(path, fmt)
+    generator = torch.Generator().manual_seed(0)
+    shape = example.shape[1:]
+    random_inputs = [torch.randn(1, *shape, generator=generator), torch.randn(3, *shape, generator=generator)]
+    figures = dict(random=compare(reference, runtime, random_inputs))
+    real_inputs = list(real_inputs)
+    if real_inputs:
+        figures["real"] = compare(reference, runtime, real_inputs)
+    if fmt != "onnx-int8":
+        worst = max(f["max_abs_diff"] for f in figures.values())
+        if worst > tolerance:
+            path.unlink(missing_ok=True)
+            raise RuntimeError(f"{fmt} export disagrees with PyTorch: max abs difference {worst:.3g} > {tolerance}")
+    return dict(paths, format=fmt, softmax=softmax, **figures)
