@@ -291,18 +291,19 @@ def _export_data(config, model, pre, args):
     """A few real validation batches to verify on, and training images to calibrate INT8 with."""
     import itertools
 
-    from .data import build_dataset, build_loader, check_labels
+    from .data import build_loader, check_labels
     from .data.transforms import Recipe
+    from .runner import dataset_split
 
     d = config.data
-    val = build_dataset(d.dataset, d.data_path, "val", download=d.download)
+    val = dataset_split(config, "val", model.num_classes)
     check_labels(val, model.num_classes)
     batch = min(d.batch_size, 64)
     loader = build_loader(val, Recipe(pre.crop), pre, train=False, batch_size=batch, workers=0)
     real = [b.images for b in itertools.islice(loader, 2)]
     calibration = None
     if args.format == "onnx-int8":
-        train = build_dataset(d.dataset, d.data_path, "train", download=d.download)
+        train = dataset_split(config, "train", model.num_classes)
         loader = build_loader(train, Recipe(pre.crop), pre, train=False, batch_size=batch, workers=0)
         count = max(1, -(-args.calibration_images // batch))
         calibration = [b.images for b in itertools.islice(loader, count)]

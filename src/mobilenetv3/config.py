@@ -233,7 +233,7 @@ def validate(config: Config) -> None:
         (o.lr > 0, f"lr must be positive, got {o.lr}"),
         (o.lr_init >= 0 and o.lr_end >= 0, "lr_init and lr_end must be 0 or more"),
         (o.epochs >= 1, f"epochs must be at least 1, got {o.epochs}"),
-        (0 <= o.warmup_epochs <= o.epochs, f"warmup_epochs must be in [0, epochs], got {o.warmup_epochs}"),
+        (o.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {o.warmup_epochs}"),
         (0 <= o.momentum < 1, f"momentum must be in [0, 1), got {o.momentum}"),
         (o.weight_decay >= 0, f"weight_decay must be 0 or more, got {o.weight_decay}"),
         (0 <= o.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {o.label_smoothing}"),

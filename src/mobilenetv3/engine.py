@@ -40,6 +40,11 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
     start = time.perf_counter()
     loss_sum, steps, images_seen, skipped, stopped = 0.0, 0, 0, 0, False
     for batch in batches:
+        if len(batch.labels) < 2:  # unreadable images skipped: too few left for BatchNorm statistics
+            skipped += batch.skipped + len(batch.labels)
+            global_step += 1  # the step still counts, so the schedule and epoch boundaries stay aligned
+            steps += 1
+            continue
         step_start = time.perf_counter()
         lr = lr_at(global_step)
         _set_lr(optimizer, lr)

@@ -91,6 +91,7 @@ def run_lock(run_dir: Path, resuming: bool):
 
     The lock is an ``flock``, released by the kernel when the process ends however it ends.
     """
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming and any(ckpt.EPOCH_CHECKPOINT.match(p.name) or p.name == "last.pt" for p in run_dir.iterdir()):
         raise ValueError(f"{run_dir} already holds a run (checkpoints); continue it with --resume auto, "
@@ -110,8 +111,14 @@ def run_lock(run_dir: Path, resuming: bool):
     handle.flush()
     try:
         yield
-    finally:
+    except BaseException:
         handle.close()
+        if [p.name for p in run_dir.iterdir()] == [".lock"]:  # failed before writing anything: leave no trace
+            (run_dir / ".lock").unlink()
+            if created:
+                run_dir.rmdir()
+        raise
+    handle.close()
 
 
 # ------------------------------------------------------------------------------------------ set-up
@@ -157,13 +164,18 @@ def data_recipe(config: Config, train: Dataset, in_chans: int) -> tuple:
                         auto_augment=d.auto_augment, random_erasing=d.random_erasing)
 
 
+def dataset_split(config: Config, split: str, num_classes: Optional[int] = None) -> Dataset:
+    """Split ``"train"`` or ``"val"`` of the configured dataset (synthetic data sized as configured)."""
+    d = config.data
+    return build_dataset(d.dataset, d.data_path, split, download=d.download, synthetic_samples=d.synthetic_samples,
+                         synthetic_classes=num_classes or config.model.num_classes or 10,
+                         synthetic_size=d.image_size, seed=config.run.seed)
+
+
 def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: Optional[int] = None) -> RunData:
     """Datasets and loaders; ``in_chans`` defaults to the dataset's own channel count."""
     d, m = config.data, config.model
-    common = dict(download=d.download, synthetic_samples=d.synthetic_samples,
-                  synthetic_classes=m.num_classes or 10, synthetic_size=d.image_size, seed=config.run.seed)
-    train = build_dataset(d.dataset, d.data_path, "train", **common)
-    val = build_dataset(d.dataset, d.data_path, "val", **common)
+    train, val = dataset_split(config, "train"), dataset_split(config, "val")
     num_classes = m.num_classes or len(train.classes)
     check_labels(train, num_classes)
     check_labels(val, num_classes)
@@ -276,7 +288,10 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
     global_batch = config.data.batch_size * info.world_size
     lr_max = scaled_lr(optim_cfg.lr, global_batch, optim_cfg.lr_reference_batch)
     total_steps = optim_cfg.epochs * steps_per_epoch
-    warmup_steps = round(optim_cfg.warmup_epochs * steps_per_epoch)
+    warmup_steps = min(total_steps, round(optim_cfg.warmup_epochs * steps_per_epoch))
+    if optim_cfg.warmup_epochs > optim_cfg.epochs:
+        log.warning("warmup_epochs %g is longer than the run (%d epochs): the LR warms up over the whole run",
+                    optim_cfg.warmup_epochs, optim_cfg.epochs)
 
     def lr_at(step: int) -> float:
         return warmup_cosine_lr(step, total_steps, warmup_steps, lr_max, optim_cfg.lr_init, optim_cfg.lr_end)
@@ -349,6 +364,9 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
                               train_loss=state["epoch_loss_sum"] / max(1, done), lr=lr_at(state["global_step"] - 1),
                               epoch_time=result["time"], images_per_s=result["images"] / max(result["time"], 1e-9),
                               skipped=result["skipped"])
+                if record["skipped"]:
+                    log.warning("epoch %d: skipped %d unreadable image(s)", epoch + 1, record["skipped"])
+                    runlog.line(f"skipped {record['skipped']} unreadable image(s)")
                 state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0)
                 last_metrics = _maybe_validate(config, state, record, model, ema, data, device, amp_dtype)
                 runlog.end_epoch(record)
@@ -400,8 +418,9 @@ def _maybe_validate(config, state, record, model, ema, data, device, amp_dtype) 
     expected = len(data.val) - metrics["skipped"]
     if metrics["count"] != expected:
         raise RunError(f"validation scored {metrics['count']} samples, the set has {expected}")
-    log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% (%d images)%s", state["epoch"], epochs,
+    log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% (%d images%s)%s", state["epoch"], epochs,
              record["train_loss"], 100 * metrics["top1"], 100 * metrics["top5"], metrics["count"],
+             f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else "",
              f", EMA top-1 {100 * metrics['ema']['top1']:.2f}%" if "ema" in metrics else "")
     return metrics
 
@@ -523,9 +542,7 @@ def run_eval(config: Config, weights: str, *, ema: bool = False, onnx: Optional[
             model = ckpt.load_model(weights, ema=ema).to(device)
             source = weights
         d = config.data
-        common = dict(download=d.download, synthetic_samples=d.synthetic_samples,
-                      synthetic_classes=model.num_classes, synthetic_size=d.image_size, seed=config.run.seed)
-        val = build_dataset(d.dataset, d.data_path, "val", **common)
+        val = dataset_split(config, "val", model.num_classes)
         check_labels(val, model.num_classes)
         saved = getattr(model, "preprocessing", None)
         if preprocessing is None and saved:

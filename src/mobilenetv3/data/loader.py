@@ -193,7 +193,11 @@ def build_loader(data: Dataset, recipe: Recipe, preprocessing: Preprocessing, *,
         sampler: Sampler = TrainBatches(len(data), batch_size, rank=rank, world_size=world_size, seed=seed)
     else:
         sampler = EvalBatches(len(data), batch_size, rank=rank, world_size=world_size)
-    workers = default_workers(world_size) if workers is None else workers
+    if workers is None:
+        # In-memory batches augment at tens of thousands of images/s on one core: on a CPU run a worker
+        # process would only compete with the training step for cores. Files need decoding in workers.
+        in_memory_on_cpu = isinstance(data, InMemoryImages) and not pin_memory
+        workers = 0 if in_memory_on_cpu else default_workers(world_size)
     return BatchLoader(batches, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, worker_init_fn=_seed_worker,
                       generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,207 @@
+"""After training: eval (every sample once, exact answers), export verified in each runtime, predict, hub."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mobilenetv3 import checkpoint as ckpt
+from mobilenetv3.data import build_dataset
+from mobilenetv3.export import FORMATS, export_verified, load_exported
+from mobilenetv3.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+BIAS = [0.0, 4.0, 0.0, 9.0, 0.0, 3.0, 2.0, 1.0, 0.0, -1.0]  # ranking: 3, 1, 5, 6, 7, ...
+SYNTHETIC = ["--dataset", "synthetic", "--synthetic-samples", "86", "--image-size", "32", "--seed", "5"]
+
+
+def cli(*argv, env=None):
+    return subprocess.run([sys.executable, "-m", "mobilenetv3", *argv], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})))
+
+
+@pytest.fixture(scope="module")
+def fixed_class_checkpoint(tmp_path_factory):
+    """A model that ignores its input: zero classifier weights, a bias that ranks the classes."""
+    model = create_model("mobilenetv3_small", num_classes=10, width_mult=0.5)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(BIAS))
+    path = tmp_path_factory.mktemp("fixed") / "fixed.pt"
+    weights = ckpt.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3",
+                           classes=[f"c{i}" for i in range(10)],
+                           preprocessing=dict(resize=32, crop=32, interpolation="bilinear", mean=(0.5,) * 3,
+                                              std=(0.25,) * 3, in_chans=3))
+    ckpt.write_weights(weights, path, "mobilenetv3")
+    return path
+
+
+def expected_scores():
+    labels = build_dataset("synthetic", None, "val", synthetic_samples=86, synthetic_classes=10, synthetic_size=32,
+                           seed=5).labels
+    top5 = {3, 1, 5, 6, 7}
+    hits1, hits5 = sum(int(y) == 3 for y in labels), sum(int(y) in top5 for y in labels)
+    return len(labels), hits1 / len(labels), hits5 / len(labels)
+
+
+def test_eval_gives_the_known_answers_and_counts_every_sample_once(fixed_class_checkpoint, tmp_path):
+    count, top1, top5 = expected_scores()
+    assert count == 21  # not a multiple of the eval batch (2 x 5 = 10)
+    result = cli("eval", "--checkpoint", str(fixed_class_checkpoint), *SYNTHETIC, "--batch-size", "5",
+                 "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    assert "scored 21 of 21 images, each once" in result.stdout
+    assert f"result: {{'acc': {top1}, 'top5': {top5}}} ckpt= {fixed_class_checkpoint}" in result.stdout
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["count"] == report["dataset_size"] == 21
+    assert report["top1"] == pytest.approx(top1) and report["top5"] == pytest.approx(top5)
+    assert report["weights_sha256"] and report["preprocessing"]["crop"] == 32
+    rows = (tmp_path / "report" / "confusion.csv").read_text().splitlines()
+    assert rows[0].split(",")[1:4] == ["c0", "c1", "c2"] and len(rows) == 11
+    assert sum(int(row.split(",")[4]) for row in rows[1:]) == 21  # every prediction is class 3
+    assert (tmp_path / "report" / "confusion.png").stat().st_size > 0
+
+
+def test_distributed_eval_gives_the_same_numbers(fixed_class_checkpoint, tmp_path):
+    single = cli("eval", "--checkpoint", str(fixed_class_checkpoint), *SYNTHETIC, "--batch-size", "4", "--json",
+                 "--out", str(tmp_path / "one"))
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "mobilenetv3", "eval", "--checkpoint", str(fixed_class_checkpoint), *SYNTHETIC,
+                          "--batch-size", "4", "--json", "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert single.returncode == 0 and two.returncode == 0, two.stderr[-1500:]
+    one_report, two_report = json.loads(single.stdout), json.loads(two.stdout)
+    assert two_report["world_size"] == 2 and two_report["count"] == one_report["count"] == 21
+    for key in ("top1", "top5", "loss", "per_class_accuracy"):
+        assert two_report[key] == pytest.approx(one_report[key]), key
+
+
+def test_eval_mistakes_are_one_line(fixed_class_checkpoint, tmp_path):
+    missing = cli("eval", "--checkpoint", str(tmp_path / "none.pt"), *SYNTHETIC)
+    assert missing.returncode == 2 and missing.stderr.strip() == \
+        f"mobilenetv3 eval: error: {tmp_path / 'none.pt'} does not exist"
+    assert cli("eval", *SYNTHETIC).returncode == 2
+    no_ema = cli("eval", "--checkpoint", str(fixed_class_checkpoint), "--ema", *SYNTHETIC)
+    assert no_ema.returncode == 2 and "has no EMA weights" in no_ema.stderr
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "mobilenetv3_large"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
+def test_exports_agree_with_pytorch(name, fmt, tmp_path):
+    model = create_model(name, num_classes=7).eval()
+    result = export_verified(model, fmt, tmp_path / f"m.{fmt}", torch.randn(2, 3, 64, 64), tolerance=1e-4)
+    assert result["random"]["compared"] == 4  # batch 1 and batch 3
+    assert result["random"]["max_abs_diff"] <= 1e-4 and result["random"]["top1_agreement"] == 1.0
+    runtime = load_exported(tmp_path / f"m.{fmt}", fmt)
+    x = torch.randn(3, 3, 64, 64)
+    torch.testing.assert_close(runtime(x), model(x), atol=1e-4, rtol=0)
+
+
+def test_onnx_has_native_hard_activations_dynamic_batch_and_metadata(tmp_path):
+    import onnx
+
+    model = create_model("mobilenetv3_small", num_classes=3).eval()
+    model.classes, model.preprocessing = ["a", "b", "c"], None
+    export_verified(model, "onnx", tmp_path / "m.onnx", torch.randn(2, 3, 64, 64), softmax=True)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"HardSwish", "HardSigmoid"} <= ops and "BatchNormalization" not in ops
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["mobilenetv3"])
+    assert meta["classes"] == ["a", "b", "c"] and meta["softmax"] is True
+    probs = load_exported(tmp_path / "m.onnx", "onnx")(torch.randn(5, 3, 64, 64))
+    torch.testing.assert_close(probs.sum(1), torch.ones(5))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained on two-class synthetic data (class 1 images are brighter)."""
+    from mobilenetv3.config import load_config
+    from mobilenetv3.runner import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    config = load_config(None, dict(dataset="synthetic", num_classes=2, synthetic_samples=192, image_size=32,
+                                    batch_size=32, model="mobilenetv3_small", width_mult=0.5, epochs=4,
+                                    warmup_epochs=0, lr=0.1, bn_momentum=0.3, workers=0, progress=False,
+                                    run_dir=str(run_dir), transform="none"))
+    result = train(config)
+    assert result["top1"] == 1.0, result
+    return run_dir / "last.pt"
+
+
+def test_int8_export_runs_and_reports_accuracy(trained, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    result = cli("export", "--checkpoint", str(trained), "--format", "onnx-int8", "--output", str(out),
+                 "--calibration-images", "32")
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and (tmp_path / "m.onnx").is_file()
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"exported onnx-int8: {out}"
+    accuracy = [line for line in lines if "accuracy on synthetic val" in line]
+    assert accuracy and "INT8 top-1" in accuracy[0] and "fp32 top-1 100.00%" in accuracy[0]
+    scored = cli("eval", "--onnx", str(out), "--out", str(tmp_path / "rep"), "--dataset", "synthetic",
+                 "--synthetic-samples", "192")
+    assert scored.returncode == 0, scored.stderr
+    assert "onnxruntime" in scored.stdout and "scored 48 of 48" in scored.stdout
+
+
+def _save_images(tmp_path, count=4):
+    data = build_dataset("synthetic", None, "val", synthetic_samples=192, synthetic_classes=2, synthetic_size=32,
+                         seed=1)
+    paths = []
+    for i in range(count):
+        path = tmp_path / f"img{i}_class{int(data.labels[i])}.png"
+        Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_returns_the_right_class(trained, tmp_path):
+    paths = _save_images(tmp_path)
+    result = cli("predict", str(tmp_path), "--checkpoint", str(trained), "--json", "--topk", "2")
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)
+    assert [Path(p["path"]).name for p in predictions] == sorted(p.name for p in paths)
+    for p in predictions:
+        assert p["top"][0]["class"] == f"class_{Path(p['path']).stem[-1]}"
+        assert sum(t["probability"] for t in p["top"]) == pytest.approx(1.0, abs=1e-5)
+    table = cli("predict", str(paths[0]), str(tmp_path / "*.png"), "--checkpoint", str(trained))
+    assert table.returncode == 0 and len(table.stdout.splitlines()) == len(paths)
+
+
+def test_predict_with_an_exported_onnx_model(trained, tmp_path):
+    onnx_path = tmp_path / "m.onnx"
+    assert cli("export", "--checkpoint", str(trained), "--output", str(onnx_path)).returncode == 0
+    (tmp_path / "images").mkdir()
+    paths = _save_images(tmp_path / "images")
+    result = cli("predict", *map(str, paths), "--onnx", str(onnx_path), "--json")
+    assert result.returncode == 0, result.stderr
+    for p in json.loads(result.stdout):
+        assert p["top"][0]["class"] == f"class_{Path(p['path']).stem[-1]}"
+
+
+def test_predict_mistakes(trained, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    bad = cli("predict", str(tmp_path / "bad.png"), "--checkpoint", str(trained))
+    assert bad.returncode == 2 and f"{tmp_path / 'bad.png'}: unreadable image" in bad.stderr
+    none = cli("predict", str(tmp_path / "*.jpg"), "--checkpoint", str(trained))
+    assert none.returncode == 2 and "no file matches" in none.stderr
+
+
+def test_torch_hub_loads_from_a_local_checkout(trained):
+    model = torch.hub.load(str(REPO), "mobilenetv3_small", source="local", weights=str(trained))
+    assert not model.training and model.classes == ["class_0", "class_1"]
+    fresh = torch.hub.load(str(REPO), "mobilenetv3_large", source="local", num_classes=5)
+    assert fresh.classifier.out_features == 5
+    seed = torch.hub.load(str(REPO), "create_network", "mobilenetv3_small", 10, source="local")
+    assert seed.head_fc.out_features == 1280 and seed.model_kwargs["dropout"] == 0.0  # the seed's network
+    with pytest.raises(ValueError, match="holds mobilenetv3_small weights, not mobilenetv3_large"):
+        torch.hub.load(str(REPO), "mobilenetv3_large", source="local", weights=str(trained))
+
+
+def test_export_formats_listed():
+    assert FORMATS == ("onnx", "onnx-int8", "torchscript", "pt2")
