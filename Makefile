@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test clean
 
 demo: $(VENV)/.installed
-	$(BIN)/mobilenetv3 info mobilenetv3_large
+	BIN=$(abspath $(BIN)) bash scripts/demo.sh
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

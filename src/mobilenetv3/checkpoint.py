@@ -219,7 +219,14 @@ def foreign_weights(state_dict: dict, source: str) -> Weights:
         model = fitting_model(converted, extra)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
-    return Weights(model.model_name, dict(model.model_kwargs), converted, origin)
+    return Weights(model.model_name, dict(model.model_kwargs), _in_model_order(converted, model), origin)
+
+
+def _in_model_order(state_dict: dict, model: torch.nn.Module) -> dict:
+    """Keys in the module's own order (safetensors sorts them; MindSpore files are written in this order)."""
+    order = list(model.state_dict())
+    known = set(order)
+    return {k: state_dict[k] for k in order if k in state_dict} | {k: v for k, v in state_dict.items() if k not in known}
 
 
 def _strip_wrappers(key: str) -> str:
@@ -246,7 +253,11 @@ def _read_safetensors(path: Path) -> Weights:
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
     if "model_name" in metadata:
-        return Weights(metadata["model_name"], json.loads(metadata["model_kwargs"]), tensors, "safetensors",
+        from .models import create_model
+
+        kwargs = json.loads(metadata["model_kwargs"])
+        tensors = _in_model_order(tensors, create_model(metadata["model_name"], **kwargs))
+        return Weights(metadata["model_name"], kwargs, tensors, "safetensors",
                        json.loads(metadata.get("classes", "null")), json.loads(metadata.get("preprocessing", "null")))
     return foreign_weights(tensors, str(path))
 

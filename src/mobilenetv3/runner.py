@@ -50,6 +50,14 @@ def prepare_config(preset: Optional[str], overrides: dict) -> Config:
     resume_path = resolve_resume(config)
     if resume_path is None:
         return config
+    if resume_path.suffix == ".ckpt":  # the seed's training checkpoint: its network, the recipe given now
+        weights = ckpt.read_weights(resume_path)
+        kwargs = weights.model_kwargs
+        architecture = ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum")
+        config.update(dict(model=weights.model_name, **{k: kwargs[k] for k in architecture}), source=str(resume_path))
+        config.update(overrides, source="flag")
+        validate(config)
+        return config
     state = ckpt.load_checkpoint(resume_path)
     if "config" not in state:
         raise ValueError(f"{resume_path} holds weights only, not a training state; start from it with --pretrained")
@@ -260,7 +268,8 @@ def train(config: Config) -> dict:
     info = init_distributed(device_type)
     try:
         resume_path = resolve_resume(config)
-        run_dir = resume_path.parent if resume_path and not config.run.run_dir else _run_dir(config)
+        continues_run = resume_path is not None and resume_path.suffix != ".ckpt"
+        run_dir = resume_path.parent if continues_run and not config.run.run_dir else _run_dir(config)
         if info.enabled:
             from .dist import broadcast_object
 
@@ -308,7 +317,8 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
 
     state = dict(epoch=0, step_in_epoch=0, global_step=0, best_top1=None, history=[], epoch_loss_sum=0.0)
     if resume_path is not None:
-        state = _restore(resume_path, model, optimizer, scaler, ema, state)
+        restore = _restore_mindspore if resume_path.suffix == ".ckpt" else _restore
+        state = restore(resume_path, model, optimizer, scaler, ema, state, steps_per_epoch)
         log.info("resuming from %s at epoch %d, step %d", resume_path, state["epoch"] + 1, state["step_in_epoch"])
 
     train_model: nn.Module = model
@@ -479,7 +489,7 @@ class _Saver:
             ckpt.save_safetensors(self.ema.module.state_dict(), self.run_dir / "model_ema.safetensors", metadata)
 
 
-def _restore(path: Path, model, optimizer, scaler, ema, state: dict) -> dict:
+def _restore(path: Path, model, optimizer, scaler, ema, state: dict, steps_per_epoch: int) -> dict:
     saved = ckpt.load_checkpoint(path)
     if "optimizer" not in saved:
         raise ValueError(f"{path} holds weights only, not a training state; start from it with --pretrained")
@@ -494,6 +504,30 @@ def _restore(path: Path, model, optimizer, scaler, ema, state: dict) -> dict:
     return dict(epoch=saved["epoch"], step_in_epoch=saved["step_in_epoch"], global_step=saved["global_step"],
                 best_top1=saved["best_top1"], history=list(saved["history"]),
                 epoch_loss_sum=saved["epoch_loss_sum"])
+
+
+def _restore_mindspore(path: Path, model, optimizer, scaler, ema, state: dict, steps_per_epoch: int) -> dict:
+    """Continue a seed training checkpoint: its weights, its SGD momentum buffers, its step in the schedule.
+
+    MindSpore's Momentum and PyTorch's SGD keep the same buffer (v = m * v + g), so the buffers carry over.
+    """
+    from .convert.mindspore import from_mindspore, read_ckpt
+
+    seed = from_mindspore(read_ckpt(path))
+    check_shapes(seed.state_dict, model)
+    model.load_state_dict(seed.state_dict)
+    if seed.momentum_buffers and isinstance(optimizer, torch.optim.SGD):
+        params = dict(model.named_parameters())
+        for name, buffer in seed.momentum_buffers.items():
+            optimizer.state[params[name]]["momentum_buffer"] = buffer.to(params[name]).clone()
+    elif seed.momentum_buffers:
+        log.warning("%s holds SGD momentum buffers; the %s optimizer starts without them", path,
+                    type(optimizer).__name__)
+    if ema is not None:
+        ema.module.load_state_dict(model.state_dict())
+    step = seed.global_step or 0
+    log.info("continuing the seed's run at global step %d (momentum buffers: %d)", step, len(seed.momentum_buffers))
+    return dict(state, epoch=step // steps_per_epoch, step_in_epoch=step % steps_per_epoch, global_step=step)
 
 
 def _write_config(run_dir: Path, config: Config, data: RunData, lr_max: float, global_batch: int,
