@@ -120,7 +120,7 @@ def _crc_file(path: Path, body: bytes, wrong: bool = False) -> Path:
 
 @needs_fixture
 @pytest.mark.parametrize("case", ["random", "truncated", "empty", "wrong-crc", "other-model", "pickle-as-ckpt"])
-def test_malformed_weight_files_are_one_line_exit_2(case, tmp_path):
+def test_malformed_weight_files_are_one_line_exit_2(case, tmp_path, run_cli):
     body = CKPT.read_bytes()
     path = tmp_path / "bad.ckpt"
     if case == "random":
@@ -137,7 +137,7 @@ def test_malformed_weight_files_are_one_line_exit_2(case, tmp_path):
         torch.save({"a": 1}, path)
     for argv in (["convert", str(path), str(tmp_path / "out.pt")],
                  ["eval", "--checkpoint", str(path), "--dataset", "synthetic"]):
-        result = cli(*argv)
+        result = run_cli(*argv)
         assert result.returncode == 2, (case, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in result.stderr, lines

@@ -473,16 +473,16 @@ def test_presets_hold_the_seed_recipes():
     (["--momentum", "1.5"], "momentum must be in [0, 1), got 1.5"),
     (["--weight-decay", "-1e-4"], "weight_decay must be 0 or more"),
 ])
-def test_bad_training_settings_are_one_line_and_exit_2(flags, message, tmp_path):
-    result = cli("train", "--dataset", "synthetic", "--run-dir", str(tmp_path / "r"), *flags, check=False)
+def test_bad_training_settings_are_one_line_and_exit_2(flags, message, tmp_path, run_cli):
+    result = run_cli("train", "--dataset", "synthetic", "--run-dir", str(tmp_path / "r"), *flags)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()  # nothing half-made
 
 
-def test_bad_yaml_config(tmp_path):
+def test_bad_yaml_config(tmp_path, run_cli):
     (tmp_path / "bad.yaml").write_text("optim:\n  lr: [1, 2\n")
     (tmp_path / "typo.yaml").write_text("optim:\n  lrr: 0.1\n")
     for name, message in (("bad.yaml", "is not valid YAML"), ("typo.yaml", "unknown setting optim.lrr")):
-        result = cli("train", "--config", str(tmp_path / name), check=False)
+        result = run_cli("train", "--config", str(tmp_path / name))
         assert result.returncode == 2 and message in result.stderr

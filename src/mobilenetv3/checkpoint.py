@@ -88,8 +88,11 @@ def load_file(path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global[^.\n]*", str(err))
+        if found is None:  # not a pickle of ours at all
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or another format)") from None
         raise ValueError(f"{path}: refused to load: it holds Python objects that could run code "
-                         f"({_first_line(err)}); only tensors and plain data are loaded") from None
+                         f"({found.group(0).replace('GLOBAL ', '')}); only tensors and plain data are loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as err:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or another format: "
                          f"{_first_line(err)})") from None
@@ -226,7 +229,8 @@ def _in_model_order(state_dict: dict, model: torch.nn.Module) -> dict:
     """Keys in the module's own order (safetensors sorts them; MindSpore files are written in this order)."""
     order = list(model.state_dict())
     known = set(order)
-    return {k: state_dict[k] for k in order if k in state_dict} | {k: v for k, v in state_dict.items() if k not in known}
+    ordered = {k: state_dict[k] for k in order if k in state_dict}
+    return ordered | {k: v for k, v in state_dict.items() if k not in known}
 
 
 def _strip_wrappers(key: str) -> str:

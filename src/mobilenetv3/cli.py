@@ -16,11 +16,6 @@ from typing import Optional, Sequence
 PROG = "mobilenetv3"
 EXIT_USER_ERROR = 2
 
-# Subcommands that later work fills in; until then they say so in one line.
-PLANNED = {
-    "bench": "benchmark latency and throughput against torchvision",
-}
-
 
 class UserError(Exception):
     """A mistake the user can fix; reported as one line with exit code 2."""
@@ -406,9 +401,41 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_planned(args: argparse.Namespace) -> int:
-    print(f"{PROG} {args.command}: not available yet in this version", file=sys.stderr)
-    return 1
+# ------------------------------------------------------------------------------------------ bench
+def _add_bench(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmark latency and throughput against torchvision",
+                              description="Time our inference paths or training step next to torchvision's in the "
+                                          "same run; prints ratios (>1: faster than torchvision). The full suite is "
+                                          "benchmarks/run_all.sh.")
+    p.add_argument("what", choices=("inference", "training"), help="what to time")
+    p.add_argument("--model", nargs="+", default=["mobilenetv3_large"], help="models (default mobilenetv3_large)")
+    p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default: 1 and 32 for inference, 32 for "
+                                                        "training)")
+    p.add_argument("--size", type=int, help="image size (default 224)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and no torch.compile")
+    p.add_argument("--out", help="also write the rows as JSON here")
+    p.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_rows, run_bench
+    from .models import list_models
+
+    for name in args.model:
+        if name not in list_models():
+            raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    batches = args.batch or ([1, 32] if args.what == "inference" else [32])
+    size = args.size or 224
+    if min(batches) < 1 or size < 32:
+        raise UserError("--batch must be at least 1 and --size at least 32")
+    result = run_bench(args.what, args.model, batches, size, args.quick, Path(args.out) if args.out else None)
+    machine = result["machine"]
+    print(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} ({machine['torch_threads']} threads)"
+          + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else ""))
+    key = "speedup_vs_torchvision_eager" if args.what == "inference" else "speedup_vs_torchvision_loop"
+    print(format_rows(result["rows"], key))
+    print("ratio: torchvision's time over ours (above 1: faster than torchvision)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,8 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(subparsers)
     _add_predict(subparsers)
     _add_convert(subparsers)
-    for name, help_text in PLANNED.items():
-        subparsers.add_parser(name, help=help_text, description=help_text).set_defaults(handler=_cmd_planned)
+    _add_bench(subparsers)
     _add_info(subparsers)
     return parser
 
@@ -453,10 +479,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _log_to_stderr() -> None:
     """The package's INFO messages on stderr; other libraries stay at WARNING."""
     package = logging.getLogger("mobilenetv3")
-    if not package.handlers:
+    handler = next((h for h in package.handlers if getattr(h, "_mobilenetv3_cli", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._mobilenetv3_cli = True
         package.addHandler(handler)
+    handler.setStream(sys.stderr)  # the current stderr, also when main() runs again in one process
     package.setLevel(logging.INFO)
 
 

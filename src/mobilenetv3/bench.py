@@ -1,0 +1,285 @@
+"""Side-by-side benchmarks: our paths against torchvision's in the same process, as ratios.
+
+Every figure is the median of several timed repeats after warm-up, measured next to its reference
+in the same run. ``benchmarks/`` runs the full suite and renders ``BENCHMARKS.md``; ``mobilenetv3
+bench`` runs the common cases. Nothing here asserts a time: tests only check that it runs.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .models import count_madds, create_model
+
+TORCHVISION_NAMES = {"mobilenetv3_large": "mobilenet_v3_large", "mobilenetv3_small": "mobilenet_v3_small"}
+
+
+# ------------------------------------------------------------------------------------ measuring
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), torch=str(torch.__version__), torch_threads=torch.get_num_threads(),
+                python=platform.python_version(), load_average_1min=os.getloadavg()[0])
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def time_call(fn: Callable[[], object], warmup: int = 3, repeats: int = 10, sync: Callable = lambda: None) -> dict:
+    """Median seconds per call of ``fn`` over ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        runs.append(time.perf_counter() - start)
+    return dict(median_s=statistics.median(runs), runs=runs)
+
+
+def peak_gflops(size: int = 2048) -> dict:
+    """The CPU's fp32 peak: measured with a large matrix product, and the nominal figure from the clock."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    timing = time_call(lambda: a @ b, warmup=2, repeats=5)
+    measured = 2 * size ** 3 / timing["median_s"] / 1e9
+    nominal = None
+    try:
+        mhz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("cpu MHz"))
+        flags = Path("/proc/cpuinfo").read_text()
+        lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4  # fp32 lanes per vector
+        nominal = (os.cpu_count() or 1) * 2 * lanes * 2 * mhz / 1e3  # cores x 2 FMA units x lanes x 2 flops x GHz
+    except (OSError, ValueError):
+        pass
+    return dict(measured_gflops=measured, nominal_gflops=nominal, method=f"{size}x{size} fp32 matmul (torch)",
+                nominal_formula="cores x 2 FMA units x vector lanes x 2 flops x clock")
+
+
+# ------------------------------------------------------------------------------------ inference
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy with every BatchNorm folded into the convolution before it (eval mode only)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from .models.layers import ConvBNAct
+
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+            module.bn = nn.Identity()
+    return folded
+
+
+def _torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
+    import torchvision
+
+    return getattr(torchvision.models, TORCHVISION_NAMES[name])(num_classes=num_classes).eval()
+
+
+def _onnx_session(model: nn.Module, example: torch.Tensor, folder: Path, tag: str, int8: bool = False):
+    """ONNX Runtime running ``model``'s export (INT8: calibrated on random images, for latency only)."""
+    from .export import OnnxModule, export_onnx, quantize_onnx
+
+    path = folder / f"{tag}.onnx"
+    if not hasattr(model, "model_name"):  # torchvision's model: the same exporter, no metadata
+        model.model_name, model.model_kwargs = tag, {}
+    export_onnx(model, path, example[:2] if len(example) > 1 else example.repeat(2, 1, 1, 1))
+    if int8:
+        generator = torch.Generator().manual_seed(0)
+        calibration = [torch.randn(8, *example.shape[1:], generator=generator) for _ in range(4)]
+        path = quantize_onnx(path, folder / f"{tag}.int8.onnx", calibration)
+    return OnnxModule(path)
+
+
+INFERENCE_VARIANTS = ("torchvision eager", "torchvision onnxruntime", "eager", "eager channels_last", "bn folded",
+                      "torchscript", "compile", "onnxruntime fp32", "onnxruntime int8")
+
+
+def inference_callables(name: str, batch: int, size: int, variants, folder: Path) -> dict[str, Callable]:
+    """``{variant: fn}``, each running one forward pass of a ``batch`` of ``size`` px images."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size)
+    ours = create_model(name).eval()
+    fns: dict[str, Callable] = {}
+    for variant in variants:
+        if variant == "torchvision eager":
+            reference = _torchvision_model(name)
+            fns[variant] = lambda m=reference: m(x)
+        elif variant == "torchvision onnxruntime":
+            fns[variant] = lambda s=_onnx_session(_torchvision_model(name), x, folder, f"tv_{name}"): s(x)
+        elif variant == "eager":
+            fns[variant] = lambda: ours(x)
+        elif variant == "eager channels_last":
+            cl_model = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+            cl_x = x.contiguous(memory_format=torch.channels_last)
+            fns[variant] = lambda: cl_model(cl_x)
+        elif variant == "bn folded":
+            folded = fold_batchnorm(ours).to(memory_format=torch.channels_last)
+            cl_x = x.contiguous(memory_format=torch.channels_last)
+            fns[variant] = lambda: folded(cl_x)
+        elif variant == "torchscript":
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(ours, x)))
+            fns[variant] = lambda: scripted(x)
+        elif variant == "compile":
+            compiled = torch.compile(fold_batchnorm(ours))
+            fns[variant] = lambda: compiled(x)
+        elif variant == "onnxruntime fp32":
+            fns[variant] = lambda s=_onnx_session(ours, x, folder, name): s(x)
+        elif variant == "onnxruntime int8":
+            fns[variant] = lambda s=_onnx_session(ours, x, folder, name, int8=True): s(x)
+        else:
+            raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(INFERENCE_VARIANTS)}")
+    return fns
+
+
+@torch.inference_mode()
+def bench_inference(name: str, batch: int, size: int = 224, variants=INFERENCE_VARIANTS, repeats: int = 10,
+                    warmup: int = 3) -> list[dict]:
+    """Latency of each variant; ``ratio`` is torchvision eager's time over the variant's (higher is faster)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        fns = inference_callables(name, batch, size, variants, Path(folder))
+        for variant, fn in fns.items():
+            timing = time_call(fn, warmup=warmup, repeats=repeats)
+            rows.append(dict(kind="inference", model=name, batch=batch, size=size, variant=variant,
+                             ms=1000 * timing["median_s"], images_per_s=batch / timing["median_s"],
+                             runs_ms=[1000 * r for r in timing["runs"]]))
+    reference = next((r["ms"] for r in rows if r["variant"] == "torchvision eager"), None)
+    for row in rows:
+        row["speedup_vs_torchvision_eager"] = reference / row["ms"] if reference else None
+    return rows
+
+
+# ------------------------------------------------------------------------------------- training
+def _batches(count: int, batch: int, size: int, num_classes: int, in_chans: int = 3):
+    from .data.loader import Batch
+
+    generator = torch.Generator().manual_seed(0)
+    return [Batch(torch.randn(batch, in_chans, size, size, generator=generator),
+                  torch.randint(0, num_classes, (batch,), generator=generator), 0) for _ in range(count)]
+
+
+def bench_training(name: str, batch: int, size: int, steps: int = 6, warmup: int = 2, num_classes: int = 10,
+                   channels_last: bool = True) -> list[dict]:
+    """Images/s of the project's training step (``engine.train_one_epoch`` with the run's loss, optimizer,
+    schedule and log) against a bare torchvision model + SGD + cross-entropy loop, on the same tensors."""
+    import torch.nn.functional as F
+
+    from .config import load_config
+    from .engine import train_one_epoch
+    from .optim import build_optimizer, param_groups, smoothed_cross_entropy, warmup_cosine_lr
+    from .runlog import RunLog
+    from .runner import build_model
+
+    batches = _batches(steps + warmup, batch, size, num_classes)
+    torch.manual_seed(0)
+    reference = _torchvision_model(name, num_classes).train()
+    reference_opt = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def bare(items):
+        for b in items:
+            loss = F.cross_entropy(reference(b.images), b.labels)
+            reference_opt.zero_grad()
+            loss.backward()
+            reference_opt.step()
+
+    config = load_config(None, dict(model=name, channels_last=channels_last, dropout=0.2))
+    ours = build_model(config, num_classes, 3)
+    if channels_last:
+        ours = ours.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer("sgd", param_groups(ours, 1e-4), 0.01)
+    with tempfile.TemporaryDirectory() as folder:
+        runlog = RunLog(Path(folder), True, False, 1, steps + warmup)
+
+        def project(items):
+            train_one_epoch(ours, items, optimizer, loss_fn=lambda lo, t: smoothed_cross_entropy(lo, t, 0.1),
+                            lr_at=lambda s: warmup_cosine_lr(s, 1000, 10, 0.01), global_step=0,
+                            device=torch.device("cpu"), channels_last=channels_last,
+                            on_step=lambda info: runlog.step(0, 0, info))
+
+        rows = []
+        for label, fn in (("torchvision + SGD loop", bare), ("mobilenetv3 train step", project)):
+            fn(batches[:warmup])
+            start = time.perf_counter()
+            per_step = []
+            for b in batches[warmup:]:
+                step_start = time.perf_counter()
+                fn([b])
+                per_step.append(time.perf_counter() - step_start)
+            median = statistics.median(per_step)
+            rows.append(dict(kind="training", model=name, batch=batch, size=size, variant=label,
+                             ms=1000 * median, images_per_s=batch / median, total_s=time.perf_counter() - start))
+        runlog.close()
+    rows[1]["speedup_vs_torchvision_loop"] = rows[1]["images_per_s"] / rows[0]["images_per_s"]
+    rows[0]["speedup_vs_torchvision_loop"] = 1.0
+    return rows
+
+
+def physical_floor(name: str, batch: int, size: int, peak: dict) -> dict:
+    """The model's FLOPs (2 x MAdds) over the CPU's peak: no implementation can be faster than this."""
+    flops = 2 * count_madds(create_model(name), size) * batch
+    return dict(model=name, batch=batch, size=size, gflops=flops / 1e9,
+                floor_ms_measured_peak=1000 * flops / (peak["measured_gflops"] * 1e9),
+                floor_ms_nominal_peak=1000 * flops / (peak["nominal_gflops"] * 1e9) if peak["nominal_gflops"] else None)
+
+
+def format_rows(rows: list[dict], ratio_key: str) -> str:
+    lines = [f"{'model':<18} {'batch':>5} {'size':>4}  {'variant':<26} {'ms':>9} {'img/s':>9} {'ratio':>6}"]
+    for r in rows:
+        ratio = r.get(ratio_key)
+        lines.append(f"{r['model']:<18} {r['batch']:>5} {r['size']:>4}  {r['variant']:<26} {r['ms']:>9.2f} "
+                     f"{r['images_per_s']:>9.1f} {ratio:>6.2f}" if ratio else
+                     f"{r['model']:<18} {r['batch']:>5} {r['size']:>4}  {r['variant']:<26} {r['ms']:>9.2f} "
+                     f"{r['images_per_s']:>9.1f} {'':>6}")
+    return "\n".join(lines)
+
+
+def default_variants(quick: bool) -> tuple[str, ...]:
+    """``--quick`` leaves out the paths that take minutes to prepare (torch.compile)."""
+    return tuple(v for v in INFERENCE_VARIANTS if not (quick and v == "compile"))
+
+
+def run_bench(what: str, models, batches, size: int, quick: bool, out: Optional[Path] = None) -> dict:
+    """The ``mobilenetv3 bench`` entry point: one kind of benchmark, rows plus the machine."""
+    import json
+
+    result = dict(machine=machine_info(), kind=what, rows=[])
+    repeats = 3 if quick else 10
+    for name in models:
+        for batch in batches:
+            if what == "inference":
+                result["rows"] += bench_inference(name, batch, size, default_variants(quick), repeats=repeats,
+                                                  warmup=1 if quick else 3)
+            else:
+                result["rows"] += bench_training(name, batch, size, steps=2 if quick else 6)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    return result
