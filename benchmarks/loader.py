@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from mobilenetv3.bench import machine_info
 from mobilenetv3.config import load_config
 from mobilenetv3.data import STATS, build_dataset, build_loader, build_preset, default_workers
 from mobilenetv3.engine import train_one_epoch
@@ -48,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed batches (and training steps) first")
     p.add_argument("--repeats", type=int, default=3, help="loader runs per setting; the median is reported")
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
+    p.add_argument("--jpeg-images", type=int, default=400, help="JPEGs in the generated ImageFolder")
     p.add_argument("--quick", action="store_true", help="a few small batches and steps: checks the script runs; "
                                                      "its figures mean nothing")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON result (default {DEFAULT_OUT})")
@@ -59,21 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def machine() -> dict:
-    """CPU model, usable cores, torch and its thread count, and the load when the run started."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torchvision
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return dict(cpu=cpu, cores=cores, torch=torch.__version__, torchvision=torchvision.__version__,
-                torch_threads=torch.get_num_threads(), load_average_1min=load)
+    return dict(machine_info(), torchvision=torchvision.__version__)
 
 
 # ------------------------------------------------------------------------------------------- loaders
@@ -138,6 +126,68 @@ def measure_loader(make_batches, args) -> dict:
     return dict(images_per_s=statistics.median(runs), runs=runs)
 
 
+# ------------------------------------------------------------------------------------- JPEG folders
+def make_jpeg_folder(folder: Path, count: int, classes: int = 4, seed: int = 0) -> Path:
+    """``count`` JPEGs of about 500x375 in ``classes`` class folders: random crops of real photographs
+    (the sample images matplotlib ships), rescaled and re-encoded at quality 90."""
+    import random
+
+    import matplotlib
+    from PIL import Image
+
+    sample_dir = Path(matplotlib.get_data_path()) / "sample_data"
+    photos = [Image.open(sample_dir / name).convert("RGB") for name in ("grace_hopper.jpg",
+                                                                          "Minduka_Present_Blue_Pack.png")]
+    rng = random.Random(seed)
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        w, h = photo.size
+        cw, ch = rng.randint(w // 3, w), rng.randint(h // 3, h)
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        image = photo.crop((left, top, left + cw, top + ch)).resize((rng.randint(450, 520), rng.randint(330, 400)))
+        target = folder / "train" / f"class_{index % classes}"
+        target.mkdir(parents=True, exist_ok=True)
+        image.save(target / f"{index:05d}.jpg", quality=90)
+    return folder
+
+
+def jpeg_loaders(folder: Path, size: int, batch_size: int, workers: int, seed: int):
+    """Ours (seed-imagenet preset: per-image crop and flip, colour jitter and normalisation on the batch)
+    and torchvision's stock ImageFolder with the same recipe as per-image PIL transforms."""
+    from torchvision import datasets as tv_datasets
+    from torchvision import transforms as T
+
+    from mobilenetv3.data.datasets import IMAGENET_STATS, image_folder
+
+    mean, std = IMAGENET_STATS
+    data = image_folder(folder, "train")
+    recipe, preprocessing = build_preset("seed-imagenet", size, mean, std, 3)
+    stock = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4),
+                       T.ToTensor(), T.Normalize(mean, std)])
+    reference = torch.utils.data.DataLoader(tv_datasets.ImageFolder(str(folder / "train"), stock),
+                                            batch_size=batch_size, shuffle=True, drop_last=True,
+                                            num_workers=workers, persistent_workers=workers > 0,
+                                            generator=torch.Generator().manual_seed(seed))
+    return ours(data, recipe, preprocessing, batch_size, workers, seed), lambda: iter(reference)
+
+
+def measure_jpeg(args) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        count = 64 if args.quick else args.jpeg_images
+        make_jpeg_folder(Path(folder), count)
+        batch_size = 8 if args.quick else 32
+        workers = default_workers()
+        ours_batches, torchvision_batches = jpeg_loaders(Path(folder), 224, batch_size, workers, 0)
+        batches = max(1, min(args.batches, count // batch_size - args.warmup - 1))
+        settings = argparse.Namespace(warmup=args.warmup, batches=batches, repeats=args.repeats)
+        rows = [dict(pipeline="mobilenetv3", workers=workers, **measure_loader(ours_batches, settings)),
+                dict(pipeline="torchvision", workers=workers, **measure_loader(torchvision_batches, settings))]
+    return dict(images=count, size=224, batch_size=batch_size, preset="seed-imagenet", loaders=rows,
+                ratio_to_torchvision=rows[0]["images_per_s"] / rows[1]["images_per_s"], target_ratio=1.5)
+
+
 # ------------------------------------------------------------------------------------ training step
 def training_step_rate(config, batch, num_classes: int, in_chans: int, channels_last: bool, args) -> dict:
     """Images/s of ``train_one_epoch`` steps on one batch: the median step time after warm-up."""
@@ -197,7 +247,8 @@ def run(args) -> dict:
                       repeats=args.repeats, steps=args.steps),
         loaders=loaders, train_step=steps, loader_to_train_ratio=ratio, target_ratio=TARGET_RATIO,
         verdict="PASS" if ratio >= TARGET_RATIO else "MISS",
-        ratio_to_torchvision=best["mobilenetv3"]["images_per_s"] / best["torchvision"]["images_per_s"])
+        ratio_to_torchvision=best["mobilenetv3"]["images_per_s"] / best["torchvision"]["images_per_s"],
+        jpeg=measure_jpeg(args))
 
 
 def print_report(result: dict) -> None:
@@ -220,6 +271,13 @@ def print_report(result: dict) -> None:
     print(f"loader / fastest training step: {result['loader_to_train_ratio']:.1f}x "
           f"(target >= {result['target_ratio']:.0f}x): {result['verdict']}")
     print(f"ours / torchvision with {s['default_workers']} worker(s): {result['ratio_to_torchvision']:.1f}x")
+    jpeg = result["jpeg"]
+    print(f"\nJPEG ImageFolder, {jpeg['images']} images of ~500x375, {jpeg['preset']} at {jpeg['size']} px, "
+          f"batch {jpeg['batch_size']}:")
+    for loader in jpeg["loaders"]:
+        print(f"  {loader['pipeline']:<12} {loader['workers']} worker(s): {loader['images_per_s']:8.1f} images/s")
+    verdict = "PASS" if jpeg["ratio_to_torchvision"] >= jpeg["target_ratio"] else "MISS"
+    print(f"  ours / torchvision: {jpeg['ratio_to_torchvision']:.2f}x (target >= {jpeg['target_ratio']}x): {verdict}")
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .data.loader import load_image
-from .data.transforms import Preprocessing, Recipe, image_transform
+from .data.transforms import BatchAugment, Preprocessing, Recipe, image_transform
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
@@ -40,11 +40,12 @@ def predict(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, c
     """``[{"path", "top": [{"class", "index", "probability"}, ...]}]`` for every image, in order."""
     model.eval()
     transform = image_transform(Recipe(preprocessing.crop), preprocessing, train=False)
+    normalize = BatchAugment(Recipe(preprocessing.crop), preprocessing, train=False).finish
     k = min(topk, getattr(model, "num_classes", topk))
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        images = torch.stack([transform(load_image(str(p), preprocessing.in_chans)) for p in chunk])
+        images = normalize(torch.stack([transform(load_image(str(p), preprocessing.in_chans)) for p in chunk]), None)
         outputs = model(images).float()
         probs = outputs if outputs_probabilities else outputs.softmax(dim=1)
         values, indices = probs.topk(k, dim=1)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from .datasets import Dataset, ImageFiles, InMemoryImages
-from .transforms import BatchAugment, Preprocessing, Recipe, image_transform
+from .transforms import BatchAugment, ImageGeometry, Preprocessing, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def load_image(path: str, channels: int):
             if image.mode in ("P", "PA", "LA", "RGBA", "I;16", "I", "F") and channels == 3:
                 image = image.convert("RGBA").convert("RGB") if "A" in image.mode or image.mode == "P" \
                     else image.convert("RGB")
-            return image.convert("RGB" if channels == 3 else "L")
+            mode = "RGB" if channels == 3 else "L"
+            return image if image.mode == mode else image.convert(mode)  # no copy for the usual RGB JPEG
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
         raise ValueError(f"{path}: unreadable image ({' '.join(str(err).split())})") from None
 
@@ -147,24 +148,22 @@ class FileBatches(TorchDataset):
         generator = torch.Generator().manual_seed(request.seed)
         seeds = torch.randint(0, 2**62, (len(request.indices),), generator=generator).tolist()
         images, labels, skipped = [], [], 0
-        with torch.random.fork_rng(devices=[]):
-            for index, seed in zip(request.indices, seeds):
-                path, label = self.data.samples[index]
-                try:
-                    image = load_image(path, self.channels)
-                except ValueError:
-                    if not self.skip_bad_images:
-                        raise
-                    log.warning("skipping unreadable image %s", path)
-                    skipped += 1
-                    continue
-                torch.manual_seed(seed)
-                images.append(self.transform(image))
-                labels.append(label)
+        for index, seed in zip(request.indices, seeds):
+            path, label = self.data.samples[index]
+            try:
+                image = load_image(path, self.channels)
+            except ValueError:
+                if not self.skip_bad_images:
+                    raise
+                log.warning("skipping unreadable image %s", path)
+                skipped += 1
+                continue
+            images.append(self.transform(image, seed))
+            labels.append(label)
         if not images:
             size = self.augment.pre.crop
             return Batch(torch.empty(0, self.channels, size, size), torch.empty(0, dtype=torch.int64), skipped)
-        batch = self.augment.after_normalize(torch.stack(images), generator)
+        batch = self.augment.finish(torch.stack(images), generator if self.augment.train else None)
         targets = torch.tensor(labels, dtype=torch.int64)
         if self.mix is not None:
             batch, targets = self.mix(batch, targets, generator)
@@ -187,7 +186,7 @@ def build_loader(data: Dataset, recipe: Recipe, preprocessing: Preprocessing, *,
     if isinstance(data, InMemoryImages):
         batches: TorchDataset = InMemoryBatches(data, augment, mix)
     else:
-        batches = FileBatches(data, image_transform(recipe, preprocessing, train), augment, preprocessing.in_chans,
+        batches = FileBatches(data, ImageGeometry(recipe, preprocessing, train), augment, preprocessing.in_chans,
                               skip_bad_images, mix)
     if train:
         sampler: Sampler = TrainBatches(len(data), batch_size, rank=rank, world_size=world_size, seed=seed)

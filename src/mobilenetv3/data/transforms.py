@@ -166,16 +166,16 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
 
 
 def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation factors in [1 - s, 1 + s] per sample; images float in [0, 1]."""
+    """Brightness, contrast, saturation factors in [1 - s, 1 + s] per sample, clamped to [0, 1] after each,
+    as torchvision's ColorJitter (in a fixed order). Float images in [0, 1]; modified in place and returned:
+    whole-batch in-place passes are what make this cheaper than per-image PIL enhancement."""
     batch = images.shape[0]
     factors = torch.empty(3, batch, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=generator)
-    images = (images * factors[0]).clamp(0, 1)
-    gray = _gray(images)
-    images = (images - gray.mean((1, 2, 3), keepdim=True)) * factors[1] + gray.mean((1, 2, 3), keepdim=True)
-    images = images.clamp(0, 1)
+    images.mul_(factors[0]).clamp_(0, 1)
+    mean = _gray(images).mean((1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    images.mul_(factors[1]).add_(mean * (1 - factors[1])).clamp_(0, 1)
     if images.shape[1] == 3:
-        gray = _gray(images)
-        images = ((images - gray) * factors[2] + gray).clamp(0, 1)
+        images.mul_(factors[2]).add_(_gray(images) * (1 - factors[2])).clamp_(0, 1)
     return images
 
 
@@ -269,11 +269,12 @@ class BatchAugment:
         self.recipe, self.pre, self.train = recipe, preprocessing, train
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The in-memory path: geometry and colour on the whole batch, in the seed's order."""
         r, pre = self.recipe, self.pre
         images = to_channels(images, pre.in_chans)
         if not self.train:
             images = resize(images.float() / 255, pre.resize, pre.interpolation)
-            return normalize(center_crop(images, pre.crop).contiguous(), pre.mean, pre.std)
+            return self.finish(center_crop(images, pre.crop), generator)
         if r.auto_augment:
             images = _auto_augment(images, r.auto_augment, generator)
         if r.pad_crop:
@@ -283,27 +284,32 @@ class BatchAugment:
         images = images.float() / 255
         if r.random_resized_crop:
             images = random_resized_crop(images, r.size, generator)
-        if r.color_jitter:
+        if r.color_jitter:  # the seed jitters before resizing
             images = color_jitter(images, r.color_jitter, generator)
         if not r.random_resized_crop:
             images = center_crop(resize(images, r.size, pre.interpolation), r.size)
-        return self.after_normalize(normalize(images.contiguous(), pre.mean, pre.std), generator)
+        return self.finish(images, generator, jitter=False)
 
-    def after_normalize(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The steps on normalised images (shared with the per-image path): cutout, random erasing."""
-        if not self.train:
-            return images
-        if self.recipe.cutout:
+    def finish(self, images: torch.Tensor, generator: Optional[torch.Generator], jitter: bool = True) -> torch.Tensor:
+        """The batch steps after geometry, shared by both paths: colour jitter (training), normalisation,
+        cutout and random erasing (training). ``images``: uint8, or float in [0, 1], at the final size."""
+        images = images.float().div_(255) if images.dtype == torch.uint8 else images.clone()  # ours to modify
+        train = self.train and generator is not None
+        if train and jitter and self.recipe.color_jitter:
+            images = color_jitter(images, self.recipe.color_jitter, generator)
+        mean = torch.tensor(self.pre.mean, dtype=images.dtype).view(1, -1, 1, 1)
+        images.sub_(mean).div_(torch.tensor(self.pre.std, dtype=images.dtype).view(1, -1, 1, 1))
+        if train and self.recipe.cutout:
             images = cutout(images, self.recipe.cutout, generator)
-        if self.recipe.random_erasing:
+        if train and self.recipe.random_erasing:
             images = random_erasing(images, self.recipe.random_erasing, generator)
         return images
 
 
 def image_transform(recipe: Recipe, preprocessing: Preprocessing, train: bool):
-    """torchvision v2 pipeline for one decoded PIL image -> normalised float (in_chans, crop, crop).
-
-    Cutout and random erasing run afterwards on the batch (``BatchAugment.after_normalize``).
+    """torchvision v2 pipeline for one decoded PIL image -> uint8 (in_chans, crop, crop): the per-image
+    geometry (crop, resize, flip, auto-augment). Colour jitter, normalisation, cutout and erasing follow on
+    the whole batch (``BatchAugment.finish``), which is what makes this faster than a per-image PIL pipeline.
     """
     from torchvision.transforms import InterpolationMode, v2
 
@@ -321,11 +327,67 @@ def image_transform(recipe: Recipe, preprocessing: Preprocessing, train: bool):
                 steps.append(v2.RandomCrop(recipe.size, padding=round(recipe.pad_crop * recipe.size / 32)))
         if recipe.hflip:
             steps.append(v2.RandomHorizontalFlip())
-        if recipe.color_jitter:
-            strength = recipe.color_jitter
-            steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
         if recipe.auto_augment:
             steps.append(v2.RandAugment() if recipe.auto_augment == "randaugment" else v2.TrivialAugmentWide())
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-              v2.Normalize(list(preprocessing.mean), list(preprocessing.std))]
+    steps.append(v2.PILToTensor())
     return v2.Compose(steps)
+
+class ImageGeometry:
+    """Per-image geometry for decoded image files: ``(PIL image, seed) -> uint8 (C, size, size)``.
+
+    Training with RandomResizedCrop (the ImageNet recipe) crops and resizes in one PIL ``resize(box=...)``
+    and flips with ``transpose``, drawing from ``random.Random(seed)``: no intermediate copies, no torch RNG.
+    Everything else is torchvision ``transforms.v2`` seeded with ``seed``. Colour jitter, normalisation,
+    cutout and erasing follow on the whole batch (``BatchAugment.finish``).
+    """
+
+    def __init__(self, recipe: Recipe, preprocessing: Preprocessing, train: bool):
+        from PIL import Image
+
+        self.recipe, self.train = recipe, train
+        self.fast = train and recipe.random_resized_crop and not recipe.auto_augment
+        self.pipeline = image_transform(recipe, preprocessing, train)
+        self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                         "nearest": Image.NEAREST}[preprocessing.interpolation]
+
+    def __call__(self, image, seed: int) -> torch.Tensor:
+        if not self.fast:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.pipeline(image)
+        import random
+
+        import numpy as np
+        from PIL import Image
+
+        rng = random.Random(seed)
+        box = _resized_crop_box(image.width, image.height, rng)
+        size = self.recipe.size
+        image = image.resize((size, size), self.resample, box=box)
+        if self.recipe.hflip and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        array = np.array(image)  # (H, W, C) or (H, W), a writable copy
+        return torch.from_numpy(array).permute(2, 0, 1) if array.ndim == 3 else torch.from_numpy(array)[None]
+
+
+def _resized_crop_box(width: int, height: int, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple:
+    """torchvision's RandomResizedCrop box (10 tries, then the whole image cut to the ratio range)."""
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = rng.randint(0, height - h), rng.randint(0, width - w)
+            return (left, top, left + w, top + h)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return (left, top, left + w, top + h)
+
+

@@ -1,0 +1,97 @@
+"""Inference latency, side by side: our PyTorch, TorchScript, torch.compile and ONNX Runtime paths against
+torchvision's mobilenet_v3_large/small in eager PyTorch and in ONNX Runtime, plus the physical floor.
+
+    python benchmarks/inference.py                 # the full table (several minutes: exports, torch.compile)
+    python benchmarks/inference.py --quick         # a smoke run
+    python benchmarks/inference.py --int8-checkpoint runs/x/best.pt   # INT8 agreement on that run's eval set
+
+Ratios are torchvision eager's time over each path's (higher is faster). The INT8 path's top-1 agreement
+with fp32 is measured on a real evaluation set: the eval split of the dataset a trained checkpoint was
+trained on (latency figures use random weights and inputs, which do not change the arithmetic).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mobilenetv3.bench import bench_inference, default_variants, machine_info, peak_gflops, physical_floor
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "inference.json"
+
+
+def int8_agreement(checkpoint: Path, limit: int = 0) -> dict:
+    """Top-1 agreement between the fp32 and INT8 ONNX exports of a trained checkpoint on its eval split."""
+    import itertools
+
+    from mobilenetv3.checkpoint import model_from_weights, read_weights
+    from mobilenetv3.config import Config
+    from mobilenetv3.data import build_loader
+    from mobilenetv3.data.transforms import Preprocessing, Recipe
+    from mobilenetv3.export import OnnxModule, export_onnx, quantize_onnx
+    from mobilenetv3.runner import dataset_split
+
+    weights = read_weights(checkpoint)
+    model = model_from_weights(weights)
+    config = Config.from_dict(weights.checkpoint["config"])
+    pre = Preprocessing.from_dict(model.preprocessing)
+    val, train = dataset_split(config, "val", model.num_classes), dataset_split(config, "train", model.num_classes)
+    eval_batches = build_loader(val, Recipe(pre.crop), pre, train=False, batch_size=256, workers=0)
+    calibration = [b.images for b in itertools.islice(build_loader(train, Recipe(pre.crop), pre, train=False,
+                                                                   batch_size=64, workers=0), 5)]
+    with tempfile.TemporaryDirectory() as folder:
+        fp32 = export_onnx(model, Path(folder) / "m.onnx", calibration[0][:2])
+        int8 = quantize_onnx(fp32, Path(folder) / "m.int8.onnx", calibration)
+        runtimes = dict(pytorch=model, fp32=OnnxModule(fp32), int8=OnnxModule(int8))
+        predictions = {name: [] for name in runtimes}
+        labels = []
+        with torch.inference_mode():
+            for batch in (itertools.islice(eval_batches, limit) if limit else eval_batches):
+                labels.append(batch.labels)
+                for name, runtime in runtimes.items():
+                    predictions[name].append(runtime(batch.images).argmax(1))
+    labels = torch.cat(labels)
+    top1 = {name: torch.cat(p).eq(labels).float().mean().item() for name, p in predictions.items()}
+    agree = torch.cat(predictions["int8"]).eq(torch.cat(predictions["fp32"])).float().mean().item()
+    return dict(checkpoint=str(checkpoint), dataset=config.data.dataset, images=len(labels), top1=top1,
+                int8_fp32_top1_agreement=agree, target_agreement=0.995)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["mobilenetv3_large", "mobilenetv3_small"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--int8-checkpoint", type=Path, help="a trained checkpoint: INT8 agreement on its eval split")
+    p.add_argument("--quick", action="store_true", help="small and fast: checks the script runs")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.batches, args.size, args.repeats = ["mobilenetv3_small"], [1], 64, 2
+    peak = peak_gflops(512 if args.quick else 2048)
+    result = dict(benchmark="inference", quick=args.quick, machine=machine_info(), peak=peak, rows=[], floor=[])
+    for name in args.models:
+        for batch in args.batches:
+            rows = bench_inference(name, batch, args.size, default_variants(args.quick), repeats=args.repeats,
+                                   warmup=1 if args.quick else 5)
+            result["rows"] += rows
+            result["floor"].append(physical_floor(name, batch, args.size, peak))
+            for row in rows:
+                print(f"{name:<18} batch {batch:>3} {row['variant']:<24} {row['ms']:9.2f} ms "
+                      f"{row['speedup_vs_torchvision_eager']:6.2f}x", flush=True)
+    if args.int8_checkpoint:
+        result["int8_agreement"] = int8_agreement(args.int8_checkpoint, limit=2 if args.quick else 0)
+        print(json.dumps(result["int8_agreement"], indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
