@@ -159,18 +159,32 @@ def inference_callables(name: str, batch: int, size: int, variants, folder: Path
     return fns
 
 
+def time_interleaved(fns: dict[str, Callable], warmup: int = 3, repeats: int = 10) -> dict[str, list[float]]:
+    """Seconds per call of each function, timed in rounds (one call of each per round), so that a machine
+    whose speed drifts (shared cores, frequency changes) affects every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - start)
+    return runs
+
+
 @torch.inference_mode()
 def bench_inference(name: str, batch: int, size: int = 224, variants=INFERENCE_VARIANTS, repeats: int = 10,
                     warmup: int = 3) -> list[dict]:
     """Latency of each variant; ``ratio`` is torchvision eager's time over the variant's (higher is faster)."""
-    rows = []
     with tempfile.TemporaryDirectory() as folder:
-        fns = inference_callables(name, batch, size, variants, Path(folder))
-        for variant, fn in fns.items():
-            timing = time_call(fn, warmup=warmup, repeats=repeats)
-            rows.append(dict(kind="inference", model=name, batch=batch, size=size, variant=variant,
-                             ms=1000 * timing["median_s"], images_per_s=batch / timing["median_s"],
-                             runs_ms=[1000 * r for r in timing["runs"]]))
+        runs = time_interleaved(inference_callables(name, batch, size, variants, Path(folder)), warmup, repeats)
+    rows = []
+    for variant, times in runs.items():
+        median = statistics.median(times)
+        rows.append(dict(kind="inference", model=name, batch=batch, size=size, variant=variant, ms=1000 * median,
+                         images_per_s=batch / median, runs_ms=[1000 * t for t in times]))
     reference = next((r["ms"] for r in rows if r["variant"] == "torchvision eager"), None)
     for row in rows:
         row["speedup_vs_torchvision_eager"] = reference / row["ms"] if reference else None

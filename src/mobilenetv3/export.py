@@ -59,6 +59,7 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, softmax: bo
     program.save(str(tmp))
     proto = onnx.load(str(tmp))
     _strip_export_metadata(proto)
+    _global_average_pool(proto)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(describe(model, softmax))
     proto.producer_name = "mobilenetv3"
@@ -74,6 +75,32 @@ def _strip_export_metadata(proto) -> None:
                        proto.graph.node):
         for item in collection:
             del item.metadata_props[:]
+
+
+def _global_average_pool(proto) -> int:
+    """Rewrite ``ReduceMean(x, axes=[2, 3], keepdims=1)`` on 4-D tensors as ``GlobalAveragePool(x)``.
+
+    The exporter writes pooling as ReduceMean; ONNX Runtime's blocked-layout (NCHWc) convolutions have a
+    native GlobalAveragePool but must convert layouts around a ReduceMean, which costs about 5% at batch 1
+    with eight squeeze-excite blocks. Same function, so the export's verification still applies.
+    """
+    from onnx import numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in proto.graph.node
+                      if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+    rewritten = 0
+    for node in proto.graph.node:
+        if node.op_type != "ReduceMean" or len(node.input) != 2 or node.input[1] not in constants:
+            continue
+        axes = sorted(int(a) for a in constants[node.input[1]].ravel())
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        if axes in ([2, 3], [-2, -1]) and keepdims == 1:
+            node.op_type = "GlobalAveragePool"
+            del node.input[1]
+            del node.attribute[:]
+            rewritten += 1
+    return rewritten
 
 
 def quantize_onnx(fp32_path: Path, path: Path, calibration: Iterable[torch.Tensor]) -> Path:

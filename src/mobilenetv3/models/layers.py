@@ -5,6 +5,7 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "hswish": nn.Hardswish}
@@ -70,7 +71,7 @@ class SqueezeExcite(nn.Module):
         self.gate = nn.Hardsigmoid(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        scale = F.adaptive_avg_pool2d(x, 1)  # (B, C, 1, 1); exports as ONNX GlobalAveragePool
         scale = self.gate(self.fc2(self.relu(self.fc1(scale))))
         return x * scale
 
@@ -102,4 +103,6 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.dw(self.expand(x))))
-        return out + x if self.use_residual else out
+        if self.use_residual:
+            out += x  # in place, as torchvision: BatchNorm's backward does not need its output
+        return out
