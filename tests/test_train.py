@@ -471,7 +471,7 @@ def test_presets_hold_the_seed_recipes():
     (["--config", "nope"], "unknown config 'nope'; presets: cifar10-cpu, fashion-mnist"),
     (["--ema-decay", "1.5"], "ema_decay must be in (0, 1), got 1.5"),
     (["--momentum", "1.5"], "momentum must be in [0, 1), got 1.5"),
-    (["--weight-decay", "-1e-4"], "weight_decay must be 0 or more"),
+    (["--weight-decay=-1e-4"], "weight_decay must be 0 or more"),
 ])
 def test_bad_training_settings_are_one_line_and_exit_2(flags, message, tmp_path, run_cli):
     result = run_cli("train", "--dataset", "synthetic", "--run-dir", str(tmp_path / "r"), *flags)

@@ -476,16 +476,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message comes (main() may run many times in one process)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _log_to_stderr() -> None:
     """The package's INFO messages on stderr; other libraries stay at WARNING."""
     package = logging.getLogger("mobilenetv3")
-    handler = next((h for h in package.handlers if getattr(h, "_mobilenetv3_cli", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in package.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._mobilenetv3_cli = True
         package.addHandler(handler)
-    handler.setStream(sys.stderr)  # the current stderr, also when main() runs again in one process
     package.setLevel(logging.INFO)
 
 
