@@ -146,14 +146,7 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
     first = torch.where(valid.any(1), valid.float().argmax(1), torch.full((batch,), -1))
     pick = first.clamp(min=0)
     w, h = w[torch.arange(batch), pick], h[torch.arange(batch), pick]
-    # Fallback (no valid try), as torchvision: the whole image, cut to the nearest ratio in range.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fw, fh = round(height * ratio[1]), height
-    else:
-        fw, fh = width, height
+    fw, fh = _fallback_crop(width, height, ratio)
     fallback = first < 0
     w = torch.where(fallback, torch.tensor(float(fw)), w)
     h = torch.where(fallback, torch.tensor(float(fh)), h)
@@ -163,6 +156,16 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
     left = torch.where(fallback, torch.floor((width - w) / 2), left)
     boxes = torch.stack([torch.arange(batch, dtype=torch.float32), left, top, left + w, top + h], 1)
     return roi_align(images, boxes, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=False)
+
+
+def _fallback_crop(width: int, height: int, ratio) -> tuple[int, int]:
+    """RandomResizedCrop's size when no try fits, as torchvision: the whole image cut to the nearest ratio in range."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        return width, round(width / ratio[0])
+    if in_ratio > ratio[1]:
+        return round(height * ratio[1]), height
+    return width, height
 
 
 def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -380,13 +383,7 @@ def _resized_crop_box(width: int, height: int, rng, scale=(0.08, 1.0), ratio=(3 
         if 0 < w <= width and 0 < h <= height:
             top, left = rng.randint(0, height - h), rng.randint(0, width - w)
             return (left, top, left + w, top + h)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        w, h = round(height * ratio[1]), height
-    else:
-        w, h = width, height
+    w, h = _fallback_crop(width, height, ratio)
     left, top = (width - w) // 2, (height - h) // 2
     return (left, top, left + w, top + h)
 

@@ -1,0 +1,191 @@
+"""Render BENCHMARKS.md (and a PNG chart) from the JSON results the benchmark scripts wrote.
+
+    python benchmarks/report.py            # reads benchmarks/results/*.json, writes BENCHMARKS.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DEPLOYABLE = ("bn folded", "torchscript", "compile", "onnxruntime fp32", "onnxruntime int8")
+
+
+def _load(name: str):
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def machine_line(machine: dict) -> str:
+    parts = [f"{machine['cpu']}, {machine['cores']} cores", f"torch {machine['torch']} "
+             f"({machine['torch_threads']} threads)"]
+    if machine.get("onnxruntime"):
+        parts.append(f"onnxruntime {machine['onnxruntime']}")
+    if machine.get("load_average_1min") is not None:
+        parts.append(f"load average at start {machine['load_average_1min']:.2f}")
+    return ", ".join(parts)
+
+
+def inference_section(result: dict) -> list[str]:
+    lines = ["## Inference latency (224 px)", "", f"Machine: {machine_line(result['machine'])}.", "",
+             f"Peak fp32 throughput: {result['peak']['measured_gflops']:.1f} GFLOP/s measured "
+             f"({result['peak']['method']}); nominal {result['peak']['nominal_gflops'] or float('nan'):.1f} "
+             f"GFLOP/s ({result['peak']['nominal_formula']}).",
+             "", "| model | batch | path | ms (median) | images/s | vs torchvision eager |", "|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['model']} | {row['batch']} | {row['variant']} | {row['ms']:.2f} | "
+                     f"{row['images_per_s']:.1f} | {row['speedup_vs_torchvision_eager']:.2f}x |")
+    lines += ["", "Physical floor (the model's FLOPs over the peak above; no implementation can beat it):", "",
+              "| model | batch | GFLOPs | floor at measured peak (ms) | floor at nominal peak (ms) |",
+              "|---|---|---|---|---|"]
+    for floor in result["floor"]:
+        nominal = f"{floor['floor_ms_nominal_peak']:.2f}" if floor["floor_ms_nominal_peak"] else "n/a"
+        lines.append(f"| {floor['model']} | {floor['batch']} | {floor['gflops']:.3f} | "
+                     f"{floor['floor_ms_measured_peak']:.2f} | {nominal} |")
+    lines += ["", "Targets at batch 1 (Large):", ""]
+    rows = [r for r in result["rows"] if r["model"] == "mobilenetv3_large" and r["batch"] == 1]
+    if rows:
+        best = min((r for r in rows if r["variant"] in DEPLOYABLE), key=lambda r: r["ms"])
+        eager = next(r for r in rows if r["variant"] == "torchvision eager")
+        ort = next(r for r in rows if r["variant"] == "torchvision onnxruntime")
+        ratio_eager, ratio_ort = eager["ms"] / best["ms"], ort["ms"] / best["ms"]
+        lines += [f"- best deployable path: **{best['variant']}**, {best['ms']:.2f} ms",
+                  f"- vs torchvision eager: {ratio_eager:.2f}x (target >= 3x: {_verdict(ratio_eager >= 3)})",
+                  f"- vs ONNX Runtime on torchvision's export: {ratio_ort:.2f}x (target > 1x: "
+                  f"{_verdict(ratio_ort > 1)})"]
+    agreement = result.get("int8_agreement")
+    if agreement:
+        top1 = agreement["top1"]
+        lines += [f"- INT8 top-1 agreement with fp32 on {agreement['dataset']} eval ({agreement['images']} images): "
+                  f"{100 * agreement['int8_fp32_top1_agreement']:.2f}% (target >= 99.5%: "
+                  f"{_verdict(agreement['int8_fp32_top1_agreement'] >= 0.995)}); top-1 PyTorch "
+                  f"{100 * top1['pytorch']:.2f}%, ONNX fp32 {100 * top1['fp32']:.2f}%, INT8 {100 * top1['int8']:.2f}%"]
+    return lines
+
+
+def training_section(result: dict) -> list[str]:
+    lines = ["## Training throughput", "", f"Machine: {machine_line(result['machine'])}.", "",
+             "| model | batch | size | path | ms/step | images/s | vs torchvision loop |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["rows"] + result.get("end_to_end", []):
+        size = row.get("size", "")
+        lines.append(f"| {row['model']} | {row['batch']} | {size} | {row['variant']} | {row['ms']:.1f} | "
+                     f"{row['images_per_s']:.1f} | {row['speedup_vs_torchvision_loop']:.2f}x |")
+    ours = [r for r in result["rows"] if r["variant"] == "mobilenetv3 train step"]
+    if ours:
+        worst = min(r["speedup_vs_torchvision_loop"] for r in ours)
+        lines += ["", f"Target: no slower than the bare loop at every size ({_verdict(worst >= 1.0)}; lowest ratio "
+                      f"{worst:.2f}x), aiming for >= 1.25x ({_verdict(worst >= 1.25)})."]
+    return lines
+
+
+def loader_section(result: dict) -> list[str]:
+    s = result["settings"]
+    lines = ["## Data loading", "", f"Machine: {machine_line(result['machine'])}.", "",
+             f"Fashion-MNIST, {s['images']} images at {s['native_size']} px -> {s['image_size']} px, preset "
+             f"{s['preset']}, batch {s['batch_size']}:", "", "| pipeline | workers | images/s |", "|---|---|---|"]
+    for loader in result["loaders"]:
+        lines.append(f"| {loader['pipeline']} | {loader['workers']} | {loader['images_per_s']:.0f} |")
+    for name, step in result["train_step"].items():
+        lines.append(f"| training step ({name}) | | {step['images_per_s']:.0f} |")
+    lines += ["", f"Loader / training step: {result['loader_to_train_ratio']:.1f}x (target >= 5x: "
+                  f"{_verdict(result['loader_to_train_ratio'] >= 5)}); ours / torchvision's stock pipeline "
+                  f"{result['ratio_to_torchvision']:.1f}x."]
+    jpeg = result.get("jpeg")
+    if jpeg:
+        lines += ["", f"JPEG ImageFolder ({jpeg['images']} generated ~500x375 JPEGs of real photographs, "
+                      f"{jpeg['preset']} at {jpeg['size']} px, batch {jpeg['batch_size']}):", "",
+                  "| pipeline | workers | images/s |", "|---|---|---|"]
+        for loader in jpeg["loaders"]:
+            lines.append(f"| {loader['pipeline']} | {loader['workers']} | {loader['images_per_s']:.1f} |")
+        lines += ["", f"Ours / torchvision's ImageFolder + PIL transforms: {jpeg['ratio_to_torchvision']:.2f}x "
+                      f"(target >= 1.5x: {_verdict(jpeg['ratio_to_torchvision'] >= 1.5)})."]
+    return lines
+
+
+def accuracy_section(result: dict) -> list[str]:
+    reached = result["reached"]
+    lines = ["## Time to accuracy", ""]
+    if reached:
+        lines.append(f"Fashion-MNIST test top-1 {100 * result['target']:.1f}% first reached at epoch "
+                     f"{reached['epoch']} after {reached['train_minutes']:.1f} minutes of training "
+                     f"(top-1 {100 * (reached['top1'] or 0):.2f}%, EMA {100 * (reached['ema_top1'] or 0):.2f}%).")
+    else:
+        lines.append(f"The {100 * result['target']:.1f}% target was not reached: best top-1 "
+                     f"{100 * result['best_top1']:.2f}%, best EMA top-1 {100 * (result['best_ema_top1'] or 0):.2f}%.")
+    lines += ["", f"Run: {result['epochs']} epochs, {result['total_train_minutes']:.1f} minutes of training "
+                  f"(evaluation excluded); final top-1 {100 * (result['final_top1'] or 0):.2f}%, "
+                  f"final EMA top-1 {100 * (result['final_ema_top1'] or 0):.2f}%."]
+    return lines
+
+
+def chart(inference: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(m, b) for m in ("mobilenetv3_large", "mobilenetv3_small") for b in (1, 32)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 4), sharey=False)
+    for ax, (model, batch) in zip(axes, groups):
+        rows = [r for r in inference["rows"] if r["model"] == model and r["batch"] == batch]
+        if not rows:
+            continue
+        ax.barh([r["variant"] for r in rows], [r["speedup_vs_torchvision_eager"] for r in rows],
+                color=["#999999" if r["variant"].startswith("torchvision") else "#3366cc" for r in rows])
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_title(f"{model.split('_')[1]} batch {batch}")
+        ax.set_xlabel("speed vs torchvision eager")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+COMMANDS = """```bash
+bash benchmarks/run_all.sh RUN_DIR   # RUN_DIR: a finished fashion-mnist-95 run, for INT8 agreement and time to accuracy
+# or one at a time:
+.venv/bin/python benchmarks/inference.py --int8-checkpoint RUN_DIR/best.pt
+.venv/bin/python benchmarks/training.py
+.venv/bin/python benchmarks/loader.py
+.venv/bin/python benchmarks/time_to_accuracy.py RUN_DIR
+.venv/bin/python benchmarks/report.py
+```"""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=HERE.parent / "BENCHMARKS.md")
+    args = p.parse_args(argv)
+    lines = ["# Benchmarks", "",
+             "Every figure is measured side by side with its reference in the same run, as the median of several "
+             "timed repeats after warm-up; inference paths are timed in interleaved rounds so that a machine whose "
+             "speed drifts affects all alike. Ratios above 1 are faster than the reference. Generated by "
+             "`benchmarks/report.py` from `benchmarks/results/*.json`.", "", "Reproduce:", "", COMMANDS, ""]
+    sections = [("inference", inference_section), ("training", training_section), ("loader", loader_section),
+                ("time_to_accuracy", accuracy_section)]
+    for name, render in sections:
+        result = _load(name)
+        if result is None:
+            lines += [f"## {name.replace('_', ' ').capitalize()}", "", "Not measured yet.", ""]
+            continue
+        lines += render(result) + [""]
+        if name == "inference":
+            chart(result, RESULTS / "inference.png")
+            lines += ["![inference speed-ups](benchmarks/results/inference.png)", ""]
+    lines += ["## On a GPU", "", "Not yet measured: no GPU machine has been available to this project's sessions, "
+              "and the suite times CPU paths only (bf16/fp16 autocast, channels_last and CUDA graphs on a GPU are "
+              "still to be added to it).", ""]
+    args.out.write_text("\n".join(lines))
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
