@@ -38,7 +38,8 @@ def inference_section(result: dict) -> list[str]:
              f"Peak fp32 throughput: {result['peak']['measured_gflops']:.1f} GFLOP/s measured "
              f"({result['peak']['method']}); nominal {result['peak']['nominal_gflops'] or float('nan'):.1f} "
              f"GFLOP/s ({result['peak']['nominal_formula']}).",
-             "", "| model | batch | path | ms (median) | images/s | vs torchvision eager |", "|---|---|---|---|---|---|"]
+             "", "| model | batch | path | ms (median) | images/s | vs torchvision eager |",
+             "|---|---|---|---|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['model']} | {row['batch']} | {row['variant']} | {row['ms']:.2f} | "
                      f"{row['images_per_s']:.1f} | {row['speedup_vs_torchvision_eager']:.2f}x |")
