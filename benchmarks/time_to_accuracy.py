@@ -21,8 +21,9 @@ def time_to_accuracy(run_dir: Path, target: float) -> dict:
         elapsed += record["epoch_time"]
         best = max(record.get("val_top1") or 0.0, record.get("ema_top1") or 0.0)
         if reached is None and best >= target:
+            wall = record.get("wall_time")  # training and evaluation, when the run recorded it
             reached = dict(epoch=record["epoch"], train_minutes=elapsed / 60, top1=record.get("val_top1"),
-                           ema_top1=record.get("ema_top1"))
+                           ema_top1=record.get("ema_top1"), wall_minutes=wall / 60 if wall else None)
     final = records[-1] if records else {}
     return dict(run_dir=str(run_dir), target=target, reached=reached, epochs=len(records),
                 total_train_minutes=elapsed / 60, final_top1=final.get("val_top1"),

@@ -379,6 +379,7 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
                     runlog.line(f"skipped {record['skipped']} unreadable image(s)")
                 state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0)
                 last_metrics = _maybe_validate(config, state, record, model, ema, data, device, amp_dtype)
+                record["wall_time"] = time.perf_counter() - started  # this process's, resumed runs restart it
                 runlog.end_epoch(record)
                 state["history"].append(record)
                 saver.save(state, epoch_file=state["epoch"] % run.save_every == 0
@@ -419,7 +420,7 @@ def _maybe_validate(config, state, record, model, ema, data, device, amp_dtype) 
     metrics = evaluate(model, data.val_loader, num_classes=data.num_classes, device=device, amp_dtype=amp_dtype,
                        channels_last=run.channels_last)
     record.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"],
-                  val_count=metrics["count"])
+                  val_count=metrics["count"], val_time=metrics["time"])
     if ema is not None:
         ema_metrics = evaluate(ema.module, data.val_loader, num_classes=data.num_classes, device=device,
                                amp_dtype=amp_dtype, channels_last=run.channels_last)
