@@ -28,7 +28,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     lr_at: Callable[[int], float], global_step: int, device: torch.device,
                     amp_dtype: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None,
-                    ema: Optional[nn.Module] = None, grad_clip: Optional[float] = None,
+                    ema: Optional[nn.Module] = None, ema_warmup_steps: int = 0, grad_clip: Optional[float] = None,
                     channels_last: bool = False, on_step: Optional[Callable[[dict], None]] = None,
                     should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Train over ``batches`` (an iterable of ``Batch``); the LR is set from ``lr_at(global_step)`` every step.
@@ -71,6 +71,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
         if ema is not None:
+            if global_step < ema_warmup_steps:  # as torchvision's reference: the average starts after warmup
+                ema.n_averaged.zero_()
             ema.update_parameters(model)
         global_step += 1
         steps += 1

@@ -313,7 +313,9 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
     if run.ema_decay:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(run.ema_decay), use_buffers=True)
+        # Parameters only: an average of BatchNorm statistics taken while the weights move fits neither the live
+        # weights nor the averaged ones; they are recomputed for the averaged weights at each epoch's end.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(run.ema_decay), use_buffers=False)
 
     state = dict(epoch=0, step_in_epoch=0, global_step=0, best_top1=None, history=[], epoch_loss_sum=0.0)
     if resume_path is not None:
@@ -361,7 +363,8 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
                 result = train_one_epoch(
                     train_model, data.train_loader, optimizer, loss_fn=loss_fn, lr_at=lr_at,
                     global_step=state["global_step"], device=device, amp_dtype=amp_dtype, scaler=scaler, ema=ema,
-                    grad_clip=optim_cfg.grad_clip, channels_last=run.channels_last, on_step=on_step,
+                    ema_warmup_steps=warmup_steps, grad_clip=optim_cfg.grad_clip, channels_last=run.channels_last,
+                    on_step=on_step,
                     should_stop=lambda: _stop_requested(stop, info))
                 done = result["global_step"] - epoch * steps_per_epoch
                 state.update(global_step=result["global_step"], step_in_epoch=done,
@@ -378,6 +381,8 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
                     log.warning("epoch %d: skipped %d unreadable image(s)", epoch + 1, record["skipped"])
                     runlog.line(f"skipped {record['skipped']} unreadable image(s)")
                 state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0)
+                if ema is not None:
+                    recompute_batchnorm(ema.module, data.train, data.preprocessing, config.data.batch_size, device)
                 last_metrics = _maybe_validate(config, state, record, model, ema, data, device, amp_dtype)
                 record["wall_time"] = time.perf_counter() - started  # this process's, resumed runs restart it
                 runlog.end_epoch(record)
@@ -396,6 +401,22 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
         saver.export_weights()
     barrier()
     return _summary(run_dir, state, last_metrics, started, stopped=False)
+
+
+EMA_BN_BATCHES = 20
+
+
+def recompute_batchnorm(model: nn.Module, data: Dataset, preprocessing: Preprocessing, batch_size: int,
+                        device: torch.device, batches: int = EMA_BN_BATCHES) -> None:
+    """BatchNorm running statistics for ``model``'s own weights, from the first ``batches`` training batches
+    (eval preprocessing, the same images in every process and every run: deterministic)."""
+    import itertools
+
+    from torch.optim.swa_utils import update_bn
+
+    loader = build_loader(data, Recipe(preprocessing.crop), preprocessing, train=False, batch_size=batch_size,
+                          workers=0)
+    update_bn(itertools.islice(loader, batches), model, device=device)
 
 
 def _loss_fn(smoothing: float, mode: str):
