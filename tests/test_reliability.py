@@ -212,6 +212,34 @@ def test_a_failed_checkpoint_write_stops_training_and_keeps_the_previous_one(tmp
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 5 MB tmpfs (root only): room for one checkpoint of the tiny run below (3.4 MB), not for two."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount to make a small tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_training_and_keeps_the_previous_checkpoint(small_disk):
+    run_dir = small_disk / "run"
+    result = cli("train", "--dataset", "synthetic", "--synthetic-samples", "64", "--image-size", "32",
+                 "--batch-size", "8", "--model", "mobilenetv3_small", "--width-mult", "0.5", "--epochs", "3",
+                 "--workers", "0",
+                 "--no-progress", "--save-every-steps", "2", "--run-dir", run_dir)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "No space left on device; training stopped, the previous checkpoint is intact" in last
+    state = ckpt.load_checkpoint(run_dir / "last.pt")
+    assert state["global_step"] >= 2
+    assert not [p for p in run_dir.iterdir() if ".tmp" in p.name]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
 def test_read_only_run_directory(tmp_path):
     run_dir = tmp_path / "ro"

@@ -7,6 +7,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -20,6 +21,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .files import fsync_dir, write_atomic
+
 log = logging.getLogger(__name__)
 
 FORMAT = "mobilenetv3.checkpoint/1"
@@ -32,23 +35,10 @@ def epoch_checkpoint_name(epoch: int, steps_per_epoch: int) -> str:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file, fsync, rename, fsync of the folder.
-
-    A process killed at any moment leaves either the old file or the new one, never a torn one.
-    On failure (disk full, read-only folder) the temporary file is removed and the error raised.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Write ``state`` to ``path`` atomically (``files.write_atomic``): a kill leaves the old file or the new."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 def link_checkpoint(source: Path, target: Path) -> None:
@@ -64,20 +54,7 @@ def link_checkpoint(source: Path, target: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)
 
 
 def load_file(path) -> Any:
@@ -146,16 +123,10 @@ def prune_epoch_checkpoints(run_dir: Path, keep: int) -> None:
 
 def save_safetensors(state_dict: dict, path: Path, metadata: dict[str, str]) -> None:
     """Weights only, for sharing: ``safetensors`` (no code, no pickle), with the model description as metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, save(tensors, metadata=metadata))
 
 
 def latest_run_checkpoint(run_dir: Path) -> Optional[Path]:

@@ -2,26 +2,13 @@
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import json
-import os
 from pathlib import Path
 
 import torch
 
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from .files import write_atomic
 
 
 def write_eval_report(out_dir: Path, metrics: dict, classes: list[str], meta: dict) -> dict:
@@ -33,14 +20,13 @@ def write_eval_report(out_dir: Path, metrics: dict, classes: list[str], meta: di
                   per_class_accuracy=dict(zip(classes, metrics["per_class_accuracy"])),
                   per_class_count=dict(zip(classes, confusion.sum(1).tolist())))
     paths = dict(json=out_dir / "report.json", csv=out_dir / "confusion.csv", png=out_dir / "confusion.png")
-    _atomic_write(paths["json"], json.dumps(report, indent=2) + "\n")
-    tmp = paths["csv"].with_name(f".confusion.csv.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *classes])
-        for name, row in zip(classes, confusion.tolist()):
-            writer.writerow([name, *row])
-    os.replace(tmp, paths["csv"])
+    write_atomic(paths["json"], json.dumps(report, indent=2) + "\n")
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["true \\ predicted", *classes])
+    for name, row in zip(classes, confusion.tolist()):
+        writer.writerow([name, *row])
+    write_atomic(paths["csv"], table.getvalue())
     _plot_confusion(confusion, classes, paths["png"])
     return {k: str(v) for k, v in paths.items()}
 
@@ -67,7 +53,7 @@ def _plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, image.getvalue())

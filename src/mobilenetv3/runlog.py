@@ -4,11 +4,14 @@ Only the main process writes; the other ranks get a ``RunLog`` with ``enabled=Fa
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Optional
+
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +125,10 @@ class RunLog:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         path = self.run_dir / "curves.png"
-        fig.savefig(path, dpi=90)
+        image = io.BytesIO()
+        fig.savefig(image, format="png", dpi=90)
         plt.close(fig)
+        write_atomic(path, image.getvalue())
         return path
 
 

@@ -584,7 +584,8 @@ def run_eval(config: Config, weights: str, *, ema: bool = False, onnx: Optional[
     Rank 0 writes the report (JSON, confusion matrix CSV and PNG) and gets the metrics; others get ``None``.
     """
     from .export import OnnxModule
-    from .reports import file_sha256, write_eval_report
+    from .files import file_sha256
+    from .reports import write_eval_report
 
     device_type = "cuda" if config.run.device.startswith("cuda") or (
         config.run.device == "auto" and torch.cuda.is_available()) else "cpu"

@@ -34,7 +34,6 @@ import itertools
 import logging
 import os
 import re
-import tempfile
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Optional, Union
 
 import torch
 
+from ..files import write_atomic
 from .common import Pairs, StateDict, fitting_model, our_layout, rename
 
 logger = logging.getLogger(__name__)
@@ -307,23 +307,12 @@ def write_ckpt(tensors: Mapping[str, torch.Tensor], path: PathLike, crc: bool = 
 
     ``crc=True`` appends the trailer that ``save_checkpoint(..., crc_check=True)`` writes.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            checksum = 0
-            for message in _encode(tensors):
-                file.write(message)
-                checksum = zlib.crc32(message, checksum)
-            if crc:
-                file.write(_CRC_MARK + checksum.to_bytes(10, "big"))
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = bytearray()
+    for message in _encode(tensors):
+        buffer += message
+    if crc:
+        buffer += _CRC_MARK + zlib.crc32(buffer).to_bytes(10, "big")
+    write_atomic(path, buffer)
 
 
 # ---------------------------------------------------------------------------------------------------------
