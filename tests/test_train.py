@@ -247,6 +247,25 @@ def test_checkpoint_describes_itself_and_loads_weights_only(tmp_path):
     assert "ema_top1" in records[-1] and (run_dir / "curves.png").stat().st_size > 0
 
 
+def test_ema_batchnorm_statistics_are_those_of_the_averaged_weights(tmp_path):
+    """Regression: averaging BatchNorm buffers along with the weights left EMA at chance accuracy (10%)."""
+    from mobilenetv3.data import Recipe
+    from mobilenetv3.data.loader import build_loader
+    from mobilenetv3.dist import DistInfo
+    from mobilenetv3.runner import build_data
+
+    config = tiny_config(tmp_path / "run", ema_decay=0.99, epochs=2)
+    train(config)
+    ema = ckpt.load_model(tmp_path / "run" / "model_ema.safetensors")
+    data = build_data(config, DistInfo(), torch.device("cpu"))
+    everything = build_loader(data.train, Recipe(data.preprocessing.crop), data.preprocessing, train=False,
+                              batch_size=len(data.train), workers=0)
+    images = next(iter(everything))[0]  # the 48 training images, eval preprocessing: all of the 20 batches
+    with torch.no_grad():
+        stem_out = ema.stem.conv(images)  # (B, C, H, W), what the first BatchNorm sees
+    torch.testing.assert_close(ema.stem.bn.running_mean, stem_out.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+
+
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     train(tiny_config(tmp_path / "run", epochs=1))
     result = cli(*tiny_flags(tmp_path / "run", epochs=1), check=False)
