@@ -212,6 +212,45 @@ def test_a_failed_checkpoint_write_stops_training_and_keeps_the_previous_one(tmp
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]
 
 
+# Trains, and SIGKILLs itself half-way through writing the final export (model.safetensors).
+_KILLED_IN_EXPORT = """
+import os, signal, sys
+from mobilenetv3 import checkpoint
+from mobilenetv3.cli import main
+
+real = checkpoint.write_atomic
+
+def dying(path, data):
+    if str(path).endswith("model.safetensors"):
+        with open(path.with_name(f".{path.name}.tmp{os.getpid()}"), "wb") as f:
+            f.write(bytes(data)[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, data)
+
+checkpoint.write_atomic = dying
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_during_the_final_export_resumes_to_a_complete_run(tmp_path):
+    run_dir = tmp_path / "run"
+    flags = ["train", "--dataset", "synthetic", "--synthetic-samples", "32", "--image-size", "32", "--batch-size", "8",
+             "--model", "mobilenetv3_small", "--width-mult", "0.5", "--epochs", "2", "--workers", "0",
+             "--no-progress", "--run-dir", str(run_dir)]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IN_EXPORT, *flags], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (run_dir / "model.safetensors").exists() and any(".tmp" in p.name for p in run_dir.iterdir())
+    state = ckpt.load_checkpoint(run_dir / "last.pt")  # the training itself was complete and saved
+    assert state["epoch"] == 2
+
+    resumed = cli(*flags, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+    exported = ckpt.load_model(run_dir / "model.safetensors")
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, state["model"][key]), key
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 5 MB tmpfs (root only): room for one checkpoint of the tiny run below (3.4 MB), not for two."""

@@ -148,12 +148,11 @@ def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch
     path = tmp_path / "last.pt"
     ckpt.save_checkpoint({"value": torch.ones(3)}, path)
 
-    def broken_save(obj, f):
-        f.write(b"partial bytes")
+    def full_disk(fd):  # where delayed allocation reports ENOSPC: at fsync, after the bytes were "written"
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
         ckpt.save_checkpoint({"value": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.equal(ckpt.load_file(path)["value"], torch.ones(3))

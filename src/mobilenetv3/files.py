@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Union
+
+log = logging.getLogger(__name__)
+
+# ``.{name}.tmp{pid}`` (write_atomic) and ``.tmp{pid}.{name}`` (exports keep the extension)
+TEMPORARY = re.compile(r"^\.(.+\.tmp\d+|tmp\d+\..+)$")
 
 
 def write_atomic(path: Union[str, Path], data: Union[bytes, bytearray, memoryview, str]) -> None:
@@ -29,6 +36,19 @@ def write_atomic(path: Union[str, Path], data: Union[bytes, bytearray, memoryvie
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> list[str]:
+    """Delete the temporary files that killed writers left in ``folder``; call it only while holding the
+    folder's lock, when no live writer can own them."""
+    removed = []
+    for path in Path(folder).iterdir():
+        if TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    if removed:
+        log.info("removed %d temporary file(s) of an interrupted write: %s", len(removed), ", ".join(removed))
+    return removed
 
 
 def fsync_dir(folder: Path) -> None:

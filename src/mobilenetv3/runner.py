@@ -29,6 +29,7 @@ from .data.datasets import Dataset
 from .data.transforms import Preprocessing, Recipe
 from .dist import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .engine import NonFiniteLoss, evaluate, train_one_epoch
+from .files import file_sha256, remove_stale_temporaries
 from .convert import check_shapes
 from .models import create_model
 from .optim import build_optimizer, param_groups, scaled_lr, smoothed_cross_entropy, warmup_cosine_lr
@@ -117,6 +118,7 @@ def run_lock(run_dir: Path, resuming: bool):
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
     handle.flush()
+    remove_stale_temporaries(run_dir)
     try:
         yield
     except BaseException:
@@ -584,7 +586,6 @@ def run_eval(config: Config, weights: str, *, ema: bool = False, onnx: Optional[
     Rank 0 writes the report (JSON, confusion matrix CSV and PNG) and gets the metrics; others get ``None``.
     """
     from .export import OnnxModule
-    from .files import file_sha256
     from .reports import write_eval_report
 
     device_type = "cuda" if config.run.device.startswith("cuda") or (
