@@ -489,13 +489,13 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _log_to_stderr() -> None:
-    """The package's INFO messages on stderr; other libraries stay at WARNING."""
+    """The package's INFO messages on stderr (rank 0's only under torchrun); other libraries stay at WARNING."""
     package = logging.getLogger("mobilenetv3")
     if not any(isinstance(h, _StderrHandler) for h in package.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         package.addHandler(handler)
-    package.setLevel(logging.INFO)
+    package.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
 def _one_line(err: BaseException) -> str:

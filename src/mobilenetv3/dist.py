@@ -34,8 +34,24 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        timeout = timedelta(minutes=30)
+        dist.init_process_group(backend, store=_attempt_store(info, timeout), rank=info.rank,
+                                world_size=world_size, timeout=timeout)
     return info
+
+
+def _attempt_store(info: DistInfo, timeout: timedelta) -> dist.Store:
+    """The rendezvous store torchrun describes, seen through a prefix of its own for each restart attempt.
+
+    After ``--max-restarts`` restarts a worker group, the new workers share the elastic agent's store with
+    the failed attempt, whose keys (each rank's listening address) are still there: without a prefix the
+    new ranks read the dead ranks' addresses and fail to connect (gloo: ``Connection refused``).
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, info.world_size, is_master=not agent_serves and info.rank == 0,
+                          timeout=timeout, wait_for_workers=False)
+    return dist.PrefixStore(f"mobilenetv3/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def destroy_distributed() -> None:

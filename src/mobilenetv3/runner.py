@@ -375,9 +375,12 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
                     saver.save(state, epoch_file=False)
                     runlog.close()
                     return _summary(run_dir, state, last_metrics, started, stopped=True)
+                # every process's share: loss sum and images over the whole group, not rank 0's alone
+                loss_sum, images = all_reduce_sum(torch.tensor([state["epoch_loss_sum"], result["images"]],
+                                                               dtype=torch.float64, device=device)).tolist()
                 record = dict(epoch=epoch + 1, global_step=state["global_step"], steps=done,
-                              train_loss=state["epoch_loss_sum"] / max(1, done), lr=lr_at(state["global_step"] - 1),
-                              epoch_time=result["time"], images_per_s=result["images"] / max(result["time"], 1e-9),
+                              train_loss=loss_sum / max(1, done * info.world_size), lr=lr_at(state["global_step"] - 1),
+                              epoch_time=result["time"], images_per_s=images / max(result["time"], 1e-9),
                               skipped=result["skipped"])
                 if record["skipped"]:
                     log.warning("epoch %d: skipped %d unreadable image(s)", epoch + 1, record["skipped"])
