@@ -367,12 +367,16 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, steps = _one_process_reference(tmp_path)
+        model, steps, losses = _one_process_reference(tmp_path)
     finally:
         torch.set_num_threads(threads)
     assert ddp["global_step"] == steps == 4
     for name, param in model.named_parameters():
         torch.testing.assert_close(ddp["model"][name], param.detach(), atol=1e-5, rtol=0, msg=name)
+    # the epoch's loss is the whole group's (not rank 0's half), and only rank 0 reports it
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["train_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-5)
+    assert result.stderr.count("epoch 1/1: train loss") == 1
 
 
 def _one_process_reference(tmp_path):
@@ -388,16 +392,18 @@ def _one_process_reference(tmp_path):
     recipe, pre = build_preset("none", 32, (0.5,) * 3, (0.25,) * 3, 3)
     loaders = [build_loader(data, recipe, pre, train=True, batch_size=4, rank=r, world_size=2, seed=config.run.seed,
                             workers=0) for r in (0, 1)]
-    steps = len(loaders[0])
+    steps, losses = len(loaders[0]), []
     model.train()
     for step, halves in enumerate(zip(*loaders)):
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine_lr(step, steps, 0, 0.1)
         optimizer.zero_grad()
         for half in halves:
-            (smoothed_cross_entropy(model(half.images), half.labels, 0.1) / 2).backward()
+            loss = smoothed_cross_entropy(model(half.images), half.labels, 0.1)
+            (loss / 2).backward()
+            losses.append(loss.item())
         optimizer.step()
-    return model, steps
+    return model, steps, losses
 
 
 # ----------------------------------------------------------------------------- the seed's commands
