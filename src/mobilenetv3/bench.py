@@ -111,7 +111,9 @@ def _onnx_session(model: nn.Module, example: torch.Tensor, folder: Path, tag: st
         generator = torch.Generator().manual_seed(0)
         calibration = [torch.randn(8, *example.shape[1:], generator=generator) for _ in range(4)]
         path = quantize_onnx(path, folder / f"{tag}.int8.onnx", calibration)
-    return OnnxModule(path)
+    # Without spinning: after each run ONNX Runtime's threads otherwise busy-wait for more work and take
+    # the two cores from the variant timed next (torchvision eager at batch 1: 111 ms that way, 21 ms without).
+    return OnnxModule(path, spinning=False)
 
 
 INFERENCE_VARIANTS = ("torchvision eager", "torchvision onnxruntime", "eager", "eager channels_last", "bn folded",

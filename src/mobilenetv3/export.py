@@ -164,7 +164,9 @@ def export_pt2(model: nn.Module, path: Path, example: torch.Tensor, softmax: boo
 class OnnxModule(nn.Module):
     """An ONNX file run by ONNX Runtime, usable where a model is expected (``engine.evaluate``, predict)."""
 
-    def __init__(self, path, threads: Optional[int] = None):
+    def __init__(self, path, threads: Optional[int] = None, spinning: bool = True):
+        """``spinning=False`` stops ONNX Runtime's threads busy-waiting after each run (for a process that
+        also runs other work on the same cores, such as a benchmark timing several runtimes in turn)."""
         super().__init__()
         import onnxruntime as ort
 
@@ -172,8 +174,11 @@ class OnnxModule(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its graph optimiser's notes are not the user's business
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
