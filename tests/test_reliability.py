@@ -215,14 +215,14 @@ def test_a_failed_checkpoint_write_stops_training_and_keeps_the_previous_one(tmp
 # Trains, and SIGKILLs itself half-way through writing the final export (model.safetensors).
 _KILLED_IN_EXPORT = """
 import os, signal, sys
-from mobilenetv3 import checkpoint
+from mobilenetv3 import checkpoint, files
 from mobilenetv3.cli import main
 
 real = checkpoint.write_atomic
 
 def dying(path, data):
     if str(path).endswith("model.safetensors"):
-        with open(path.with_name(f".{path.name}.tmp{os.getpid()}"), "wb") as f:
+        with open(files.temporary_path(path), "wb") as f:
             f.write(bytes(data)[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
     real(path, data)

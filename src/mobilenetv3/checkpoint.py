@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .files import fsync_dir, write_atomic
+from .files import fsync_dir, temporary_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 def link_checkpoint(source: Path, target: Path) -> None:
     """Make ``target`` the same file as ``source`` (a hard link, else a copy), atomically."""
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp = temporary_path(target)
     tmp.unlink(missing_ok=True)
     try:
         try:

@@ -16,6 +16,8 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from .files import temporary_path
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2")
@@ -41,17 +43,12 @@ def describe(model: nn.Module, softmax: bool) -> dict:
                 preprocessing=getattr(model, "preprocessing", None), softmax=softmax)
 
 
-def _atomic_target(path: Path) -> Path:
-    """A temporary sibling that keeps the extension (some writers check it); renamed over ``path`` when done."""
-    return path.with_name(f".tmp{os.getpid()}.{path.name}")
-
-
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:
     """ONNX with a dynamic batch dimension (input ``input`` (N, C, H, W), output ``logits`` or ``probs``)."""
     import onnx
 
     net = WithSoftmax(model) if softmax else model
-    tmp = _atomic_target(path)
+    tmp = temporary_path(path)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(net.eval(), (example,), dynamo=True, opset_version=OPSET, input_names=["input"],
                                 output_names=["probs" if softmax else "logits"], dynamic_shapes=({0: batch},),
@@ -117,8 +114,8 @@ def quantize_onnx(fp32_path: Path, path: Path, calibration: Iterable[torch.Tenso
             batch = next(self.batches, None)
             return None if batch is None else {"input": batch.numpy()}
 
-    prepared = path.with_name(f".tmp{os.getpid()}.prepared.{path.name}")
-    tmp = _atomic_target(path)
+    prepared = temporary_path(path, "prepared.")
+    tmp = temporary_path(path)
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -143,7 +140,7 @@ def export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, soft
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but many runtimes load it
         traced = torch.jit.trace(net.eval(), example)
-        tmp = _atomic_target(path)
+        tmp = temporary_path(path)
         torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(describe(model, softmax))})
     os.replace(tmp, path)
     return path
@@ -154,7 +151,7 @@ def export_pt2(model: nn.Module, path: Path, example: torch.Tensor, softmax: boo
     net = WithSoftmax(model) if softmax else model
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(net.eval(), (example,), dynamic_shapes=({0: batch},))
-    tmp = _atomic_target(path)
+    tmp = temporary_path(path)
     torch.export.save(program, str(tmp), extra_files={"metadata.json": json.dumps(describe(model, softmax))})
     os.replace(tmp, path)
     return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -10,8 +11,13 @@ from typing import Union
 
 log = logging.getLogger(__name__)
 
-# ``.{name}.tmp{pid}`` (write_atomic) and ``.tmp{pid}.{name}`` (exports keep the extension)
-TEMPORARY = re.compile(r"^\.(.+\.tmp\d+|tmp\d+\..+)$")
+TEMPORARY = re.compile(r"^\.tmp\d+\..+$")  # what temporary_path makes
+
+
+def temporary_path(path: Path, tag: str = "") -> Path:
+    """Where a file is written before it is renamed over ``path``: hidden, beside it, named after this process,
+    keeping its extension (some writers check it)."""
+    return path.with_name(f".tmp{os.getpid()}.{tag}{path.name}")
 
 
 def write_atomic(path: Union[str, Path], data: Union[bytes, bytearray, memoryview, str]) -> None:
@@ -25,7 +31,7 @@ def write_atomic(path: Union[str, Path], data: Union[bytes, bytearray, memoryvie
     path = Path(path)
     if isinstance(data, str):
         data = data.encode()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -36,6 +42,13 @@ def write_atomic(path: Union[str, Path], data: Union[bytes, bytearray, memoryvie
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def save_figure(figure, path: Union[str, Path]) -> None:
+    """A matplotlib figure as PNG, atomically."""
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=90)
+    write_atomic(path, image.getvalue())
 
 
 def remove_stale_temporaries(folder: Path) -> list[str]:

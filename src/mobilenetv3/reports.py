@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .files import write_atomic
+from .files import save_figure, write_atomic
 
 
 def write_eval_report(out_dir: Path, metrics: dict, classes: list[str], meta: dict) -> dict:
@@ -53,7 +53,5 @@ def _plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=90)
+    save_figure(fig, path)
     plt.close(fig)
-    write_atomic(path, image.getvalue())

@@ -4,14 +4,13 @@ Only the main process writes; the other ranks get a ``RunLog`` with ``enabled=Fa
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Optional
 
-from .files import write_atomic
+from .files import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +124,8 @@ class RunLog:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         path = self.run_dir / "curves.png"
-        image = io.BytesIO()
-        fig.savefig(image, format="png", dpi=90)
+        save_figure(fig, path)
         plt.close(fig)
-        write_atomic(path, image.getvalue())
         return path
 
 
