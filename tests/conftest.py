@@ -1,3 +1,5 @@
+import subprocess
+
 import pytest
 import torch
 
@@ -24,3 +26,9 @@ def run_cli(capsys):
         return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     return run
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (torchrun's workers: they run in sessions of their own)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]

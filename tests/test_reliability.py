@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import child_pids
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3.config import load_config
 from mobilenetv3.models import create_model
@@ -292,11 +293,6 @@ def test_read_only_run_directory(tmp_path):
 
 
 # ------------------------------------------------------------------------------- torchrun restarts
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path):
     run_dir = tmp_path / "elastic"
@@ -311,7 +307,7 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path):
     while time.time() < deadline and not (log.exists() and log.read_text().count("epoch: [") >= 11):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         time.sleep(0.1)
-    workers = _children(proc.pid)
+    workers = child_pids(proc.pid)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)  # rank 1 dies in the middle of epoch 2
     _, err = proc.communicate(timeout=300)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import child_pids
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3.config import load_config
 from mobilenetv3.models import create_model
@@ -377,6 +378,44 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-5)
     assert result.stderr.count("epoch 1/1: train loss") == 1
+
+
+DDP_RESUME = dict(epochs=2, batch_size=4, synthetic_samples=128, save_every_steps=2, deterministic=True, dropout=0.2,
+                  eval_every=0)
+
+
+def torchrun(run_dir, **flags):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mobilenetv3",
+            *tiny_flags(run_dir, **flags)]
+
+
+def test_two_gloo_processes_killed_and_resumed_end_bitwise_identical(tmp_path):
+    """The whole torchrun group SIGKILLed in epoch 2, resumed: the same weights and epoch loss as a run left alone.
+
+    Dropout and the random crop/flip draw from each process's own generators, so this holds only when every rank
+    gets back its own RNG state (not rank 0's) and the partial epoch loss counts every rank's share.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = subprocess.run(torchrun(tmp_path / "straight", **DDP_RESUME), capture_output=True, text=True, env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(torchrun(killed, **DDP_RESUME), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    wait_for_steps(killed / "train.log", 21, proc)  # 16 steps per epoch: epoch 2, step 5
+    for pid in [*child_pids(proc.pid), proc.pid]:  # the workers first: torchrun would restart them
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    state = ckpt.load_checkpoint(killed / "last.pt")
+    assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < 16, (state["epoch"], state["step_in_epoch"])
+    assert len(state["rng_ranks"]) == 2
+    assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])
+    resumed = subprocess.run(torchrun(killed, resume="auto", **DDP_RESUME), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at epoch 2, step {state['step_in_epoch']}" in resumed.stderr
+    assert_bitwise_equal(final_state(tmp_path / "straight"), final_state(killed))
+    losses = [[json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (tmp_path / "straight", killed)]
+    assert losses[1][-1] == pytest.approx(losses[0][-1], rel=1e-9)
 
 
 def _one_process_reference(tmp_path):

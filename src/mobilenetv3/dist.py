@@ -1,6 +1,7 @@
 """The torchrun environment: rank helpers and reductions. One process is a world of size 1."""
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,6 +65,21 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_object(value) -> list:
+    """Every process's ``value`` (plain types and tensors), in rank order; ``[value]`` in a single process.
+
+    The value travels as ``torch.save`` bytes: tensors pickled by ``dist.all_gather_object`` itself fail to
+    unpickle on the receiving side (``UntypedStorage has no attribute 'dtype'``, torch 2.14).
+    """
+    if not dist.is_initialized():
+        return [value]
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, buffer.getvalue())
+    return [torch.load(io.BytesIO(data), weights_only=True) for data in values]
 
 
 def broadcast_object(value, src: int = 0):

@@ -27,7 +27,7 @@ from .config import Config, load_config, validate
 from .data import STATS, build_dataset, build_loader, build_preset, check_labels
 from .data.datasets import Dataset
 from .data.transforms import Preprocessing, Recipe
-from .dist import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
+from .dist import DistInfo, all_gather_object, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .engine import NonFiniteLoss, evaluate, train_one_epoch
 from .files import file_sha256, remove_stale_temporaries
 from .convert import check_shapes
@@ -322,7 +322,7 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
     state = dict(epoch=0, step_in_epoch=0, global_step=0, best_top1=None, history=[], epoch_loss_sum=0.0)
     if resume_path is not None:
         restore = _restore_mindspore if resume_path.suffix == ".ckpt" else _restore
-        state = restore(resume_path, model, optimizer, scaler, ema, state, steps_per_epoch)
+        state = restore(resume_path, model, optimizer, scaler, ema, state, steps_per_epoch, info)
         log.info("resuming from %s at epoch %d, step %d", resume_path, state["epoch"] + 1, state["step_in_epoch"])
 
     train_model: nn.Module = model
@@ -340,7 +340,7 @@ def _train(config: Config, info: DistInfo, run_dir: Path, resume_path: Optional[
         log.info("run directory %s; %d train / %d val images, %d classes; global batch %d, peak LR %.4g "
                  "(%s at batch %s)", run_dir, len(data.train), len(data.val), data.num_classes, global_batch,
                  lr_max, optim_cfg.lr, optim_cfg.lr_reference_batch or global_batch)
-    saver = _Saver(run_dir, info, config, data, model, optimizer, scaler, ema, steps_per_epoch)
+    saver = _Saver(run_dir, info, device, config, data, model, optimizer, scaler, ema, steps_per_epoch)
     loss_fn = _loss_fn(optim_cfg.label_smoothing, optim_cfg.smoothing)
     started = time.perf_counter()
     stop = StopSignal()
@@ -465,12 +465,12 @@ def _maybe_validate(config, state, record, model, ema, data, device, amp_dtype) 
 class _Saver:
     """Rank 0 writes checkpoints: one file per save, linked as last.pt (and best.pt)."""
 
-    def __init__(self, run_dir, info, config, data, model, optimizer, scaler, ema, steps_per_epoch):
-        self.run_dir, self.info, self.config, self.data = run_dir, info, config, data
+    def __init__(self, run_dir, info, device, config, data, model, optimizer, scaler, ema, steps_per_epoch):
+        self.run_dir, self.info, self.device, self.config, self.data = run_dir, info, device, config, data
         self.model, self.optimizer, self.scaler, self.ema = model, optimizer, scaler, ema
         self.steps_per_epoch = steps_per_epoch
 
-    def state_dict(self, state: dict) -> dict:
+    def state_dict(self, state: dict, rng_ranks: list, epoch_loss_sum: float) -> dict:
         return dict(
             format=ckpt.FORMAT, model_name=self.model.model_name, model_kwargs=dict(self.model.model_kwargs),
             classes=list(self.data.classes), preprocessing=self.data.preprocessing.to_dict(),
@@ -480,8 +480,8 @@ class _Saver:
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=state["epoch"], step_in_epoch=state["step_in_epoch"], global_step=state["global_step"],
-            epoch_loss_sum=state["epoch_loss_sum"], steps_per_epoch=self.steps_per_epoch,
-            best_top1=state["best_top1"], history=list(state["history"]), rng=ckpt.rng_state(),
+            epoch_loss_sum=epoch_loss_sum, steps_per_epoch=self.steps_per_epoch,
+            best_top1=state["best_top1"], history=list(state["history"]), rng=rng_ranks[0], rng_ranks=rng_ranks,
         )
 
     def save(self, state: dict, epoch_file: bool, metrics: Optional[dict] = None) -> None:
@@ -489,12 +489,17 @@ class _Saver:
         is_best = top1 is not None and (state["best_top1"] is None or top1 > state["best_top1"])
         if is_best:
             state["best_top1"] = top1
+        # Every process's own generators, and the partial loss as the group's mean per process, so that a resumed
+        # run continues each rank where it stopped (the epoch's end sums this offset over all processes).
+        rng_ranks = all_gather_object(ckpt.rng_state())
+        loss = all_reduce_sum(torch.tensor([state["epoch_loss_sum"]], dtype=torch.float64, device=self.device))
+        epoch_loss_sum = loss.item() / self.info.world_size
         if not self.info.is_main:
             return
         name = ckpt.epoch_checkpoint_name(state["epoch"], self.steps_per_epoch) if epoch_file else "last.pt"
         path = self.run_dir / name
         try:
-            ckpt.save_checkpoint(self.state_dict(state), path)
+            ckpt.save_checkpoint(self.state_dict(state, rng_ranks, epoch_loss_sum), path)
             if epoch_file:
                 ckpt.link_checkpoint(path, self.run_dir / "last.pt")
                 ckpt.prune_epoch_checkpoints(self.run_dir, self.config.run.keep_checkpoint_max)
@@ -516,7 +521,7 @@ class _Saver:
             ckpt.save_safetensors(self.ema.module.state_dict(), self.run_dir / "model_ema.safetensors", metadata)
 
 
-def _restore(path: Path, model, optimizer, scaler, ema, state: dict, steps_per_epoch: int) -> dict:
+def _restore(path: Path, model, optimizer, scaler, ema, state: dict, steps_per_epoch: int, info: DistInfo) -> dict:
     saved = ckpt.load_checkpoint(path)
     if "optimizer" not in saved:
         raise ValueError(f"{path} holds weights only, not a training state; start from it with --pretrained")
@@ -527,13 +532,19 @@ def _restore(path: Path, model, optimizer, scaler, ema, state: dict, steps_per_e
     if ema is not None and saved.get("ema") is not None:
         ema.module.load_state_dict(saved["ema"])
         ema.n_averaged.fill_(int(saved["ema_n_averaged"]))
-    ckpt.set_rng_state(saved["rng"])
+    ranks = saved.get("rng_ranks") or [saved["rng"]]
+    if len(ranks) != info.world_size and info.is_main:
+        log.warning("%s was saved by %d process(es), this run has %d: ranks beyond its count start fresh random "
+                    "streams", path, len(ranks), info.world_size)
+    if info.rank < len(ranks):
+        ckpt.set_rng_state(ranks[info.rank])
     return dict(epoch=saved["epoch"], step_in_epoch=saved["step_in_epoch"], global_step=saved["global_step"],
                 best_top1=saved["best_top1"], history=list(saved["history"]),
                 epoch_loss_sum=saved["epoch_loss_sum"])
 
 
-def _restore_mindspore(path: Path, model, optimizer, scaler, ema, state: dict, steps_per_epoch: int) -> dict:
+def _restore_mindspore(path: Path, model, optimizer, scaler, ema, state: dict, steps_per_epoch: int,
+                       info: DistInfo) -> dict:
     """Continue a seed training checkpoint: its weights, its SGD momentum buffers, its step in the schedule.
 
     MindSpore's Momentum and PyTorch's SGD keep the same buffer (v = m * v + g), so the buffers carry over.
