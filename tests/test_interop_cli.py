@@ -95,6 +95,7 @@ def test_resume_from_a_seed_training_checkpoint(tmp_path):
     seed_ckpt = tmp_path / "mobilenetV3-2_3.ckpt"
     write_ckpt(tensors, seed_ckpt)
 
+    from mobilenetv3.dist import DistInfo
     from mobilenetv3.runner import _restore_mindspore, build_model, prepare_config
     from mobilenetv3.optim import build_optimizer, param_groups
 
@@ -103,7 +104,8 @@ def test_resume_from_a_seed_training_checkpoint(tmp_path):
                                                                                          1280)
     model = build_model(config, num_classes=10, in_chans=3)
     optimizer = build_optimizer("sgd", param_groups(model, 1e-4), 0.1)
-    state = _restore_mindspore(seed_ckpt, model, optimizer, None, None, dict(epoch=0), steps_per_epoch=3)
+    state = _restore_mindspore(seed_ckpt, model, optimizer, None, None, dict(epoch=0), steps_per_epoch=3,
+                               info=DistInfo())
     assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (7, 2, 1)
     buffer = optimizer.state[model.blocks[4].dw.conv.weight]["momentum_buffer"]
     assert torch.equal(buffer, tensors["moments.features.7.conv1.conv.weight"])
