@@ -1,0 +1,106 @@
+"""The GPU paths: CUDA training in each precision, a CPU checkpoint continued on a GPU, evaluation that agrees
+with the CPU's, and NCCL through torchrun.
+
+Skipped where there is no CUDA device (CI and the development machine have none). On a GPU machine:
+``python -m pytest tests/test_gpu.py``. ``MOBILENETV3_TEST_DEVICE=cpu`` runs the same tests on the CPU, which
+checks the tests themselves (the continued run is then bitwise the CPU's) but none of the GPU code.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobilenetv3 import checkpoint as ckpt
+from mobilenetv3.models import create_model
+from mobilenetv3.runner import train
+from test_train import tiny_config, tiny_flags
+
+DEVICE = os.environ.get("MOBILENETV3_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
+pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA GPU (MOBILENETV3_TEST_DEVICE=cpu to try on CPU)")
+ON_CPU = DEVICE == "cpu"
+
+
+@pytest.fixture
+def exact_float32():
+    """Full float32 matrix products and convolutions (no TF32) for comparisons with the CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def epoch_losses(run_dir: Path) -> list:
+    return [json.loads(line)["train_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# Without dropout (the one draw made on the device) both runs see the same images in the same order, augmented
+# on the CPU: the device's epoch losses follow the CPU's, float32 within rounding, bf16/fp16 within their precision.
+@pytest.mark.parametrize("amp, rel", [("none", 1e-2), ("bf16", 5e-2), ("fp16", 5e-2)])
+def test_training_on_the_device_follows_the_cpu(tmp_path, exact_float32, amp, rel):
+    if ON_CPU and amp == "fp16":
+        pytest.skip("float16 autocast is a GPU path")
+    reference = train(tiny_config(tmp_path / "cpu", device="cpu", dropout=0.0, ema_decay=0.9))
+    result = train(tiny_config(tmp_path / "dev", device=DEVICE, dropout=0.0, amp=amp, channels_last=True,
+                               ema_decay=0.9))
+    cpu, dev = epoch_losses(Path(reference["run_dir"])), epoch_losses(Path(result["run_dir"]))
+    assert len(dev) == 2 and dev == pytest.approx(cpu, rel=rel)
+    state = ckpt.load_checkpoint(Path(result["run_dir"]) / "last.pt")
+    assert state["ema"] is not None and state["history"][-1]["ema_top1"] is not None
+    if amp == "fp16":  # dynamic loss scaling: its scale is part of the training state
+        assert state["scaler"] and state["scaler"]["scale"] > 0
+
+
+def test_a_cpu_checkpoint_continues_on_the_device(tmp_path, exact_float32):
+    """Epoch 1 on the CPU, epoch 2 on the device: the weights end where a run wholly on the CPU ends
+    (bitwise on the CPU; on a GPU within 5% of the distance the weights travel in epoch 2)."""
+    straight = Path(train(tiny_config(tmp_path / "cpu", device="cpu", dropout=0.0, keep_checkpoint_max=2))["run_dir"])
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(straight / "mobilenetV3-1_6.pt", moved / "last.pt")
+    train(tiny_config(moved, device=DEVICE, dropout=0.0, resume="auto"))
+    start, expected, got = (ckpt.load_checkpoint(path)["model"] for path in
+                            (straight / "mobilenetV3-1_6.pt", straight / "last.pt", moved / "last.pt"))
+    names = [name for name, value in expected.items() if value.is_floating_point()]
+    if ON_CPU:
+        assert all(torch.equal(got[name], expected[name]) for name in names)
+    flat = {key: torch.cat([weights[name].flatten() for name in names]) for key, weights in
+            dict(start=start, expected=expected, got=got).items()}
+    travelled = (flat["expected"] - flat["start"]).norm()
+    assert travelled > 0 and (flat["got"] - flat["expected"]).norm() <= 0.05 * travelled
+
+
+def test_evaluation_on_the_device_agrees_with_the_cpu(tmp_path, exact_float32, run_cli):
+    model = create_model("mobilenetv3_large", num_classes=10).eval()
+    images = torch.randn(4, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(images)
+        got = model.to(DEVICE)(images.to(DEVICE)).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+    run_dir = Path(train(tiny_config(tmp_path / "run", device="cpu", epochs=1))["run_dir"])
+    reports = []
+    for device in ("cpu", DEVICE):
+        result = run_cli("eval", "--checkpoint", run_dir / "last.pt", "--dataset", "synthetic",
+                         "--synthetic-samples", 48, "--image-size", 32, "--device", device,
+                         "--out", tmp_path / f"eval-{device}", "--json")
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(result.stdout))
+    assert reports[0]["count"] == reports[1]["count"] == 12
+    assert reports[1]["top1"] == reports[0]["top1"] and reports[1]["top5"] == reports[0]["top5"]
+    assert reports[1]["loss"] == pytest.approx(reports[0]["loss"], rel=1e-4)
+
+
+@pytest.mark.skipif(ON_CPU, reason="NCCL needs a GPU; gloo is tested in test_train.py")
+def test_torchrun_on_the_gpu_uses_nccl_and_sync_batchnorm(tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                             "-m", "mobilenetv3", *tiny_flags(run_dir, device="cuda", sync_bn=True, amp="bf16")],
+                            capture_output=True, text=True, env=dict(os.environ, NCCL_DEBUG="INFO"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "NCCL INFO" in result.stdout + result.stderr  # NCCL's own log: the group ran on NCCL, not gloo
+    assert len(epoch_losses(run_dir)) == 2 and ckpt.load_checkpoint(run_dir / "last.pt")["epoch"] == 2
