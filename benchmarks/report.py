@@ -168,6 +168,8 @@ def accuracy_section(result: dict) -> list[str]:
     lines += ["", f"Run: {result['epochs']} epochs, {result['total_train_minutes']:.1f} minutes of training "
                   f"(evaluation excluded); final top-1 {100 * (result['final_top1'] or 0):.2f}%, "
                   f"final EMA top-1 {100 * (result['final_ema_top1'] or 0):.2f}%."]
+    if result.get("resumes"):
+        lines[-1] += f" Resumed {result['resumes']} times (`--resume auto`); its epoch times include any pauses."
     return lines
 
 

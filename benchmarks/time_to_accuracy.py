@@ -17,15 +17,20 @@ def time_to_accuracy(run_dir: Path, target: float) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     elapsed, reached = 0.0, None
+    wall_before, previous_wall, resumes = 0.0, 0.0, 0  # wall_time restarts at 0 when a run is resumed
     for record in records:
         elapsed += record["epoch_time"]
+        wall = record.get("wall_time")  # training and evaluation, when the run recorded it
+        if wall is not None and wall < previous_wall:
+            wall_before, resumes = wall_before + previous_wall, resumes + 1
+        previous_wall = wall if wall is not None else previous_wall
         best = max(record.get("val_top1") or 0.0, record.get("ema_top1") or 0.0)
         if reached is None and best >= target:
-            wall = record.get("wall_time")  # training and evaluation, when the run recorded it
             reached = dict(epoch=record["epoch"], train_minutes=elapsed / 60, top1=record.get("val_top1"),
-                           ema_top1=record.get("ema_top1"), wall_minutes=wall / 60 if wall else None)
+                           ema_top1=record.get("ema_top1"),
+                           wall_minutes=(wall_before + wall) / 60 if wall is not None else None)
     final = records[-1] if records else {}
-    return dict(run_dir=str(run_dir), target=target, reached=reached, epochs=len(records),
+    return dict(run_dir=str(run_dir), target=target, reached=reached, epochs=len(records), resumes=resumes,
                 total_train_minutes=elapsed / 60, final_top1=final.get("val_top1"),
                 final_ema_top1=final.get("ema_top1"),
                 best_top1=max((r.get("val_top1") or 0.0 for r in records), default=None),

@@ -29,3 +29,22 @@ def test_loader_benchmark_quick(tmp_path):
     assert set(report["train_step"]) == {"channels_last", "contiguous"}
     assert report["verdict"] in ("PASS", "MISS") and report["target_ratio"] == 5.0
     assert report["loader_to_train_ratio"] > 0 and report["ratio_to_torchvision"] > 0
+
+
+def test_time_to_accuracy_counts_the_wall_clock_across_resumes(tmp_path):
+    # wall_time in metrics.jsonl restarts at 0 when `--resume` continues a run: epoch 3 is the first after one.
+    records = [dict(epoch=1, epoch_time=60.0, wall_time=70.0, val_top1=0.90, ema_top1=0.91, train_loss=1.0),
+               dict(epoch=2, epoch_time=60.0, wall_time=140.0, val_top1=0.94, ema_top1=0.93, train_loss=0.8),
+               dict(epoch=3, epoch_time=30.0, wall_time=40.0, val_top1=0.949, ema_top1=0.945, train_loss=0.7),
+               dict(epoch=4, epoch_time=60.0, wall_time=110.0, val_top1=0.951, ema_top1=0.948, train_loss=0.6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "tta.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), str(tmp_path),
+                             "--target", "0.95", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["resumes"] == 1 and report["epochs"] == 4
+    assert report["reached"]["epoch"] == 4
+    assert report["reached"]["train_minutes"] == (60 + 60 + 30 + 60) / 60
+    assert report["reached"]["wall_minutes"] == (140 + 110) / 60
+    assert report["final_top1"] == 0.951 and report["best_ema_top1"] == 0.948
