@@ -21,9 +21,10 @@ def time_to_accuracy(run_dir: Path, target: float) -> dict:
     for record in records:
         elapsed += record["epoch_time"]
         wall = record.get("wall_time")  # training and evaluation, when the run recorded it
-        if wall is not None and wall < previous_wall:
-            wall_before, resumes = wall_before + previous_wall, resumes + 1
-        previous_wall = wall if wall is not None else previous_wall
+        if wall is not None:
+            if wall < previous_wall:
+                wall_before, resumes = wall_before + previous_wall, resumes + 1
+            previous_wall = wall
         best = max(record.get("val_top1") or 0.0, record.get("ema_top1") or 0.0)
         if reached is None and best >= target:
             reached = dict(epoch=record["epoch"], train_minutes=elapsed / 60, top1=record.get("val_top1"),
