@@ -46,6 +46,10 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    if not (args.run_dir / "metrics.jsonl").is_file():
+        p.exit(2, f"{p.prog}: error: {args.run_dir} has no metrics.jsonl (not a training run directory)\n")
+    if not 0 < args.target <= 1:
+        p.exit(2, f"{p.prog}: error: --target is a fraction in (0, 1], got {args.target}\n")
     result = time_to_accuracy(args.run_dir, args.target)
     reached = result["reached"]
     print(f"{args.run_dir}: " + (f"reached {100 * args.target:.1f}% at epoch {reached['epoch']} after "

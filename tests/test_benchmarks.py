@@ -48,3 +48,13 @@ def test_time_to_accuracy_counts_the_wall_clock_across_resumes(tmp_path):
     assert report["reached"]["train_minutes"] == (60 + 60 + 30 + 60) / 60
     assert report["reached"]["wall_minutes"] == (140 + 110) / 60
     assert report["final_top1"] == 0.951 and report["best_ema_top1"] == 0.948
+
+
+def test_time_to_accuracy_names_a_wrong_argument_in_one_line(tmp_path):
+    script = str(ROOT / "benchmarks" / "time_to_accuracy.py")
+    (tmp_path / "metrics.jsonl").write_text("")
+    wrong = (([str(tmp_path / "missing")], "no metrics.jsonl"), ([str(tmp_path), "--target", "95"], "--target"))
+    for args, named in wrong:
+        result = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and named in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
