@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .models import count_madds, create_model
+from .errors import UsageError
 
 TORCHVISION_NAMES = {"mobilenetv3_large": "mobilenet_v3_large", "mobilenetv3_small": "mobilenet_v3_small"}
 
@@ -157,7 +158,7 @@ def inference_callables(name: str, batch: int, size: int, variants, folder: Path
         elif variant == "onnxruntime int8":
             fns[variant] = lambda s=_onnx_session(ours, x, folder, name, int8=True): s(x)
         else:
-            raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(INFERENCE_VARIANTS)}")
+            raise UsageError(f"unknown variant {variant!r}; choose from: {', '.join(INFERENCE_VARIANTS)}")
     return fns
 
 

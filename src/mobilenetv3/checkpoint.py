@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .files import fsync_dir, temporary_path, write_atomic
+from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,11 @@ def load_file(path) -> Any:
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global[^.\n]*", str(err))
         if found is None:  # not a pickle of ours at all
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or another format)") from None
-        raise ValueError(f"{path}: refused to load: it holds Python objects that could run code "
+            raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format)") from None
+        raise UsageError(f"{path}: refused to load: it holds Python objects that could run code "
                          f"({found.group(0).replace('GLOBAL ', '')}); only tensors and plain data are loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as err:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or another format: "
+        raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format: "
                          f"{_first_line(err)})") from None
 
 
@@ -84,7 +85,7 @@ def load_checkpoint(path) -> dict:
     """A checkpoint written by this package (``save_checkpoint``); ``ValueError`` for anything else."""
     state = load_file(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a mobilenetv3 training checkpoint")
+        raise UsageError(f"{path}: not a mobilenetv3 training checkpoint")
     return state
 
 
@@ -159,18 +160,18 @@ def read_weights(path, ema: bool = False) -> Weights:
     content = load_file(path)
     if isinstance(content, dict) and content.get("format") == FORMAT:
         if ema and content.get("ema") is None:
-            raise ValueError(f"{path} has no EMA weights (train with --ema-decay to keep them)")
+            raise UsageError(f"{path} has no EMA weights (train with --ema-decay to keep them)")
         return Weights(content["model_name"], dict(content["model_kwargs"]),
                        content["ema"] if ema else content["model"], "mobilenetv3", content.get("classes"),
                        content.get("preprocessing"), content)
     if ema:
-        raise ValueError(f"{path} is not a mobilenetv3 training checkpoint, so it has no EMA weights")
+        raise UsageError(f"{path} is not a mobilenetv3 training checkpoint, so it has no EMA weights")
     for key in ("state_dict", "model"):  # torchvision's and timm's training checkpoints
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]
             break
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise ValueError(f"{path}: holds no state dict (a mapping of names to tensors)")
+        raise UsageError(f"{path}: holds no state dict (a mapping of names to tensors)")
     return foreign_weights(content, str(path))
 
 
@@ -188,11 +189,11 @@ def foreign_weights(state_dict: dict, source: str) -> Weights:
         converted, origin, extra = from_timm(state_dict), "timm", {}
     else:
         first = next(iter(state_dict), "nothing")
-        raise ValueError(f"{source}: not MobileNetV3 weights of a known layout (first tensor {first!r})")
+        raise UsageError(f"{source}: not MobileNetV3 weights of a known layout (first tensor {first!r})")
     try:
         model = fitting_model(converted, extra)
     except ValueError as err:
-        raise ValueError(f"{source}: {err}") from None
+        raise UsageError(f"{source}: {err}") from None
     return Weights(model.model_name, dict(model.model_kwargs), _in_model_order(converted, model), origin)
 
 
@@ -226,7 +227,7 @@ def _read_safetensors(path: Path) -> Weights:
             metadata = f.metadata() or {}
         tensors = load_safetensors(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise UsageError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
     if "model_name" in metadata:
         from .models import create_model
 
@@ -246,7 +247,7 @@ def _read_mindspore(path: Path) -> Weights:
         converted = mindspore.from_mindspore(mindspore.read_ckpt(path))
     except ValueError as err:
         message = str(err)
-        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        raise UsageError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     return Weights(converted.model_name, converted.model_kwargs, converted.state_dict, "mindspore")
 
 
@@ -278,7 +279,7 @@ def load_model(path, ema: bool = False, **overrides) -> torch.nn.Module:
     try:
         return model_from_weights(weights, **overrides)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None
 
 
 def write_weights(weights: Weights, path: Path, fmt: str) -> None:
@@ -314,4 +315,4 @@ def write_weights(weights: Weights, path: Path, fmt: str) -> None:
     elif fmt == "timm":
         save_checkpoint(to_timm(state), path)
     else:
-        raise ValueError(f"unknown weights format {fmt!r}")
+        raise UsageError(f"unknown weights format {fmt!r}")

@@ -1,7 +1,7 @@
 """Training configuration: typed dataclasses, YAML presets, flag overrides, plain-dict round trips.
 
 Defaults live here and only here. A run's configuration is resolved in three layers: these
-defaults, then a YAML preset (``configs/<name>.yaml`` or a path), then command-line flags. The CLI
+defaults, then a YAML preset (``<name>.yaml`` in the package's ``configs/``, or a path), then command-line flags. The CLI
 builds one flag per field from the ``help`` metadata below (``--batch-size``, ``--lr``, ...).
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
+from .errors import UsageError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/ (editable installs)
 
 
 def _f(default: Any, help: str, choices: Optional[tuple] = None):
@@ -122,12 +122,12 @@ class Config:
             elif key in FIELD_SECTION:
                 self._set(FIELD_SECTION[key], key, value, source)
             else:
-                raise ValueError(f"{source}: unknown setting {key!r}")
+                raise UsageError(f"{source}: unknown setting {key!r}")
 
     def _set(self, section: str, key: str, value: Any, source: str) -> None:
         section_obj = getattr(self, section)
         if key not in {f.name for f in fields(section_obj)}:
-            raise ValueError(f"{source}: unknown setting {section}.{key}")
+            raise UsageError(f"{source}: unknown setting {section}.{key}")
         setattr(section_obj, key, coerce(section_obj, key, value, source))
 
 
@@ -156,7 +156,7 @@ def coerce(section_obj, key: str, value: Any, source: str) -> Any:
     kind = field_type(section_obj, key)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and kind is not str):
         if typing.get_type_hints(type(section_obj))[key] is kind:  # not Optional
-            raise ValueError(f"{source}: {key} cannot be empty")
+            raise UsageError(f"{source}: {key} cannot be empty")
         return None
     try:
         if kind is bool:
@@ -178,14 +178,21 @@ def coerce(section_obj, key: str, value: Any, source: str) -> Any:
             value = str(value)
     except (TypeError, ValueError):
         expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
-        raise ValueError(f"{source}: {key} must be {expected}, got {value!r}") from None
+        raise UsageError(f"{source}: {key} must be {expected}, got {value!r}") from None
     if meta.get("choices") and value not in meta["choices"]:
-        raise ValueError(f"{source}: {key} must be one of {', '.join(meta['choices'])}, got {value!r}")
+        raise UsageError(f"{source}: {key} must be one of {', '.join(meta['choices'])}, got {value!r}")
     return value
 
 
+def _presets():
+    """The preset folder shipped inside the package (package data, found the same way in a wheel)."""
+    from importlib.resources import files
+
+    return files("mobilenetv3") / "configs"
+
+
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    return sorted(p.name[:-len(".yaml")] for p in _presets().iterdir() if p.name.endswith(".yaml"))
 
 
 def load_config(preset: Optional[str] = None, overrides: Optional[dict] = None) -> Config:
@@ -194,10 +201,13 @@ def load_config(preset: Optional[str] = None, overrides: Optional[dict] = None) 
     if preset:
         path = Path(preset)
         if not path.suffix:
-            path = CONFIG_DIR / f"{preset}.yaml"
+            if preset not in list_presets():
+                raise UsageError(f"unknown config {preset!r}; presets: {', '.join(list_presets())} (or a YAML path)")
+            config.update(_parse_yaml((_presets() / f"{preset}.yaml").read_text(), preset), source=preset)
+        else:
             if not path.is_file():
-                raise ValueError(f"unknown config {preset!r}; presets: {', '.join(list_presets())} (or a YAML path)")
-        config.update(_read_yaml(path), source=str(path))
+                raise UsageError(f"config file {path} does not exist")
+            config.update(_parse_yaml(path.read_text(), str(path)), source=str(path))
         config.name = path.stem
     if overrides:
         config.update(overrides, source="flag")
@@ -205,17 +215,15 @@ def load_config(preset: Optional[str] = None, overrides: Optional[dict] = None) 
     return config
 
 
-def _read_yaml(path: Path) -> dict:
+def _parse_yaml(text: str, source: str) -> dict:
     import yaml
 
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+        raise UsageError(f"{source} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of settings")
+        raise UsageError(f"{source} must hold a mapping of settings")
     return values
 
 
@@ -247,7 +255,7 @@ def validate(config: Config) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise UsageError(message)
 
 
 def replace(config: Config, **sections: dict) -> Config:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .files import temporary_path
+from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class OnnxModule(nn.Module):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ValueError(f"{path}: not a loadable ONNX model ({' '.join(str(err).split())[:200]})") from None
+            raise UsageError(f"{path}: not a loadable ONNX model ({' '.join(str(err).split())[:200]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         info = json.loads(meta) if meta else {}
         shape = self.session.get_inputs()[0].shape
@@ -227,13 +228,13 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
     and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
     (``ValueError`` otherwise); INT8 reports its agreement. Returns the comparison figures and paths."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     model = model.eval()
     reference = WithSoftmax(model).eval() if softmax else model
     paths = dict(path=str(path))
     if fmt == "onnx-int8":
         if calibration is None:
-            raise ValueError("onnx-int8 needs images to calibrate: give --dataset and --data-path")
+            raise UsageError("onnx-int8 needs images to calibrate: give --dataset and --data-path")
         fp32_path = path.with_name(path.name.replace(".int8.onnx", ".onnx") if ".int8." in path.name
                                    else f"{path.stem}.fp32.onnx")
         export_onnx(model, fp32_path, example, softmax)

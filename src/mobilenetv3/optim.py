@@ -7,6 +7,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .errors import UsageError
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 
@@ -34,7 +35,7 @@ def build_optimizer(name: str, groups: Iterable[dict], lr: float, momentum: floa
         return RMSpropTF(groups, lr=lr, momentum=momentum)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    raise UsageError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
 class RMSpropTF(torch.optim.Optimizer):

@@ -11,6 +11,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .data.loader import load_image
 from .data.transforms import BatchAugment, Preprocessing, Recipe, image_transform
+from .errors import UsageError
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
@@ -21,13 +22,13 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
         if path.is_dir():
             matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
             if not matches:
-                raise ValueError(f"{path} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
+                raise UsageError(f"{path} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
         elif path.is_file():
             matches = [path]
         elif any(ch in pattern for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
             if not matches:
-                raise ValueError(f"no file matches {pattern}")
+                raise UsageError(f"no file matches {pattern}")
         else:
             raise FileNotFoundError(f"{path} does not exist")
         found.update(dict.fromkeys(matches))

@@ -34,6 +34,7 @@ from .convert import check_shapes
 from .models import create_model
 from .optim import build_optimizer, param_groups, scaled_lr, smoothed_cross_entropy, warmup_cosine_lr
 from .runlog import RunLog
+from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def prepare_config(preset: Optional[str], overrides: dict) -> Config:
         return config
     state = ckpt.load_checkpoint(resume_path)
     if "config" not in state:
-        raise ValueError(f"{resume_path} holds weights only, not a training state; start from it with --pretrained")
+        raise UsageError(f"{resume_path} holds weights only, not a training state; start from it with --pretrained")
     saved = Config.from_dict(state["config"])
     saved.update(overrides, source="flag")
     saved.run.resume, saved.run.run_dir = str(resume_path), str(resume_path.parent)
@@ -103,7 +104,7 @@ def run_lock(run_dir: Path, resuming: bool):
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming and any(ckpt.EPOCH_CHECKPOINT.match(p.name) or p.name == "last.pt" for p in run_dir.iterdir()):
-        raise ValueError(f"{run_dir} already holds a run (checkpoints); continue it with --resume auto, "
+        raise UsageError(f"{run_dir} already holds a run (checkpoints); continue it with --resume auto, "
                          "or choose another --run-dir")
     handle = open(run_dir / ".lock", "a+")
     try:
@@ -112,7 +113,7 @@ def run_lock(run_dir: Path, resuming: bool):
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
-        raise ValueError(f"{run_dir} is in use by a running training ({owner}); wait for it or choose "
+        raise UsageError(f"{run_dir} is in use by a running training ({owner}); wait for it or choose "
                          "another --run-dir") from None
     handle.seek(0)
     handle.truncate()
@@ -147,7 +148,7 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
         return torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", info.local_rank)
     return device
@@ -215,7 +216,7 @@ def build_model(config: Config, num_classes: int, in_chans: int, weights: Option
                              bn_momentum=m.bn_momentum)
     else:
         if weights.model_name != m.model:
-            raise ValueError(f"{m.pretrained} holds {weights.model_name} weights, but --model is {m.model}")
+            raise UsageError(f"{m.pretrained} holds {weights.model_name} weights, but --model is {m.model}")
         model = create_model(m.model, **dict(weights.model_kwargs, num_classes=num_classes, dropout=m.dropout,
                                              in_chans=in_chans))
         state = dict(weights.state_dict)
@@ -228,7 +229,7 @@ def build_model(config: Config, num_classes: int, in_chans: int, weights: Option
         try:
             check_shapes(state, model)
         except ValueError as err:
-            raise ValueError(f"--pretrained {m.pretrained}: {err}") from None
+            raise UsageError(f"--pretrained {m.pretrained}: {err}") from None
         model.load_state_dict(state)
     if m.freeze_backbone:
         model.freeze_backbone()
@@ -524,7 +525,7 @@ class _Saver:
 def _restore(path: Path, model, optimizer, scaler, ema, state: dict, steps_per_epoch: int, info: DistInfo) -> dict:
     saved = ckpt.load_checkpoint(path)
     if "optimizer" not in saved:
-        raise ValueError(f"{path} holds weights only, not a training state; start from it with --pretrained")
+        raise UsageError(f"{path} holds weights only, not a training state; start from it with --pretrained")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if scaler is not None and saved.get("scaler"):
@@ -622,7 +623,7 @@ def run_eval(config: Config, weights: str, *, ema: bool = False, onnx: Optional[
         if preprocessing is None:
             preprocessing = data_recipe(config, val, model.in_chans)[1]
         if preprocessing.in_chans != model.in_chans:
-            raise ValueError(f"the model takes {model.in_chans}-channel images, the preprocessing gives "
+            raise UsageError(f"the model takes {model.in_chans}-channel images, the preprocessing gives "
                              f"{preprocessing.in_chans}")
         loader = build_loader(val, Recipe(preprocessing.crop), preprocessing, train=False,
                               batch_size=d.eval_batch_size or 2 * d.batch_size, rank=info.rank,

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..models import create_model
 from ..models.mobilenetv3 import ARCHS, _scaled  # _scaled: the one place that applies width_mult
+from ..errors import UsageError
 
 StateDict = Mapping[str, torch.Tensor]
 Pairs = list[tuple[str, str]]  # (our module prefix, their module prefix)
@@ -40,7 +41,7 @@ def rename(state_dict: StateDict, pairs: Pairs, reverse: bool = False) -> dict[s
     for key, value in state_dict.items():
         module, _, leaf = key.rpartition(".")
         if module not in table:
-            raise ValueError(f"unexpected tensor {key!r} {tuple(value.shape)}: not part of a MobileNetV3 state dict")
+            raise UsageError(f"unexpected tensor {key!r} {tuple(value.shape)}: not part of a MobileNetV3 state dict")
         out[f"{table[module]}.{leaf}"] = value
     return out
 
@@ -50,15 +51,15 @@ def check_shapes(state_dict: StateDict, model: nn.Module) -> None:
     expected = model.state_dict()
     for key, value in expected.items():
         if key not in state_dict:
-            raise ValueError(f"missing tensor {key!r} {tuple(value.shape)} for {_describe(model)}")
+            raise UsageError(f"missing tensor {key!r} {tuple(value.shape)} for {_describe(model)}")
         if tuple(state_dict[key].shape) != tuple(value.shape):
-            raise ValueError(
+            raise UsageError(
                 f"tensor {key!r} has shape {tuple(state_dict[key].shape)}, "
                 f"{_describe(model)} expects {tuple(value.shape)}"
             )
     for key in state_dict:
         if key not in expected:
-            raise ValueError(f"unexpected tensor {key!r} for {_describe(model)}")
+            raise UsageError(f"unexpected tensor {key!r} for {_describe(model)}")
 
 
 def _describe(model: nn.Module) -> str:
@@ -74,7 +75,7 @@ _WIDTHS = tuple(dict.fromkeys((1.0, 0.75, 0.5, 0.35, 1.25, 1.5, 2.0, *(round(0.2
 
 def _shape(state_dict: StateDict, key: str, ndim: int) -> tuple[int, ...]:
     if key not in state_dict or state_dict[key].dim() != ndim:
-        raise ValueError(f"missing or mis-shaped tensor {key!r} (expected {ndim} dimensions)")
+        raise UsageError(f"missing or mis-shaped tensor {key!r} (expected {ndim} dimensions)")
     return tuple(state_dict[key].shape)
 
 
@@ -105,12 +106,12 @@ def fitting_model(state_dict: StateDict, defaults: Optional[dict] = None,
     """
     num_blocks = len(our_layout(state_dict))
     if num_blocks not in _ARCH_BY_BLOCKS:
-        raise ValueError(f"found {num_blocks} bottleneck blocks; MobileNetV3-Large has 15, -Small 11")
+        raise UsageError(f"found {num_blocks} bottleneck blocks; MobileNetV3-Large has 15, -Small 11")
     name = f"mobilenetv3_{_ARCH_BY_BLOCKS[num_blocks]}"
     head, head_in = _shape(state_dict, "head_fc.weight", 2)
     classes, classifier_in = _shape(state_dict, "classifier.weight", 2)
     if classifier_in != head:
-        raise ValueError(f"the classifier takes {classifier_in} features but the head conv gives {head}")
+        raise UsageError(f"the classifier takes {classifier_in} features but the head conv gives {head}")
     kwargs = dict(defaults or {}, num_classes=classes, head_channels=head,
                   in_chans=_shape(state_dict, "stem.conv.weight", 4)[1])
     candidates = list(_width_candidates(_ARCH_BY_BLOCKS[num_blocks], _widths(state_dict, num_blocks), roundings))
@@ -128,4 +129,4 @@ def fitting_model(state_dict: StateDict, defaults: Optional[dict] = None,
         except ValueError as err:
             errors.append(str(err))
     setting = "at width 1.0" if not candidates else f"at width {candidates[0]['width_mult']}"
-    raise ValueError(f"no width of {name} between 0.25 and 2.0 fits these weights; {setting}: {errors[0]}")
+    raise UsageError(f"no width of {name} between 0.25 and 2.0 fits these weights; {setting}: {errors[0]}")

@@ -44,6 +44,7 @@ import torch
 
 from ..files import write_atomic
 from .common import Pairs, StateDict, fitting_model, our_layout, rename
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def _parse_value(buf: memoryview, span: Span) -> _Entry:
         elif number == 2 and wire == 2 and tensor is None:
             tensor = value
         elif number == 3 and wire == 2:
-            raise ValueError(f"{tag or 'a value'!r} is a MapParameter (maptensor), which this reader does not support")
+            raise UsageError(f"{tag or 'a value'!r} is a MapParameter (maptensor), which this reader does not support")
         else:
             raise _Malformed(f"unexpected field {number} (wire type {wire}) in a value", pos)
     if not tag or tensor is None:
@@ -194,7 +195,7 @@ def _strip_crc(data: bytes, path: PathLike) -> bytes:
     body, stored = data[:-_CRC_TRAILER], int.from_bytes(data[-10:], "big")
     actual = zlib.crc32(body)
     if actual != stored:
-        raise ValueError(f"{path}: CRC check failed (the file records {stored:#x}, its bytes give {actual:#x}): "
+        raise UsageError(f"{path}: CRC check failed (the file records {stored:#x}, its bytes give {actual:#x}): "
                          "the file is damaged")
     return body
 
@@ -212,18 +213,18 @@ def _numel(dims: tuple[int, ...]) -> Optional[int]:
 def _to_tensor(tag: str, dims: tuple[int, ...], type_name: str, content: bytes) -> torch.Tensor:
     """The tensor a value holds; ``ValueError`` naming the tag when type or size do not fit."""
     if type_name not in DTYPES:
-        raise ValueError(f"tensor {tag!r} has tensor_type {type_name!r}; supported: {', '.join(DTYPES)}")
+        raise UsageError(f"tensor {tag!r} has tensor_type {type_name!r}; supported: {', '.join(DTYPES)}")
     dtype = DTYPES[type_name]
     itemsize = torch.empty((), dtype=dtype).element_size()
     if dims == (0,) and len(content) == itemsize:
         dims = ()  # a scalar as MindSpore 1.x wrote it
     numel = _numel(dims)
     if numel is None or numel * itemsize != len(content):
-        raise ValueError(f"tensor {tag!r}: {len(content)} bytes of {type_name} do not fill shape {list(dims)}")
+        raise UsageError(f"tensor {tag!r}: {len(content)} bytes of {type_name} do not fill shape {list(dims)}")
     if numel == 0:
         return torch.empty(dims, dtype=dtype)
     if dtype is torch.bool and max(content) > 1:
-        raise ValueError(f"tensor {tag!r}: Bool bytes other than 0 and 1")
+        raise UsageError(f"tensor {tag!r}: Bool bytes other than 0 and 1")
     return torch.frombuffer(bytearray(content), dtype=dtype).reshape(dims)
 
 
@@ -233,10 +234,10 @@ def _assemble(entries: list[_Entry]) -> dict[str, torch.Tensor]:
     for tag, group in itertools.groupby(entries, key=lambda entry: entry.tag):
         parts = list(group)
         if tag in seen:
-            raise ValueError(f"tensor {tag!r} appears twice")
+            raise UsageError(f"tensor {tag!r} appears twice")
         seen.add(tag)
         if any((part.dims, part.type_name) != (parts[0].dims, parts[0].type_name) for part in parts):
-            raise ValueError(f"the parts of split tensor {tag!r} disagree on shape or type")
+            raise UsageError(f"the parts of split tensor {tag!r} disagree on shape or type")
         if parts[0].type_name == "str":  # strings from append_info: metadata, not tensors
             logger.warning("skipping string entry %r of the checkpoint", tag)
             continue
@@ -253,7 +254,7 @@ def read_ckpt(path: PathLike) -> dict[str, torch.Tensor]:
     """
     body = _strip_crc(Path(path).read_bytes(), path)
     if not body:
-        raise ValueError(f"{path} is empty: not a MindSpore checkpoint")
+        raise UsageError(f"{path} is empty: not a MindSpore checkpoint")
     entries: list[_Entry] = []
     try:
         for entry in _parse_checkpoint(memoryview(body)):
@@ -261,12 +262,12 @@ def read_ckpt(path: PathLike) -> dict[str, torch.Tensor]:
         return _assemble(entries)
     except _Malformed as err:
         if entries:
-            raise ValueError(f"{path} is damaged or truncated after {len(entries)} tensors: "
+            raise UsageError(f"{path} is damaged or truncated after {len(entries)} tensors: "
                              f"{err} at byte {err.pos}") from None
-        raise ValueError(f"{path} is not a MindSpore checkpoint (or it is encrypted: decrypt it with MindSpore "
+        raise UsageError(f"{path} is not a MindSpore checkpoint (or it is encrypted: decrypt it with MindSpore "
                          f"first): {err} at byte {err.pos}") from None
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None
 
 
 def _encode_varint(value: int) -> bytes:
@@ -293,9 +294,9 @@ def _encode(tensors: Mapping[str, torch.Tensor]) -> Iterator[bytes]:
     """The messages of a checkpoint file, one per tensor (or per 512 MiB slice of a larger one)."""
     for tag, tensor in tensors.items():
         if not isinstance(tag, str) or not tag:
-            raise ValueError(f"checkpoint tags must be non-empty strings, got {tag!r}")
+            raise UsageError(f"checkpoint tags must be non-empty strings, got {tag!r}")
         if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _TYPE_NAMES:
-            raise ValueError(f"tensor {tag!r}: cannot store {type(tensor).__name__} "
+            raise UsageError(f"tensor {tag!r}: cannot store {type(tensor).__name__} "
                              f"{getattr(tensor, 'dtype', '')} in a MindSpore checkpoint")
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         for start in range(0, max(len(data), 1), _SLICE_BYTES):
@@ -369,7 +370,7 @@ def _read_features(tensors: StateDict) -> _Features:
     kinds = "".join(_kind(leaves[index]) for index in indices)
     if not re.fullmatch(r"cbB+cbc", kinds):
         preview = ", ".join(repr(tag) for tag in itertools.islice(tensors, 3))
-        raise ValueError(f"not the seed's MobileNetV3 (features.N stem conv and BN, blocks, final conv and BN, "
+        raise UsageError(f"not the seed's MobileNetV3 (features.N stem conv and BN, blocks, final conv and BN, "
                          f"head conv; output): found {preview}{', ...' if len(tensors) > 3 else ''}")
     return _Features(indices[0], indices[1], tuple(indices[2:-3]), *indices[-3:])
 
@@ -391,10 +392,10 @@ def _rename_leaves(tensors: StateDict, table: Mapping[str, str], only_in: Option
         module, _, leaf = key.rpartition(".")
         if only_in is None or module.rpartition(".")[2] == only_in:
             if only_in is not None and leaf not in table:
-                raise ValueError(f"unexpected tensor {key!r}: not a BatchNorm tensor")
+                raise UsageError(f"unexpected tensor {key!r}: not a BatchNorm tensor")
             key = f"{module}.{table.get(leaf, leaf)}"
         if key in out:
-            raise ValueError(f"two tensors map onto {key!r}")
+            raise UsageError(f"two tensors map onto {key!r}")
         out[key] = value
     return out
 
@@ -450,7 +451,7 @@ def _scalar(state: StateDict, tag: str) -> Optional[torch.Tensor]:
     if tag not in state:
         return None
     if state[tag].numel() != 1:
-        raise ValueError(f"{tag!r} should hold one number, it has shape {tuple(state[tag].shape)}")
+        raise UsageError(f"{tag!r} should hold one number, it has shape {tuple(state[tag].shape)}")
     return state[tag].reshape(())
 
 
@@ -462,7 +463,7 @@ def _momentum_buffers(state: StateDict, features: _Features, state_dict: StateDi
     buffers = _ours(moments, features)
     for key, buffer in buffers.items():
         if key not in state_dict or buffer.shape != state_dict[key].shape:
-            raise ValueError(f"momentum buffer {key!r} {tuple(buffer.shape)} does not match a parameter")
+            raise UsageError(f"momentum buffer {key!r} {tuple(buffer.shape)} does not match a parameter")
     return buffers
 
 
@@ -516,12 +517,12 @@ def to_mindspore(state_dict: StateDict) -> dict[str, torch.Tensor]:
     weights = {key: value for key, value in state_dict.items() if not key.endswith(".num_batches_tracked")}
     bias = weights.pop("head_fc.bias", None)
     if bias is not None and torch.count_nonzero(bias):
-        raise ValueError(f"head_fc.bias is not zero (max |bias| {bias.abs().max().item():.3g}), but the seed's "
+        raise UsageError(f"head_fc.bias is not zero (max |bias| {bias.abs().max().item():.3g}), but the seed's "
                          "head conv has no bias: these weights have no MindSpore equivalent")
     features = _Features.seed(len(our_layout(weights)))
     theirs = rename(_rename_leaves(weights, _BN_LEAVES_BACK, only_in="bn"), _pairs(features), reverse=True)
     for key in (f"features.{features.head}.weight", "output.weight"):
         if key not in theirs or theirs[key].dim() != 2:
-            raise ValueError(f"missing or mis-shaped {'head_fc' if key != 'output.weight' else 'classifier'}.weight")
+            raise UsageError(f"missing or mis-shaped {'head_fc' if key != 'output.weight' else 'classifier'}.weight")
         theirs[key] = theirs[key][:, :, None, None]  # Linear -> 1x1 conv
     return _mindspore_order(theirs)

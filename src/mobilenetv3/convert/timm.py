@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from .common import BlockLayout, Pairs, StateDict, our_layout, rename
+from ..errors import UsageError
 
 # timm groups the bottlenecks into stages; its last stage holds the final 1x1 conv alone.
 _STAGE_SIZES = {15: (1, 2, 3, 4, 2, 3), 11: (1, 2, 3, 2, 3)}  # Large, Small
@@ -58,7 +59,7 @@ def to_timm(state_dict: StateDict) -> dict:
     """This package's state dict in timm's names (load into ``timm.create_model("mobilenetv3_*")``)."""
     layout = our_layout(state_dict)
     if len(layout) not in _STAGE_SIZES:
-        raise ValueError(f"timm has no MobileNetV3 with {len(layout)} blocks (Large has 15, Small 11)")
+        raise UsageError(f"timm has no MobileNetV3 with {len(layout)} blocks (Large has 15, Small 11)")
     prefixes = [f"blocks.{stage}.{index}"
                 for stage, size in enumerate(_STAGE_SIZES[len(layout)]) for index in range(size)]
     prefixes.append(f"blocks.{len(_STAGE_SIZES[len(layout)])}.0")

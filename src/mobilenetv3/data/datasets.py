@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def build_dataset(name: str, path: Optional[str], split: str, *, download: bool 
                   seed: int = 0) -> Dataset:
     """Split ``"train"`` or ``"val"`` of dataset ``name`` read from ``path``."""
     if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        raise UsageError(f"split must be 'train' or 'val', got {split!r}")
     if name in ("fashion-mnist", "mnist"):
         return _mnist_like(name, path, split, download)
     if name == "cifar10":
@@ -96,12 +97,12 @@ def build_dataset(name: str, path: Optional[str], split: str, *, download: bool 
     if name == "synthetic":
         count = synthetic_samples if split == "train" else max(1, synthetic_samples // 4)
         return synthetic(count, synthetic_classes, synthetic_size, seed=seed + (split == "val"))
-    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
 def _existing(path: Optional[str], name: str) -> Path:
     if path is None:
-        raise ValueError(f"dataset {name} needs --data-path")
+        raise UsageError(f"dataset {name} needs --data-path")
     folder = Path(path).expanduser()
     if not folder.exists():
         raise FileNotFoundError(f"{folder} does not exist")
@@ -129,17 +130,17 @@ def read_idx(path: Path) -> torch.Tensor:
         data = path.read_bytes()
         data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
-        raise ValueError(f"{path}: cannot read ({err})") from None
+        raise UsageError(f"{path}: cannot read ({err})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or data[3] not in (1, 3):
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes (wrong magic number {data[:4].hex() or 'none'})")
+        raise UsageError(f"{path}: not an IDX file of unsigned bytes (wrong magic number {data[:4].hex() or 'none'})")
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise UsageError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = math.prod(dims)
     if len(data) - header != expected:
-        raise ValueError(f"{path}: holds {len(data) - header} bytes of data, its header {list(dims)} says {expected}")
+        raise UsageError(f"{path}: holds {len(data) - header} bytes of data, its header {list(dims)} says {expected}")
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
 
 
@@ -157,11 +158,11 @@ def _mnist_like(name: str, path: Optional[str], split: str, download: bool) -> I
     labels_file = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
     images, labels = read_idx(images_file), read_idx(labels_file)
     if images.dim() != 3:
-        raise ValueError(f"{images_file}: expected 3 dimensions (count, rows, cols), found {images.dim()}")
+        raise UsageError(f"{images_file}: expected 3 dimensions (count, rows, cols), found {images.dim()}")
     if labels.dim() != 1:
-        raise ValueError(f"{labels_file}: expected 1 dimension (count), found {labels.dim()}")
+        raise UsageError(f"{labels_file}: expected 1 dimension (count), found {labels.dim()}")
     if len(images) != len(labels):
-        raise ValueError(f"{images_file} holds {len(images)} images but {labels_file} {len(labels)} labels")
+        raise UsageError(f"{images_file} holds {len(images)} images but {labels_file} {len(labels)} labels")
     classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
     labels = labels.long()
     _check_label_range(labels, len(classes), labels_file)
@@ -200,7 +201,7 @@ def read_cifar_bin(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """A CIFAR-10 binary batch: records of 1 label byte + 3072 bytes of CHW RGB."""
     data = path.read_bytes()
     if len(data) == 0 or len(data) % _CIFAR_RECORD:
-        raise ValueError(f"{path}: {len(data)} bytes is not a whole number of {_CIFAR_RECORD}-byte CIFAR records "
+        raise UsageError(f"{path}: {len(data)} bytes is not a whole number of {_CIFAR_RECORD}-byte CIFAR records "
                          "(truncated or not a CIFAR-10 binary batch)")
     records = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(-1, _CIFAR_RECORD)
     labels = records[:, 0].long()
@@ -226,9 +227,9 @@ def read_cifar_pickle(path: Path) -> dict:
     try:
         batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
     except Exception as err:  # noqa: BLE001 - any failure of a foreign pickle is a bad file
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+        raise UsageError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: not a CIFAR-10 python batch (holds {type(batch).__name__})")
+        raise UsageError(f"{path}: not a CIFAR-10 python batch (holds {type(batch).__name__})")
     return batch
 
 
@@ -237,10 +238,10 @@ def _cifar_pickle_split(folder: Path, files: list[Path]) -> tuple[torch.Tensor, 
     for path in files:
         batch = read_cifar_pickle(path)
         if "data" not in batch or "labels" not in batch:
-            raise ValueError(f"{path}: a CIFAR-10 python batch needs 'data' and 'labels'")
+            raise UsageError(f"{path}: a CIFAR-10 python batch needs 'data' and 'labels'")
         data = torch.as_tensor(batch["data"])
         if data.dtype != torch.uint8 or data.dim() != 2 or data.shape[1] != 3072 or len(data) != len(batch["labels"]):
-            raise ValueError(f"{path}: 'data' must be N x 3072 uint8 with N labels, got {tuple(data.shape)} "
+            raise UsageError(f"{path}: 'data' must be N x 3072 uint8 with N labels, got {tuple(data.shape)} "
                              f"{data.dtype} and {len(batch['labels'])} labels")
         images.append(data.view(-1, 3, 32, 32))
         labels.append(torch.as_tensor(batch["labels"], dtype=torch.int64))
@@ -328,7 +329,7 @@ def image_folder(path: Path, split: str) -> ImageFiles:
     samples = tv_folder.make_dataset(str(folder), class_to_idx, extensions=tv_folder.IMG_EXTENSIONS,
                                      allow_empty=True)
     if not samples:
-        raise ValueError(f"{folder} has class folders but no images in any of them "
+        raise UsageError(f"{folder} has class folders but no images in any of them "
                          f"(looked for {', '.join(tv_folder.IMG_EXTENSIONS)})")
     present = {label for _, label in samples}
     empty = [name for name, label in class_to_idx.items() if label not in present]
@@ -343,7 +344,7 @@ def _class_folders(folder: Path) -> tuple[list[str], dict[str, int]]:
     try:
         return tv_folder.find_classes(str(folder))
     except FileNotFoundError:
-        raise ValueError(f"{folder} has no class folders (expected {folder}/<class>/<image>)") from None
+        raise UsageError(f"{folder} has no class folders (expected {folder}/<class>/<image>)") from None
 
 
 def _val_classes(folder: Path, train_folder: Path, val_classes: list[str]) -> tuple[list[str], dict[str, int]]:
@@ -351,14 +352,14 @@ def _val_classes(folder: Path, train_folder: Path, val_classes: list[str]) -> tu
     classes, class_to_idx = _class_folders(train_folder)
     unknown = [name for name in val_classes if name not in class_to_idx]
     if unknown:
-        raise ValueError(f"{folder} has class folder(s) that {train_folder} lacks: {', '.join(unknown[:5])}")
+        raise UsageError(f"{folder} has class folder(s) that {train_folder} lacks: {', '.join(unknown[:5])}")
     return classes, {name: class_to_idx[name] for name in val_classes}
 
 
 def _check_label_range(labels: torch.Tensor, num_classes: int, source) -> None:
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if len(bad):
-        raise ValueError(f"{source}: label {int(bad[0])} is out of range for {num_classes} classes "
+        raise UsageError(f"{source}: label {int(bad[0])} is out of range for {num_classes} classes "
                          f"(labels must be 0 to {num_classes - 1})")
 
 
@@ -366,5 +367,5 @@ def check_labels(dataset: Dataset, num_classes: int) -> None:
     """Every label must index the model's classifier."""
     labels = dataset.labels
     if len(labels) and int(labels.max()) >= num_classes:
-        raise ValueError(f"{dataset.source}: label {int(labels.max())} is out of range for num_classes={num_classes} "
+        raise UsageError(f"{dataset.source}: label {int(labels.max())} is out of range for num_classes={num_classes} "
                          "(raise --num-classes, or leave it out to use the dataset's class count)")

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from .datasets import Dataset, ImageFiles, InMemoryImages
 from .transforms import BatchAugment, ImageGeometry, Preprocessing, Recipe
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class TrainBatches(Sampler):
         self.batch_size, self.rank, self.seed, self.drop_last = batch_size, rank, seed, drop_last
         self.epoch, self.start_batch = 0, 0
         if len(self) == 0:
-            raise ValueError(f"the training set has {dataset_size} images, fewer than one batch of {batch_size} "
+            raise UsageError(f"the training set has {dataset_size} images, fewer than one batch of {batch_size} "
                              f"per process; lower --batch-size")
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -130,7 +131,7 @@ def load_image(path: str, channels: int):
             mode = "RGB" if channels == 3 else "L"
             return image if image.mode == mode else image.convert(mode)  # no copy for the usual RGB JPEG
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
-        raise ValueError(f"{path}: unreadable image ({' '.join(str(err).split())})") from None
+        raise UsageError(f"{path}: unreadable image ({' '.join(str(err).split())})") from None
 
 
 class FileBatches(TorchDataset):
@@ -176,11 +177,12 @@ def default_workers(world_size: int = 1) -> int:
     return max(1, min(8, cores // max(1, world_size) - 1))
 
 
-def build_loader(data: Dataset, recipe: Recipe, preprocessing: Preprocessing, *, train: bool, batch_size: int,
+def build_loader(data: Dataset, recipe: Optional[Recipe], preprocessing: Preprocessing, *, train: bool, batch_size: int,
                  rank: int = 0, world_size: int = 1, seed: int = 0, workers: Optional[int] = None,
                  pin_memory: bool = False, skip_bad_images: bool = False, mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0, num_classes: int = 0) -> DataLoader:
-    """A DataLoader of ``Batch`` for training (shuffled, drop_last) or evaluation (every sample once)."""
+    """A DataLoader of ``Batch`` for training (shuffled, drop_last, augmented by ``recipe``) or evaluation
+    (every sample once, ``preprocessing`` only; ``recipe`` may be ``None``)."""
     augment = BatchAugment(recipe, preprocessing, train=train)
     mix = MixCut(mixup_alpha, cutmix_alpha, num_classes) if train and (mixup_alpha or cutmix_alpha) else None
     if isinstance(data, InMemoryImages):
@@ -200,6 +202,14 @@ def build_loader(data: Dataset, recipe: Recipe, preprocessing: Preprocessing, *,
     return BatchLoader(batches, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, worker_init_fn=_seed_worker,
                       generator=torch.Generator().manual_seed(seed))
+
+
+def eval_loader(data: Dataset, preprocessing: Preprocessing, *, batch_size: int, rank: int = 0, world_size: int = 1,
+                workers: Optional[int] = 0, pin_memory: bool = False, skip_bad_images: bool = False) -> DataLoader:
+    """Every sample of ``data`` once, in order (this process's shard under torchrun), with the eval protocol."""
+    return build_loader(data, None, preprocessing, train=False, batch_size=batch_size, rank=rank,
+                        world_size=world_size, workers=workers, pin_memory=pin_memory,
+                        skip_bad_images=skip_bad_images)
 
 
 class BatchLoader(DataLoader):

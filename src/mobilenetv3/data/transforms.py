@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from ..errors import UsageError
 
 PRESETS = ("small", "seed-cifar10", "seed-imagenet", "none")
 
@@ -69,7 +70,7 @@ def build_preset(name: str, size: int, mean, std, in_chans: int, native_size: Op
                  random_erasing: float = 0.0) -> tuple[Recipe, Preprocessing]:
     """The recipe and eval protocol of preset ``name`` at ``size`` px for data of ``native_size`` px."""
     if name not in PRESETS:
-        raise ValueError(f"unknown transform preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise UsageError(f"unknown transform preset {name!r}; choose one of: {', '.join(PRESETS)}")
     mean, std = _match_channels(mean, in_chans), _match_channels(std, in_chans)
     extra = dict(auto_augment=auto_augment, random_erasing=random_erasing, hflip=hflip)
     if name == "seed-imagenet":
@@ -108,7 +109,7 @@ def to_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
     if in_chans == 1:
         weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(1, 3, 1, 1)
         return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(images.dtype)
-    raise ValueError(f"cannot turn {channels}-channel images into {in_chans} channels")
+    raise UsageError(f"cannot turn {channels}-channel images into {in_chans} channels")
 
 
 def pad_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -241,12 +242,6 @@ def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return images[..., top:top + size, left:left + size]
 
 
-def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - mean_t) / std_t
-
-
 def _auto_augment(images: torch.Tensor, name: str, generator: torch.Generator) -> torch.Tensor:
     """torchvision's RandAugment / TrivialAugmentWide, one draw per image, seeded from the batch."""
     from torchvision.transforms import v2
@@ -268,7 +263,9 @@ class BatchAugment:
     Returns normalised float32 (B, in_chans, crop, crop). Randomness comes only from ``generator``.
     """
 
-    def __init__(self, recipe: Recipe, preprocessing: Preprocessing, train: bool):
+    def __init__(self, recipe: Optional[Recipe], preprocessing: Preprocessing, train: bool):
+        if train and recipe is None:
+            raise TypeError("training augmentation needs a Recipe")
         self.recipe, self.pre, self.train = recipe, preprocessing, train
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -296,20 +293,29 @@ class BatchAugment:
     def finish(self, images: torch.Tensor, generator: Optional[torch.Generator], jitter: bool = True) -> torch.Tensor:
         """The batch steps after geometry, shared by both paths: colour jitter (training), normalisation,
         cutout and random erasing (training). ``images``: uint8, or float in [0, 1], at the final size."""
-        images = images.float().div_(255) if images.dtype == torch.uint8 else images.clone()  # ours to modify
         train = self.train and generator is not None
-        if train and jitter and self.recipe.color_jitter:
+        if not train:
+            return normalize_batch(images, self.pre)
+        images = images.float().div_(255) if images.dtype == torch.uint8 else images.clone()  # ours to modify
+        if jitter and self.recipe.color_jitter:
             images = color_jitter(images, self.recipe.color_jitter, generator)
-        mean = torch.tensor(self.pre.mean, dtype=images.dtype).view(1, -1, 1, 1)
-        images.sub_(mean).div_(torch.tensor(self.pre.std, dtype=images.dtype).view(1, -1, 1, 1))
-        if train and self.recipe.cutout:
+        images = normalize_batch(images, self.pre)
+        if self.recipe.cutout:
             images = cutout(images, self.recipe.cutout, generator)
-        if train and self.recipe.random_erasing:
+        if self.recipe.random_erasing:
             images = random_erasing(images, self.recipe.random_erasing, generator)
         return images
 
 
-def image_transform(recipe: Recipe, preprocessing: Preprocessing, train: bool):
+def normalize_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 (or float in [0, 1]) (B, C, H, W) at the final size -> float32 normalised with the protocol's
+    mean and std: the last step of the eval protocol, for every loader and for ``predict``."""
+    images = images.float().div_(255) if images.dtype == torch.uint8 else images.float().clone()
+    mean = torch.tensor(preprocessing.mean, dtype=images.dtype).view(1, -1, 1, 1)
+    return images.sub_(mean).div_(torch.tensor(preprocessing.std, dtype=images.dtype).view(1, -1, 1, 1))
+
+
+def image_transform(recipe: Optional[Recipe], preprocessing: Preprocessing, train: bool):
     """torchvision v2 pipeline for one decoded PIL image -> uint8 (in_chans, crop, crop): the per-image
     geometry (crop, resize, flip, auto-augment). Colour jitter, normalisation, cutout and erasing follow on
     the whole batch (``BatchAugment.finish``), which is what makes this faster than a per-image PIL pipeline.
@@ -344,11 +350,11 @@ class ImageGeometry:
     cutout and erasing follow on the whole batch (``BatchAugment.finish``).
     """
 
-    def __init__(self, recipe: Recipe, preprocessing: Preprocessing, train: bool):
+    def __init__(self, recipe: Optional[Recipe], preprocessing: Preprocessing, train: bool):
         from PIL import Image
 
         self.recipe, self.train = recipe, train
-        self.fast = train and recipe.random_resized_crop and not recipe.auto_augment
+        self.fast = train and recipe is not None and recipe.random_resized_crop and not recipe.auto_augment
         self.pipeline = image_transform(recipe, preprocessing, train)
         self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                          "nearest": Image.NEAREST}[preprocessing.interpolation]

@@ -17,6 +17,7 @@ from torch import nn
 
 from .layers import BlockConfig, ConvBNAct, InvertedResidual, make_divisible
 from .registry import register_model
+from ..errors import UsageError
 
 B = BlockConfig
 
@@ -208,27 +209,27 @@ def _init_weights(module: nn.Module) -> None:
 
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels, bn_eps, bn_momentum,
                 channel_rounding) -> None:
     if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        raise UsageError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_chans", in_chans)
     if head_channels is not None:
         _check_positive_int("head_channels", head_channels)
     if not isinstance(width_mult, (int, float)) or not math.isfinite(width_mult) or width_mult <= 0:
-        raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
+        raise UsageError(f"width_mult must be a positive number, got {width_mult!r}")
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        raise UsageError(f"dropout must be in [0, 1), got {dropout!r}")
     if not isinstance(bn_eps, (int, float)) or not bn_eps > 0:
-        raise ValueError(f"bn_eps must be positive, got {bn_eps!r}")
+        raise UsageError(f"bn_eps must be positive, got {bn_eps!r}")
     if not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum <= 1:
-        raise ValueError(f"bn_momentum must be in [0, 1], got {bn_momentum!r}")
+        raise UsageError(f"bn_momentum must be in [0, 1], got {bn_momentum!r}")
     if channel_rounding not in CHANNEL_ROUNDINGS:
-        raise ValueError(f"channel_rounding must be one of {', '.join(CHANNEL_ROUNDINGS)}, got {channel_rounding!r}")
+        raise UsageError(f"channel_rounding must be one of {', '.join(CHANNEL_ROUNDINGS)}, got {channel_rounding!r}")
 
 
 _IMAGENET = dict(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import nn
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def list_models() -> list[str]:
 def get_model_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; ``ValueError`` listing the valid names if there is none."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
@@ -52,7 +53,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     entry = get_model_entry(name)
     unknown = sorted(set(kwargs) - set(entry.accepts))
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"{name} got unknown argument(s) {', '.join(unknown)}; valid arguments: {', '.join(entry.accepts)}"
         )
     return entry.builder(**kwargs)
