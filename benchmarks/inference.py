@@ -28,21 +28,20 @@ def int8_agreement(checkpoint: Path, limit: int = 0) -> dict:
     """Top-1 agreement between the fp32 and INT8 ONNX exports of a trained checkpoint on its eval split."""
     import itertools
 
-    from mobilenetv3.checkpoint import model_from_weights, read_weights
+    from mobilenetv3.build import build_datasets
     from mobilenetv3.config import Config
-    from mobilenetv3.data import build_loader
-    from mobilenetv3.data.transforms import Preprocessing, Recipe
+    from mobilenetv3.data import eval_loader
+    from mobilenetv3.data.transforms import Preprocessing
     from mobilenetv3.export import OnnxModule, export_onnx, quantize_onnx
-    from mobilenetv3.runner import dataset_split
+    from mobilenetv3.weights import model_from_weights, read_weights
 
     weights = read_weights(checkpoint)
     model = model_from_weights(weights)
-    config = Config.from_dict(weights.checkpoint["config"])
+    config = Config.from_dict(weights.checkpoint.config)
     pre = Preprocessing.from_dict(model.preprocessing)
-    val, train = dataset_split(config, "val", model.num_classes), dataset_split(config, "train", model.num_classes)
-    eval_batches = build_loader(val, Recipe(pre.crop), pre, train=False, batch_size=256, workers=0)
-    calibration = [b.images for b in itertools.islice(build_loader(train, Recipe(pre.crop), pre, train=False,
-                                                                   batch_size=64, workers=0), 5)]
+    train, val = build_datasets(config.data, config.run.seed, model.num_classes)
+    eval_batches = eval_loader(val, pre, batch_size=256)
+    calibration = [b.images for b in itertools.islice(eval_loader(train, pre, batch_size=64), 5)]
     with tempfile.TemporaryDirectory() as folder:
         fp32 = export_onnx(model, Path(folder) / "m.onnx", calibration[0][:2])
         int8 = quantize_onnx(fp32, Path(folder) / "m.int8.onnx", calibration)

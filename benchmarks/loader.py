@@ -28,7 +28,7 @@ import torch
 from mobilenetv3.bench import machine_info
 from mobilenetv3.config import load_config
 from mobilenetv3.data import STATS, build_dataset, build_loader, build_preset, default_workers
-from mobilenetv3.engine import train_one_epoch
+from mobilenetv3.engine import TrainOptions, train_one_epoch
 from mobilenetv3.models import create_model
 from mobilenetv3.optim import build_optimizer, param_groups, smoothed_cross_entropy
 
@@ -198,11 +198,11 @@ def training_step_rate(config, batch, num_classes: int, in_chans: int, channels_
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay, o.decay_bias), o.lr, o.momentum)
     step_times = []
-    train_one_epoch(model, [batch] * (args.warmup + args.steps), optimizer,
-                    loss_fn=lambda logits, targets: smoothed_cross_entropy(logits, targets, o.label_smoothing,
-                                                                           o.smoothing),
-                    lr_at=lambda step: o.lr, global_step=0, device=torch.device("cpu"),
-                    channels_last=channels_last, on_step=lambda info: step_times.append(info["step_time"]))
+    options = TrainOptions(loss_fn=lambda logits, targets: smoothed_cross_entropy(logits, targets, o.label_smoothing,
+                                                                               o.smoothing),
+                           lr_at=lambda step: o.lr, channels_last=channels_last)
+    train_one_epoch(model, [batch] * (args.warmup + args.steps), optimizer, options, global_step=0,
+                    on_step=lambda step: step_times.append(step.step_time))
     median = statistics.median(step_times[args.warmup:])
     return dict(images_per_s=len(batch.labels) / median, step_s=median)
 

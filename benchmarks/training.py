@@ -34,16 +34,17 @@ def end_to_end(steps: int, batch_size: int = 128) -> list[dict]:
     from mobilenetv3.config import load_config
     from mobilenetv3.data import STATS
     from mobilenetv3.dist import DistInfo
-    from mobilenetv3.engine import train_one_epoch
+    from mobilenetv3.build import build_model, pick_device
+    from mobilenetv3.engine import TrainOptions, train_one_epoch
     from mobilenetv3.optim import build_optimizer, param_groups, smoothed_cross_entropy, warmup_cosine_lr
-    from mobilenetv3.runner import build_data, build_model, pick_device
+    from mobilenetv3.tasks.train import build_data
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from loader import PILImages
 
     config = load_config("fashion-mnist", dict(batch_size=batch_size, channels_last=True))
     data = build_data(config, DistInfo(), pick_device("cpu", DistInfo()))
-    model = build_model(config, 10, 1).to(memory_format=torch.channels_last)
+    model = build_model(config.model, 10, 1).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("sgd", param_groups(model, 5e-5), 0.1)
     rows = []
 
@@ -55,11 +56,10 @@ def end_to_end(steps: int, batch_size: int = 128) -> list[dict]:
                          images_per_s=images / elapsed, ms=1000 * elapsed * batch_size / images))
 
     def ours():
-        result = train_one_epoch(model, itertools.islice(data.train_loader, steps), optimizer,
-                                 loss_fn=lambda lo, t: smoothed_cross_entropy(lo, t, 0.1),
-                                 lr_at=lambda s: warmup_cosine_lr(s, 1000, 10, 0.1), global_step=0,
-                                 device=torch.device("cpu"), channels_last=True)
-        return result["images"]
+        options = TrainOptions(loss_fn=lambda lo, t: smoothed_cross_entropy(lo, t, 0.1),
+                               lr_at=lambda s: warmup_cosine_lr(s, 1000, 10, 0.1), channels_last=True)
+        return train_one_epoch(model, itertools.islice(data.train_loader, steps), optimizer, options,
+                               global_step=0).images
 
     mean, std = STATS["fashion-mnist"]
     stock = T.Compose([T.RandomCrop(28, padding=4), T.RandomHorizontalFlip(), T.Resize(32), T.ToTensor(),

@@ -56,7 +56,7 @@ def test_info_list(capsys):
         (["info", "mobilenetv3_large", "--width-mult", "-0.5"], "width_mult must be a positive number, got -0.5"),
         (["info", "mobilenetv3_large", "--num-classes", "0"], "num_classes must be a positive integer, got 0"),
         (["info", "mobilenetv3_large", "--width-mult", "wide"], "argument --width-mult: invalid float value"),
-        (["info", "mobilenetv3_large", "--img-size", "8"], "--img-size must be at least 32"),
+        (["info", "mobilenetv3_large", "--img-size", "8"], "--image-size must be at least 32"),  # old spelling kept
         (["info"], "name a model: one of mobilenetv3_large, mobilenetv3_small"),
         (["info", "mobilenetv3_large", "--colour"], "unrecognized arguments: --colour"),
         (["fly"], "invalid choice: 'fly'"),
@@ -78,3 +78,46 @@ def test_python_dash_m_and_exit_code_in_a_real_process():
     assert bad.returncode == 2
     assert bad.stderr.strip() == "mobilenetv3 info: error: unknown model 'nope'; choose one of: " \
                                  "mobilenetv3_large, mobilenetv3_small"
+
+
+def test_an_internal_value_error_is_a_fault_not_a_user_mistake(capsys, monkeypatch):
+    """Only ``UsageError`` (and missing files) are exit 2; a ``ValueError`` from a bug is exit 1, and
+    ``MOBILENETV3_DEBUG=1`` shows the traceback of both."""
+    import mobilenetv3.tasks
+    from mobilenetv3.errors import UsageError
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(mobilenetv3.tasks, "model_info", broken)
+    code, out, err = run(capsys, "info", "mobilenetv3_small")
+    assert code == 1 and err.strip() == ("mobilenetv3 info: failed: ValueError: an internal bug "
+                                         "(set MOBILENETV3_DEBUG=1 for the traceback)")
+    monkeypatch.setenv("MOBILENETV3_DEBUG", "1")
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["info", "mobilenetv3_small"])
+    monkeypatch.undo()
+    monkeypatch.setenv("MOBILENETV3_DEBUG", "1")
+    with pytest.raises(UsageError, match="unknown model 'mobilenetv3_huge'"):
+        main(["info", "mobilenetv3_huge"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epoch", "1"], "unrecognized arguments: --epoch 1"),  # not taken as --epochs
+    (["bench", "inference", "--quick", "--batch-siz", "1"], "unrecognized arguments: --batch-siz 1"),
+])
+def test_no_flag_is_taken_from_a_prefix_of_its_name(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err
+
+
+def test_one_spelling_per_setting_and_the_old_ones_still_work(capsys):
+    from mobilenetv3.cli import build_parser
+
+    parser = build_parser()
+    info = parser.parse_args(["info", "mobilenetv3_small", "--img-size", "64"])
+    bench = parser.parse_args(["bench", "inference", "--batch", "1", "2", "--size", "96"])
+    assert info.image_size == 64 and (bench.batch_size, bench.image_size) == ([1, 2], 96)
+    for command in ("info", "bench", "predict"):
+        helptext = parser._subparsers._group_actions[0].choices[command].format_help()
+        assert "--img-size" not in helptext and "--size" not in helptext and "--batch " not in helptext

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from mobilenetv3 import checkpoint as ckpt
+from mobilenetv3 import weights as wts
 from mobilenetv3.data import build_dataset
 from mobilenetv3.export import FORMATS, export_verified, load_exported
 from mobilenetv3.models import create_model
@@ -32,11 +33,11 @@ def fixed_class_checkpoint(tmp_path_factory):
         model.classifier.weight.zero_()
         model.classifier.bias.copy_(torch.tensor(BIAS))
     path = tmp_path_factory.mktemp("fixed") / "fixed.pt"
-    weights = ckpt.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3",
+    weights = wts.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3",
                            classes=[f"c{i}" for i in range(10)],
                            preprocessing=dict(resize=32, crop=32, interpolation="bilinear", mean=(0.5,) * 3,
                                               std=(0.25,) * 3, in_chans=3))
-    ckpt.write_weights(weights, path, "mobilenetv3")
+    wts.write_weights(weights, path, "mobilenetv3")
     return path
 
 
@@ -122,7 +123,7 @@ def test_onnx_has_native_hard_activations_dynamic_batch_and_metadata(tmp_path):
 def trained(tmp_path_factory):
     """A tiny model trained on two-class synthetic data (class 1 images are brighter)."""
     from mobilenetv3.config import load_config
-    from mobilenetv3.runner import train
+    from mobilenetv3.tasks import train
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     config = load_config(None, dict(dataset="synthetic", num_classes=2, synthetic_samples=192, image_size=32,
@@ -130,7 +131,7 @@ def trained(tmp_path_factory):
                                     warmup_epochs=0, lr=0.1, bn_momentum=0.3, workers=0, progress=False,
                                     run_dir=str(run_dir), transform="none"))
     result = train(config)
-    assert result["top1"] == 1.0, result
+    assert result.top1 == 1.0, result
     return run_dir / "last.pt"
 
 

@@ -17,7 +17,7 @@ import torch
 
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3.models import create_model
-from mobilenetv3.runner import train
+from mobilenetv3.tasks import train
 from test_train import tiny_config, tiny_flags
 
 DEVICE = os.environ.get("MOBILENETV3_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
@@ -47,9 +47,9 @@ def test_training_on_the_device_follows_the_cpu(tmp_path, exact_float32, amp, re
     reference = train(tiny_config(tmp_path / "cpu", device="cpu", dropout=0.0, ema_decay=0.9))
     result = train(tiny_config(tmp_path / "dev", device=DEVICE, dropout=0.0, amp=amp, channels_last=True,
                                ema_decay=0.9))
-    cpu, dev = epoch_losses(Path(reference["run_dir"])), epoch_losses(Path(result["run_dir"]))
+    cpu, dev = epoch_losses(Path(reference.run_dir)), epoch_losses(Path(result.run_dir))
     assert len(dev) == 2 and dev == pytest.approx(cpu, rel=rel)
-    state = ckpt.load_checkpoint(Path(result["run_dir"]) / "last.pt")
+    state = ckpt.load_checkpoint(Path(result.run_dir) / "last.pt")
     assert state["ema"] is not None and state["history"][-1]["ema_top1"] is not None
     if amp == "fp16":  # dynamic loss scaling: its scale is part of the training state
         assert state["scaler"] and state["scaler"]["scale"] > 0
@@ -58,7 +58,7 @@ def test_training_on_the_device_follows_the_cpu(tmp_path, exact_float32, amp, re
 def test_a_cpu_checkpoint_continues_on_the_device(tmp_path, exact_float32):
     """Epoch 1 on the CPU, epoch 2 on the device: the weights end where a run wholly on the CPU ends
     (bitwise on the CPU; on a GPU within 5% of the distance the weights travel in epoch 2)."""
-    straight = Path(train(tiny_config(tmp_path / "cpu", device="cpu", dropout=0.0, keep_checkpoint_max=2))["run_dir"])
+    straight = Path(train(tiny_config(tmp_path / "cpu", device="cpu", dropout=0.0, keep_checkpoint_max=2)).run_dir)
     moved = tmp_path / "moved"
     moved.mkdir()
     shutil.copy(straight / "mobilenetV3-1_6.pt", moved / "last.pt")
@@ -82,7 +82,7 @@ def test_evaluation_on_the_device_agrees_with_the_cpu(tmp_path, exact_float32, r
         got = model.to(DEVICE)(images.to(DEVICE)).cpu()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
-    run_dir = Path(train(tiny_config(tmp_path / "run", device="cpu", epochs=1))["run_dir"])
+    run_dir = Path(train(tiny_config(tmp_path / "run", device="cpu", epochs=1)).run_dir)
     reports = []
     for device in ("cpu", DEVICE):
         result = run_cli("eval", "--checkpoint", run_dir / "last.pt", "--dataset", "synthetic",

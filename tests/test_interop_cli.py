@@ -12,13 +12,14 @@ import torchvision
 
 import mobilenetv3
 from mobilenetv3 import checkpoint as ckpt
+from mobilenetv3 import weights as wts
 from mobilenetv3.config import load_config
 from mobilenetv3.convert import read_ckpt, to_mindspore, write_ckpt
 from mobilenetv3.models import create_model
+from conftest import MINDSPORE_FIXTURES, needs_mindspore_fixture
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mindspore"
+FIXTURES = MINDSPORE_FIXTURES
 CKPT = FIXTURES / "small_10_calib.ckpt"
-needs_fixture = pytest.mark.skipif(not CKPT.exists(), reason=f"MindSpore fixtures not found in {FIXTURES}")
 
 
 def cli(*argv):
@@ -31,7 +32,7 @@ def fixture_logits(model):
         return model.eval()(x)
 
 
-@needs_fixture
+@needs_mindspore_fixture
 def test_load_model_reads_the_seed_checkpoint_and_gives_mindspore_logits():
     model = mobilenetv3.load_model(CKPT)
     expected = torch.from_numpy(np.load(FIXTURES / "small_10_calib_logits.npy"))
@@ -39,7 +40,7 @@ def test_load_model_reads_the_seed_checkpoint_and_gives_mindspore_logits():
     assert model.model_name == "mobilenetv3_small" and model.head_fc.out_features == 1280
 
 
-@needs_fixture
+@needs_mindspore_fixture
 def test_convert_cli_round_trip_is_bit_exact(tmp_path):
     ours, back, safe = tmp_path / "ours.pt", tmp_path / "back.ckpt", tmp_path / "w.safetensors"
     result = cli("convert", str(CKPT), str(ours))
@@ -56,8 +57,8 @@ def test_convert_cli_round_trip_is_bit_exact(tmp_path):
 
 def test_convert_to_torchvision_and_timm_loads_there(tmp_path):
     source = create_model("mobilenetv3_large", num_classes=5, bn_eps=1e-3, bn_momentum=0.01)
-    weights = ckpt.Weights(source.model_name, source.model_kwargs, source.state_dict(), "mobilenetv3")
-    ckpt.write_weights(weights, tmp_path / "ours.pt", "mobilenetv3")
+    weights = wts.Weights(source.model_name, source.model_kwargs, source.state_dict(), "mobilenetv3")
+    wts.write_weights(weights, tmp_path / "ours.pt", "mobilenetv3")
     assert cli("convert", str(tmp_path / "ours.pt"), str(tmp_path / "tv.pth"), "--to", "torchvision").returncode == 0
     tv = torchvision.models.mobilenet_v3_large(num_classes=5)
     tv.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True))
@@ -81,7 +82,7 @@ def test_load_model_takes_torchvision_training_checkpoints_and_ddp_prefixes(tmp_
     assert model.model_kwargs["bn_eps"] == 1e-3
 
 
-@needs_fixture
+@needs_mindspore_fixture
 def test_resume_from_a_seed_training_checkpoint(tmp_path):
     """A seed training checkpoint (weights + global_step + momentum + moments.* + learning_rate) continues:
     weights into the model, momentum buffers into SGD, the step into the schedule."""
@@ -95,18 +96,18 @@ def test_resume_from_a_seed_training_checkpoint(tmp_path):
     seed_ckpt = tmp_path / "mobilenetV3-2_3.ckpt"
     write_ckpt(tensors, seed_ckpt)
 
-    from mobilenetv3.dist import DistInfo
-    from mobilenetv3.runner import _restore_mindspore, build_model, prepare_config
+    from mobilenetv3.build import build_model
+    from mobilenetv3.checkpoint import Trainable, restore_seed
     from mobilenetv3.optim import build_optimizer, param_groups
+    from mobilenetv3.tasks.train import prepare_config
 
-    config = prepare_config(None, dict(dataset="synthetic", resume=str(seed_ckpt), image_size=224))
+    config, resume = prepare_config(None, dict(dataset="synthetic", resume=str(seed_ckpt), image_size=224))
     assert (config.model.model, config.model.num_classes, config.model.head_channels) == ("mobilenetv3_small", 10,
                                                                                          1280)
-    model = build_model(config, num_classes=10, in_chans=3)
+    model = build_model(config.model, num_classes=10, in_chans=3)
     optimizer = build_optimizer("sgd", param_groups(model, 1e-4), 0.1)
-    state = _restore_mindspore(seed_ckpt, model, optimizer, None, None, dict(epoch=0), steps_per_epoch=3,
-                               info=DistInfo())
-    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (7, 2, 1)
+    state = restore_seed(resume.seed, Trainable(model, optimizer), steps_per_epoch=3, source=str(seed_ckpt))
+    assert (state.global_step, state.epoch, state.step_in_epoch) == (7, 2, 1)
     buffer = optimizer.state[model.blocks[4].dw.conv.weight]["momentum_buffer"]
     assert torch.equal(buffer, tensors["moments.features.7.conv1.conv.weight"])
     assert torch.count_nonzero(optimizer.state[model.head_fc.bias]["momentum_buffer"]) == 0  # the seed has none
@@ -120,7 +121,7 @@ def _crc_file(path: Path, body: bytes, wrong: bool = False) -> Path:
     return path
 
 
-@needs_fixture
+@needs_mindspore_fixture
 @pytest.mark.parametrize("case", ["random", "truncated", "empty", "wrong-crc", "other-model", "pickle-as-ckpt"])
 def test_malformed_weight_files_are_one_line_exit_2(case, tmp_path, run_cli):
     body = CKPT.read_bytes()
@@ -146,7 +147,7 @@ def test_malformed_weight_files_are_one_line_exit_2(case, tmp_path, run_cli):
     assert not (tmp_path / "out.pt").exists()
 
 
-@needs_fixture
+@needs_mindspore_fixture
 def test_crc_trailer_is_checked(tmp_path):
     good = _crc_file(tmp_path / "good.ckpt", CKPT.read_bytes())
     assert mobilenetv3.load_model(good).num_classes == 10
@@ -157,10 +158,10 @@ def test_weights_of_another_architecture_are_refused_with_the_tensor_named(tmp_p
     torch.save(small.state_dict(), tmp_path / "small.pth")
     config = load_config(None, dict(dataset="synthetic", model="mobilenetv3_large", pretrained=str(tmp_path /
                                                                                                       "small.pth")))
-    from mobilenetv3.runner import build_model
+    from mobilenetv3.build import build_model
 
     with pytest.raises(ValueError, match="holds mobilenetv3_small weights, but --model is mobilenetv3_large"):
-        build_model(config, 3, 3, ckpt.read_weights(tmp_path / "small.pth"))
+        build_model(config.model, 3, 3, wts.read_weights(tmp_path / "small.pth"))
     state = small.state_dict()
     state["blocks.3.dw.conv.weight"] = torch.zeros(96, 1, 3, 3)  # 5x5 in the real network
     torch.save(state, tmp_path / "broken.pth")

@@ -16,10 +16,10 @@ import mobilenetv3.convert.mindspore as ms
 from mobilenetv3.convert import from_mindspore, read_ckpt, to_mindspore, write_ckpt
 from mobilenetv3.convert.mindspore import DTYPES, MINDSPORE_KWARGS
 from mobilenetv3.models import create_model
+from conftest import MINDSPORE_FIXTURES, needs_mindspore_fixture
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mindspore"
+FIXTURES = MINDSPORE_FIXTURES
 CKPT = FIXTURES / "small_10_calib.ckpt"
-needs_fixture = pytest.mark.skipif(not CKPT.exists(), reason=f"MindSpore fixtures not found in {FIXTURES}")
 
 
 # A protobuf encoder of our own, independent of the module's writer, to craft files by hand.
@@ -52,9 +52,7 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.fixture(scope="module")
 def fixture_tensors():
-    if not CKPT.exists():
-        pytest.skip(f"MindSpore fixtures not found in {FIXTURES}")
-    return read_ckpt(CKPT)
+    return read_ckpt(CKPT)  # its tests are marked needs_mindspore_fixture
 
 
 def fixture_logits(checkpoint: ms.MindSporeCheckpoint, **overrides) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +65,7 @@ def fixture_logits(checkpoint: ms.MindSporeCheckpoint, **overrides) -> tuple[tor
 
 # ----- the fixture ----------------------------------------------------------------------------------------
 
-@needs_fixture
+@needs_mindspore_fixture
 def test_fixture_gives_mindspore_logits(fixture_tensors):
     checkpoint = from_mindspore(fixture_tensors)
     assert checkpoint.model_name == "mobilenetv3_small"
@@ -78,14 +76,14 @@ def test_fixture_gives_mindspore_logits(fixture_tensors):
     torch.testing.assert_close(actual, expected, atol=1e-3, rtol=0)  # observed: 1.2e-5
 
 
-@needs_fixture
+@needs_mindspore_fixture
 def test_fixture_logits_catch_a_wrong_bn_eps(fixture_tensors):
     """Guard that the parity test can fail: torchvision's eps moves the logits by more than 1."""
     actual, expected = fixture_logits(from_mindspore(fixture_tensors), bn_eps=1e-3)
     assert (actual - expected).abs().max() > 1
 
 
-@needs_fixture
+@needs_mindspore_fixture
 def test_fixture_round_trips_bit_exact_and_the_writer_reproduces_its_bytes(fixture_tensors, tmp_path):
     back = to_mindspore(from_mindspore(fixture_tensors).state_dict)
     assert list(back) == list(fixture_tensors)
@@ -289,7 +287,7 @@ def test_bad_files_give_one_clear_line(name, tmp_path):
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
-@needs_fixture
+@needs_mindspore_fixture
 @pytest.mark.parametrize("cut", [1, 3, 10, 100, 5000, 3_000_000, -1000, -1])
 def test_truncated_fixture_is_refused(cut, tmp_path):
     path = tmp_path / "cut.ckpt"
@@ -343,7 +341,7 @@ def test_fuzzed_small_checkpoints_fail_cleanly(tmp_path):
     _fuzz(data, tmp_path / "fuzz.ckpt", pytest.importorskip("hypothesis").strategies.integers(0, len(data)), 200)
 
 
-@needs_fixture
+@needs_mindspore_fixture
 def test_fuzzed_fixture_fails_cleanly(tmp_path):
     """Byte edits of the fixture near its tags and headers, where they change structure and names."""
     data = CKPT.read_bytes()

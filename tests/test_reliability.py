@@ -16,9 +16,11 @@ import torch
 
 from conftest import child_pids
 from mobilenetv3 import checkpoint as ckpt
+from mobilenetv3 import weights as wts
 from mobilenetv3.config import load_config
 from mobilenetv3.models import create_model
-from mobilenetv3.runner import RunError, train
+from mobilenetv3.errors import RunError
+from mobilenetv3.tasks import train
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mindspore"
 TINY = ["--dataset", "synthetic", "--synthetic-samples", "32", "--image-size", "32", "--batch-size", "8",
@@ -59,7 +61,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tmp
         assert len(result.stderr.strip().splitlines()) == 1
     assert not marker.exists()
     with pytest.raises(ValueError, match="refused to load"):
-        ckpt.load_model(evil)
+        wts.load_model(evil)
     assert not marker.exists()
 
 
@@ -81,9 +83,9 @@ def _files(tmp: Path) -> dict:
     files["random_pt"] = tmp / "random.pt"
     files["random_pt"].write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     model = create_model("mobilenetv3_small", num_classes=3, width_mult=0.5)
-    weights = ckpt.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3")
+    weights = wts.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3")
     files["three_class"] = tmp / "three.pt"
-    ckpt.write_weights(weights, files["three_class"], "mobilenetv3")
+    wts.write_weights(weights, files["three_class"], "mobilenetv3")
     files["truncated_pt"] = tmp / "truncated.pt"
     files["truncated_pt"].write_bytes(files["three_class"].read_bytes()[:20000])
     files["random_ckpt"] = tmp / "random.ckpt"
@@ -247,7 +249,7 @@ def test_a_kill_during_the_final_export_resumes_to_a_complete_run(tmp_path):
     resumed = cli(*flags, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
-    exported = ckpt.load_model(run_dir / "model.safetensors")
+    exported = wts.load_model(run_dir / "model.safetensors")
     for key, value in exported.state_dict().items():
         assert torch.equal(value, state["model"][key]), key
 

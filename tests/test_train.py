@@ -16,10 +16,12 @@ import torch.nn.functional as F
 
 from conftest import child_pids
 from mobilenetv3 import checkpoint as ckpt
+from mobilenetv3 import weights as wts
 from mobilenetv3.config import load_config
 from mobilenetv3.models import create_model
 from mobilenetv3.optim import RMSpropTF, param_groups, smoothed_cross_entropy, warmup_cosine_lr
-from mobilenetv3.runner import build_model, train
+from mobilenetv3.build import build_model
+from mobilenetv3.tasks import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
@@ -89,7 +91,7 @@ def test_runner_follows_the_schedule_and_logs_the_seed_lines(tmp_path):
     result = train(tiny_config(tmp_path / "run", lr_reference_batch=4))
     log = (tmp_path / "run" / "train.log").read_text().splitlines()
     steps = [line for line in log if line.startswith("epoch: [")]
-    assert len(steps) == result["global_step"] == 12  # 48 images / 8 per batch x 2 epochs
+    assert len(steps) == result.global_step == 12  # 48 images / 8 per batch x 2 epochs
     assert re.fullmatch(r"epoch: \[  0/  2\], step:\[    0/    6\], loss:\[\d+\.\d{3}/\d+\.\d{3}\], "
                         r"time:\[\d+\.\d{3}\], lr:\[0\.000\]", steps[0])
     assert sum(line.startswith("epoch time: ") for line in log) == 2
@@ -162,24 +164,90 @@ def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch
 
 _SAVE_LOOP = """
 import sys, torch
-from mobilenetv3.checkpoint import save_checkpoint
-i = 0
-while True:
-    i += 1
-    save_checkpoint({"i": i, "data": torch.full((4_000_000,), float(i))}, sys.argv[1])
+from pathlib import Path
+from mobilenetv3.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from mobilenetv3.files import remove_stale_temporaries
+path, saves = Path(sys.argv[1]), int(sys.argv[2])
+removed = remove_stale_temporaries(path.parent)  # a resume, as the runner does once it holds the run's lock
+start = load_checkpoint(path)["i"] if path.exists() else 0
+print("resumed", start, *removed, flush=True)
+for i in range(start + 1, start + 1 + saves):
+    save_checkpoint({"format": FORMAT, "i": i, "data": torch.full((4_000_000,), float(i))}, path)
+    print(i, flush=True)  # save i is complete: last.pt holds it
 """
 
 
+def start_saver(path: Path, log: Path, saves: int):
+    """A process that resumes from ``path`` and saves it ``saves`` more times, logging each finished save."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(path), str(saves)], stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def saver_log(log: Path) -> tuple[list[str], list[int]]:
+    """The ``resumed`` line's words and the numbers of the saves that finished."""
+    first, *saved = log.read_text().splitlines() or [""]
+    return first.split(), [int(line) for line in saved]
+
+
+def kill_while_writing(proc, tmp: Path, log: Path, saves: int, delay: float, timeout=120) -> None:
+    """SIGKILL ``proc`` inside ``files.write_atomic``, while its temporary file ``tmp`` exists, once ``saves``
+    saves have finished. The process is stopped (SIGSTOP) to look: no race with a write that ends meanwhile."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if tmp.exists() and len(saver_log(log)[1]) >= saves:
+            time.sleep(delay)  # later into the write: fsync, or the last bytes
+            os.kill(proc.pid, signal.SIGSTOP)
+            _, status = os.waitpid(proc.pid, os.WUNTRACED)
+            assert os.WIFSTOPPED(status), f"the saver exited ({status:#x}): {log.read_text()[-2000:]}"
+            if tmp.exists() and len(saver_log(log)[1]) >= saves:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return
+            os.kill(proc.pid, signal.SIGCONT)
+        assert proc.poll() is None, (f"the saver ended after {len(saver_log(log)[1])} saves, none caught writing "
+                                     f"{tmp.name} (is last.pt still written through files.write_atomic?): "
+                                     f"{log.read_text()[-2000:]}")
+        time.sleep(0.001)
+    raise AssertionError(f"no save was caught writing its temporary file {tmp.name} within {timeout} s "
+                         f"(is last.pt still written through files.write_atomic?): {log.read_text()[-2000:]}")
+
+
 def test_kill_during_save_never_leaves_a_torn_file(tmp_path):
-    path = tmp_path / "last.pt"
-    for delay in (0.6, 0.9, 1.3, 1.7):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(path)])
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if path.exists():
-            state = ckpt.load_file(path)
-            assert torch.all(state["data"] == state["i"])
+    """SIGKILL inside the write, at the first save of a run and at later ones: last.pt stays the previous save
+    (or absent before the first), loads, and the next process resumes from it after removing the stale file."""
+    run, path = tmp_path / "run", tmp_path / "run" / "last.pt"
+    run.mkdir()
+    expected_start, stale, checked = 0, [], 0
+    kills = ((0, 0.0), (1, 0.0), (2, 0.002), (1, 0.005))  # (saves finished before the kill, delay into the write)
+    for number, (saves, delay) in enumerate(kills):
+        log = tmp_path / f"saver{number}.log"
+        proc = start_saver(path, log, saves=200)
+        tmp = run / f".tmp{proc.pid}.last.pt"
+        try:
+            kill_while_writing(proc, tmp, log, saves, delay)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        checked += tmp.is_file()  # left behind: the kill landed inside the write
+        resumed, saved = saver_log(log)
+        assert resumed == ["resumed", str(expected_start), *stale]  # the last kill's file removed, its save resumed
+        assert saved == list(range(expected_start + 1, expected_start + 1 + len(saved))) and len(saved) >= saves
+        done = saved[-1] if saved else expected_start
+        assert sorted(p.name for p in run.iterdir()) == sorted([tmp.name] + (["last.pt"] if done else []))
+        if done:
+            state = ckpt.load_checkpoint(path)
+            assert state["i"] == done  # the old file: the killed save never reached its rename
+            assert torch.all(state["data"] == done)
+        expected_start, stale = done, [tmp.name]
+    assert checked == len(kills), f"only {checked} of {len(kills)} kills landed inside a write"
+    log = tmp_path / "resumed.log"
+    proc = start_saver(path, log, saves=1)
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    assert saver_log(log) == (["resumed", str(expected_start), *stale], [expected_start + 1])
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
+    assert ckpt.load_checkpoint(path)["i"] == expected_start + 1
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -195,16 +263,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 def test_pretrained_with_another_class_count_resets_the_classifier(tmp_path, caplog):
     source = create_model("mobilenetv3_small", num_classes=10, width_mult=0.5)
-    weights = ckpt.Weights(source.model_name, source.model_kwargs, source.state_dict(), "mobilenetv3")
-    ckpt.write_weights(weights, tmp_path / "ten.pt", "mobilenetv3")
+    weights = wts.Weights(source.model_name, source.model_kwargs, source.state_dict(), "mobilenetv3")
+    wts.write_weights(weights, tmp_path / "ten.pt", "mobilenetv3")
     config = tiny_config(tmp_path / "run", pretrained=str(tmp_path / "ten.pt"))
     with caplog.at_level("INFO"):
-        model = build_model(config, num_classes=3, in_chans=3, weights=ckpt.read_weights(tmp_path / "ten.pt"))
+        model = build_model(config.model, num_classes=3, in_chans=3, weights=wts.read_weights(tmp_path / "ten.pt"))
     assert "the pretrained classifier has 10 classes, the data 3: the classifier starts fresh" in caplog.text
     assert model.classifier.out_features == 3
     assert torch.equal(model.blocks[4].dw.conv.weight, source.blocks[4].dw.conv.weight)
     assert torch.equal(model.head_fc.weight, source.head_fc.weight)
-    gray = build_model(config, num_classes=3, in_chans=1, weights=ckpt.read_weights(tmp_path / "ten.pt"))
+    gray = build_model(config.model, num_classes=3, in_chans=1, weights=wts.read_weights(tmp_path / "ten.pt"))
     assert torch.equal(gray.stem.conv.weight, source.stem.conv.weight.sum(1, keepdim=True))
 
 
@@ -213,7 +281,7 @@ def test_pretrained_torchvision_weights_train(tmp_path):
 
     torch.save(torchvision.models.mobilenet_v3_small(width_mult=0.5).state_dict(), tmp_path / "tv.pth")
     result = train(tiny_config(tmp_path / "run", pretrained=str(tmp_path / "tv.pth"), epochs=1))
-    state = ckpt.load_checkpoint(Path(result["checkpoint"]))
+    state = ckpt.load_checkpoint(Path(result.checkpoint))
     assert state["model_kwargs"]["bn_eps"] == 1e-3  # torchvision's BatchNorm settings came with its weights
     assert state["model"]["classifier.weight"].shape == (10, 512)
 
@@ -221,9 +289,9 @@ def test_pretrained_torchvision_weights_train(tmp_path):
 def test_freeze_backbone_trains_only_the_classifier(tmp_path):
     config = tiny_config(tmp_path / "run", freeze_backbone=True, epochs=1)
     result = train(config)
-    state = ckpt.load_checkpoint(Path(result["checkpoint"]))
+    state = ckpt.load_checkpoint(Path(result.checkpoint))
     torch.manual_seed(TINY["seed"])
-    initial = build_model(config, num_classes=10, in_chans=3).state_dict()
+    initial = build_model(config.model, num_classes=10, in_chans=3).state_dict()
     assert torch.equal(state["model"]["blocks.2.dw.conv.weight"], initial["blocks.2.dw.conv.weight"])
     assert torch.equal(state["model"]["blocks.2.dw.bn.running_mean"], initial["blocks.2.dw.bn.running_mean"])
     assert not torch.equal(state["model"]["classifier.weight"], initial["classifier.weight"])
@@ -231,16 +299,16 @@ def test_freeze_backbone_trains_only_the_classifier(tmp_path):
 
 def test_checkpoint_describes_itself_and_loads_weights_only(tmp_path):
     result = train(tiny_config(tmp_path / "run", ema_decay=0.9, keep_checkpoint_max=1, epochs=3))
-    run_dir = Path(result["run_dir"])
+    run_dir = Path(result.run_dir)
     names = sorted(p.name for p in run_dir.iterdir() if p.suffix == ".pt")
     assert names == ["best.pt", "last.pt", "mobilenetV3-3_6.pt"]  # keep_checkpoint_max=1 pruned epochs 1-2
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert state["model_name"] == "mobilenetv3_small" and state["model_kwargs"]["width_mult"] == 0.5
     assert state["classes"][:2] == ["class_0", "class_1"] and state["preprocessing"]["crop"] == 32
     assert state["config"]["optim"]["epochs"] == 3 and state["epoch"] == 3 and state["ema"] is not None
-    model = ckpt.load_model(run_dir / "last.pt")
+    model = wts.load_model(run_dir / "last.pt")
     assert not model.training and model.classes == state["classes"]
-    ema = ckpt.load_model(run_dir / "model_ema.safetensors")
+    ema = wts.load_model(run_dir / "model_ema.safetensors")
     assert torch.equal(ema.classifier.weight, state["ema"]["classifier.weight"])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3] and all(r["val_count"] == 12 for r in records)
@@ -249,17 +317,15 @@ def test_checkpoint_describes_itself_and_loads_weights_only(tmp_path):
 
 def test_ema_batchnorm_statistics_are_those_of_the_averaged_weights(tmp_path):
     """Regression: averaging BatchNorm buffers along with the weights left EMA at chance accuracy (10%)."""
-    from mobilenetv3.data import Recipe
-    from mobilenetv3.data.loader import build_loader
+    from mobilenetv3.data import eval_loader
     from mobilenetv3.dist import DistInfo
-    from mobilenetv3.runner import build_data
+    from mobilenetv3.tasks.train import build_data
 
     config = tiny_config(tmp_path / "run", ema_decay=0.99, epochs=2)
     train(config)
-    ema = ckpt.load_model(tmp_path / "run" / "model_ema.safetensors")
+    ema = wts.load_model(tmp_path / "run" / "model_ema.safetensors")
     data = build_data(config, DistInfo(), torch.device("cpu"))
-    everything = build_loader(data.train, Recipe(data.preprocessing.crop), data.preprocessing, train=False,
-                              batch_size=len(data.train), workers=0)
+    everything = eval_loader(data.train, data.preprocessing, batch_size=len(data.train))
     images = next(iter(everything))[0]  # the 48 training images, eval preprocessing: all of the 20 batches
     with torch.no_grad():
         stem_out = ema.stem.conv(images)  # (B, C, H, W), what the first BatchNorm sees
@@ -277,7 +343,7 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
 
 
 def ckpt_lock(run_dir):
-    from mobilenetv3.runner import run_lock
+    from mobilenetv3.tasks.train import run_lock
 
     return run_lock(run_dir, resuming=False)
 
@@ -426,7 +492,7 @@ def _one_process_reference(tmp_path):
     torch.manual_seed(config.run.seed)  # rank 0's seed: DDP starts every replica from rank 0's weights
     data = build_dataset("synthetic", None, "train", synthetic_samples=32, synthetic_classes=10, synthetic_size=32,
                          seed=config.run.seed)
-    model = build_model(config, num_classes=10, in_chans=3)
+    model = build_model(config.model, num_classes=10, in_chans=3)
     optimizer = build_optimizer("sgd", param_groups(model, config.optim.weight_decay), 0.1)
     recipe, pre = build_preset("none", 32, (0.5,) * 3, (0.25,) * 3, 3)
     loaders = [build_loader(data, recipe, pre, train=True, batch_size=4, rank=r, world_size=2, seed=config.run.seed,

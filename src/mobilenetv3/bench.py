@@ -209,11 +209,11 @@ def bench_training(name: str, batch: int, size: int, steps: int = 6, warmup: int
     schedule and log) against a bare torchvision model + SGD + cross-entropy loop, on the same tensors."""
     import torch.nn.functional as F
 
-    from .config import load_config
-    from .engine import train_one_epoch
+    from .build import build_model
+    from .config import ModelConfig
+    from .engine import TrainOptions, train_one_epoch
     from .optim import build_optimizer, param_groups, smoothed_cross_entropy, warmup_cosine_lr
     from .runlog import RunLog
-    from .runner import build_model
 
     batches = _batches(steps + warmup, batch, size, num_classes)
     torch.manual_seed(0)
@@ -227,19 +227,20 @@ def bench_training(name: str, batch: int, size: int, steps: int = 6, warmup: int
             loss.backward()
             reference_opt.step()
 
-    config = load_config(None, dict(model=name, channels_last=channels_last, dropout=0.2))
-    ours = build_model(config, num_classes, 3)
+    ours = build_model(ModelConfig(model=name, dropout=0.2), num_classes, 3)
     if channels_last:
         ours = ours.to(memory_format=torch.channels_last)
     optimizer = build_optimizer("sgd", param_groups(ours, 1e-4), 0.01)
     with tempfile.TemporaryDirectory() as folder:
         runlog = RunLog(Path(folder), True, False, 1, steps + warmup)
 
+        options = TrainOptions(loss_fn=lambda lo, t: smoothed_cross_entropy(lo, t, 0.1),
+                               lr_at=lambda s: warmup_cosine_lr(s, 1000, 10, 0.01), channels_last=channels_last)
+
         def project(items):
-            train_one_epoch(ours, items, optimizer, loss_fn=lambda lo, t: smoothed_cross_entropy(lo, t, 0.1),
-                            lr_at=lambda s: warmup_cosine_lr(s, 1000, 10, 0.01), global_step=0,
-                            device=torch.device("cpu"), channels_last=channels_last,
-                            on_step=lambda info: runlog.step(0, 0, info))
+            train_one_epoch(ours, items, optimizer, options, global_step=0,
+                            on_step=lambda step: runlog.step(0, 0, dict(vars(step), mean_loss=step.loss_sum
+                                                                        / step.loss_steps)))
 
         rows = []
         for label, fn in (("torchvision + SGD loop", bare), ("mobilenetv3 train step", project)):
@@ -287,6 +288,14 @@ def run_bench(what: str, models, batches, size: int, quick: bool, out: Optional[
     """The ``mobilenetv3 bench`` entry point: one kind of benchmark, rows plus the machine."""
     import json
 
+    from .models import list_models
+
+    for name in models:
+        if name not in list_models():
+            raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    batches = batches or ([1, 32] if what == "inference" else [32])
+    if min(batches) < 1 or size < 32:
+        raise UsageError("--batch-size must be at least 1 and --image-size at least 32")
     result = dict(machine=machine_info(), kind=what, rows=[])
     repeats = 3 if quick else 10
     for name in models:

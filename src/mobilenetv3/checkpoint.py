@@ -1,9 +1,12 @@
-"""Checkpoints, in one place: the format, atomic writes, safe loads, RNG state, pruning.
+"""Our training-checkpoint format, in one place: the ``Checkpoint`` dataclass, the model card every file we
+write carries, atomic writes, safe loads, RNG state, restore and pruning.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)``: loading never runs code from the file. It describes itself
-(model name and constructor kwargs, class names, preprocessing, the resolved config), so
-``mobilenetv3.load_model`` can rebuild the network from the file alone.
+On disk a checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: loading never runs code from the file. It describes itself with its
+model card (model name and constructor kwargs, class names, preprocessing) and the resolved config,
+so ``mobilenetv3.load_model`` can rebuild the network from the file alone. ``model_card`` is also what
+safetensors metadata and every export format (ONNX, TorchScript, pt2) store. Weights of other
+frameworks are ``weights.py``'s business.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pickle
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,20 +76,200 @@ def load_file(path) -> Any:
                          f"({found.group(0).replace('GLOBAL ', '')}); only tensors and plain data are loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as err:
         raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format: "
-                         f"{_first_line(err)})") from None
+                         f"{first_line(err)})") from None
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
 
 
 def load_checkpoint(path) -> dict:
-    """A checkpoint written by this package (``save_checkpoint``); ``ValueError`` for anything else."""
+    """The raw dict of a checkpoint written by this package; ``UsageError`` for anything else."""
     state = load_file(path)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not is_ours(state):
         raise UsageError(f"{path}: not a mobilenetv3 training checkpoint")
     return state
+
+
+def is_ours(content: Any) -> bool:
+    """Whether ``content`` (what ``load_file`` returned) is a checkpoint of this package."""
+    return isinstance(content, dict) and content.get("format") == FORMAT
+
+
+# -------------------------------------------------------------------------------------- model card
+def model_card(model_name: str, model_kwargs: dict, classes: Optional[list] = None,
+               preprocessing: Optional[dict] = None) -> dict:
+    """What every file we write says about its model: enough to rebuild it and to feed it.
+
+    Checkpoints store it as top-level keys, safetensors as JSON metadata strings, exported models
+    (ONNX, TorchScript, pt2) as one JSON document with ``softmax`` added.
+    """
+    return dict(model_name=model_name, model_kwargs=dict(model_kwargs),
+                classes=list(classes) if classes is not None else None,
+                preprocessing=dict(preprocessing) if preprocessing is not None else None)
+
+
+def card_of(model: torch.nn.Module) -> dict:
+    """The model card of a built model (``classes`` and ``preprocessing`` as attached by ``load_model``)."""
+    return model_card(model.model_name, model.model_kwargs, getattr(model, "classes", None),
+                      getattr(model, "preprocessing", None))
+
+
+def card_from_metadata(metadata: dict[str, str]) -> Optional[dict]:
+    """The model card stored in safetensors metadata by ``save_safetensors``; ``None`` when there is none."""
+    import json
+
+    if "model_name" not in metadata:
+        return None
+    return model_card(metadata["model_name"], json.loads(metadata["model_kwargs"]),
+                      json.loads(metadata.get("classes", "null")), json.loads(metadata.get("preprocessing", "null")))
+
+
+# ------------------------------------------------------------------------------ training checkpoint
+@dataclass
+class TrainState:
+    """Where a run stands: what a resumed run needs besides the weights and the optimizer."""
+
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # steps finished in the current epoch
+    global_step: int = 0
+    epoch_loss_sum: float = 0.0  # the losses of this epoch's steps so far (the group's mean per process)
+    epoch_loss_steps: int = 0  # how many steps that sum holds (a resumed seed checkpoint has none)
+    best_top1: Optional[float] = None
+    history: list = field(default_factory=list)  # one record per finished epoch
+
+    def mean_loss(self) -> float:
+        return self.epoch_loss_sum / max(1, self.epoch_loss_steps)
+
+
+@dataclass
+class Trainable:
+    """The objects a training checkpoint saves and restores."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[Any] = None  # torch.amp.GradScaler
+    ema: Optional[Any] = None  # torch.optim.swa_utils.AveragedModel
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint of ours: a model card and weights; training checkpoints add the optimizer, the EMA, the
+    scaler, the ``TrainState``, the resolved config and every process's random state."""
+
+    model_name: str
+    model_kwargs: dict
+    model: dict  # the state dict
+    classes: Optional[list] = None
+    preprocessing: Optional[dict] = None
+    config: Optional[dict] = None
+    ema: Optional[dict] = None
+    ema_n_averaged: Optional[int] = None
+    optimizer: Optional[dict] = None
+    scaler: Optional[dict] = None
+    state: Optional[TrainState] = None
+    steps_per_epoch: Optional[int] = None
+    rng_ranks: Optional[list] = None
+
+    def card(self) -> dict:
+        return model_card(self.model_name, self.model_kwargs, self.classes, self.preprocessing)
+
+    @property
+    def is_training_state(self) -> bool:
+        return self.optimizer is not None and self.state is not None
+
+    @classmethod
+    def capture(cls, trainable: Trainable, card: dict, config: dict, state: TrainState, rng_ranks: list,
+                steps_per_epoch: int) -> "Checkpoint":
+        """A training checkpoint of ``trainable`` now."""
+        ema = trainable.ema
+        return cls(**card, model=trainable.model.state_dict(), config=config,
+                   ema=ema.module.state_dict() if ema is not None else None,
+                   ema_n_averaged=int(ema.n_averaged) if ema is not None else None,
+                   optimizer=trainable.optimizer.state_dict(),
+                   scaler=trainable.scaler.state_dict() if trainable.scaler is not None else None,
+                   state=TrainState(**vars(state)), steps_per_epoch=steps_per_epoch, rng_ranks=rng_ranks)
+
+    def to_dict(self) -> dict:
+        """The on-disk form (``mobilenetv3.checkpoint/1``): flat keys, plain data and tensors."""
+        content = dict(format=FORMAT, **self.card(), model=self.model, ema=self.ema)
+        if self.config is not None:
+            content["config"] = self.config
+        if self.is_training_state:
+            content.update(ema_n_averaged=self.ema_n_averaged, optimizer=self.optimizer, scaler=self.scaler,
+                           **vars(self.state), steps_per_epoch=self.steps_per_epoch,
+                           rng=self.rng_ranks[0], rng_ranks=self.rng_ranks)
+        return content
+
+    @classmethod
+    def from_dict(cls, content: dict) -> "Checkpoint":
+        state = None
+        if "optimizer" in content and "epoch" in content:
+            state = TrainState(epoch=content["epoch"], step_in_epoch=content["step_in_epoch"],
+                               global_step=content["global_step"], epoch_loss_sum=content["epoch_loss_sum"],
+                               epoch_loss_steps=content.get("epoch_loss_steps", content["step_in_epoch"]),
+                               best_top1=content["best_top1"], history=list(content["history"]))
+        return cls(content["model_name"], dict(content["model_kwargs"]), content["model"], content.get("classes"),
+                   content.get("preprocessing"), content.get("config"), content.get("ema"),
+                   content.get("ema_n_averaged"), content.get("optimizer"), content.get("scaler"), state,
+                   content.get("steps_per_epoch"), content.get("rng_ranks") or (
+                       [content["rng"]] if "rng" in content else None))
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path) -> "Checkpoint":
+        return cls.from_dict(load_checkpoint(path))
+
+    def restore(self, trainable: Trainable, rank: int, world_size: int, source: str) -> TrainState:
+        """Load weights, optimizer, scaler, EMA and this process's random state into ``trainable``."""
+        if not self.is_training_state:
+            raise UsageError(f"{source} holds weights only, not a training state; start from it with --pretrained")
+        trainable.model.load_state_dict(self.model)
+        trainable.optimizer.load_state_dict(self.optimizer)
+        if trainable.scaler is not None and self.scaler:
+            trainable.scaler.load_state_dict(self.scaler)
+        if trainable.ema is not None and self.ema is not None:
+            trainable.ema.module.load_state_dict(self.ema)
+            trainable.ema.n_averaged.fill_(int(self.ema_n_averaged))
+        ranks = self.rng_ranks or []
+        if len(ranks) != world_size and rank == 0:
+            log.warning("%s was saved by %d process(es), this run has %d: ranks beyond its count start fresh random "
+                        "streams", source, len(ranks), world_size)
+        if rank < len(ranks):
+            set_rng_state(ranks[rank])
+        return TrainState(**vars(self.state))
+
+
+def restore_seed(seed, trainable: Trainable, steps_per_epoch: int, source: str) -> TrainState:
+    """Continue a seed training checkpoint (``convert.MindSporeCheckpoint``): its weights, its SGD momentum
+    buffers, its step in the schedule.
+
+    MindSpore's Momentum and PyTorch's SGD keep the same buffer (v = m * v + g), so the buffers carry over.
+    The seed stores no running loss: the epoch's mean loss counts only the steps this run takes.
+    """
+    from .convert import check_shapes
+
+    model, optimizer = trainable.model, trainable.optimizer
+    check_shapes(seed.state_dict, model)
+    model.load_state_dict(seed.state_dict)
+    if seed.momentum_buffers and isinstance(optimizer, torch.optim.SGD):
+        params = dict(model.named_parameters())
+        for name, buffer in seed.momentum_buffers.items():
+            optimizer.state[params[name]]["momentum_buffer"] = buffer.to(params[name]).clone()
+    elif seed.momentum_buffers:
+        log.warning("%s holds SGD momentum buffers; the %s optimizer starts without them", source,
+                    type(optimizer).__name__)
+    if trainable.ema is not None:
+        trainable.ema.module.load_state_dict(model.state_dict())
+    step = seed.global_step or 0
+    log.info("continuing the seed's run at global step %d (momentum buffers: %d)", step, len(seed.momentum_buffers))
+    if seed.learning_rate is not None:
+        log.info("%s stores the seed's own learning-rate schedule (%d steps); this run follows its configured "
+                 "schedule from step %d", source, seed.learning_rate.numel(), step)
+    return TrainState(epoch=step // steps_per_epoch, step_in_epoch=step % steps_per_epoch, global_step=step)
 
 
 # -------------------------------------------------------------------------------------- RNG state
@@ -122,197 +305,17 @@ def prune_epoch_checkpoints(run_dir: Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def save_safetensors(state_dict: dict, path: Path, metadata: dict[str, str]) -> None:
-    """Weights only, for sharing: ``safetensors`` (no code, no pickle), with the model description as metadata."""
+def save_safetensors(state_dict: dict, path: Path, card: dict) -> None:
+    """Weights only, for sharing: ``safetensors`` (no code, no pickle), with the model card as metadata."""
+    import json
+
     from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    metadata = {key: value if key == "model_name" else json.dumps(value) for key, value in card.items()}
     write_atomic(path, save(tensors, metadata=metadata))
 
 
 def latest_run_checkpoint(run_dir: Path) -> Optional[Path]:
     last = run_dir / "last.pt"
     return last if last.is_file() else None
-
-
-# ------------------------------------------------------------------------- weights of any format
-@dataclass
-class Weights:
-    """Weights read from any supported file, in this package's names, with what is known about them."""
-
-    model_name: str
-    model_kwargs: dict
-    state_dict: dict
-    source: str  # "mobilenetv3", "safetensors", "torchvision", "timm", "mindspore"
-    classes: Optional[list] = None
-    preprocessing: Optional[dict] = None
-    checkpoint: Optional[dict] = None  # the whole training checkpoint, when it was one
-
-
-def read_weights(path, ema: bool = False) -> Weights:
-    """Read a checkpoint of ours, safetensors, a torchvision or timm state dict (or training checkpoint),
-    or a MindSpore ``.ckpt``; ``ema=True`` takes the EMA weights of our training checkpoints."""
-    path = Path(path)
-    if path.suffix == ".ckpt":
-        return _read_mindspore(path)
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    content = load_file(path)
-    if isinstance(content, dict) and content.get("format") == FORMAT:
-        if ema and content.get("ema") is None:
-            raise UsageError(f"{path} has no EMA weights (train with --ema-decay to keep them)")
-        return Weights(content["model_name"], dict(content["model_kwargs"]),
-                       content["ema"] if ema else content["model"], "mobilenetv3", content.get("classes"),
-                       content.get("preprocessing"), content)
-    if ema:
-        raise UsageError(f"{path} is not a mobilenetv3 training checkpoint, so it has no EMA weights")
-    for key in ("state_dict", "model"):  # torchvision's and timm's training checkpoints
-        if isinstance(content, dict) and isinstance(content.get(key), dict):
-            content = content[key]
-            break
-    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise UsageError(f"{path}: holds no state dict (a mapping of names to tensors)")
-    return foreign_weights(content, str(path))
-
-
-def foreign_weights(state_dict: dict, source: str) -> Weights:
-    """A state dict in any framework's names -> ``Weights`` (architecture inferred from the shapes)."""
-    from .convert import TORCHVISION_KWARGS, from_timm, from_torchvision
-    from .convert.common import fitting_model
-
-    state_dict = {_strip_wrappers(k): v for k, v in state_dict.items()}
-    if "stem.conv.weight" in state_dict:
-        converted, origin, extra = state_dict, "mobilenetv3", {}
-    elif "features.0.0.weight" in state_dict:
-        converted, origin, extra = from_torchvision(state_dict), "torchvision", dict(TORCHVISION_KWARGS)
-    elif "conv_stem.weight" in state_dict:
-        converted, origin, extra = from_timm(state_dict), "timm", {}
-    else:
-        first = next(iter(state_dict), "nothing")
-        raise UsageError(f"{source}: not MobileNetV3 weights of a known layout (first tensor {first!r})")
-    try:
-        model = fitting_model(converted, extra)
-    except ValueError as err:
-        raise UsageError(f"{source}: {err}") from None
-    return Weights(model.model_name, dict(model.model_kwargs), _in_model_order(converted, model), origin)
-
-
-def _in_model_order(state_dict: dict, model: torch.nn.Module) -> dict:
-    """Keys in the module's own order (safetensors sorts them; MindSpore files are written in this order)."""
-    order = list(model.state_dict())
-    known = set(order)
-    ordered = {k: state_dict[k] for k in order if k in state_dict}
-    return ordered | {k: v for k, v in state_dict.items() if k not in known}
-
-
-def _strip_wrappers(key: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
-
-
-def _read_safetensors(path: Path) -> Weights:
-    import json
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file as load_safetensors
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_safetensors(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
-    if "model_name" in metadata:
-        from .models import create_model
-
-        kwargs = json.loads(metadata["model_kwargs"])
-        tensors = _in_model_order(tensors, create_model(metadata["model_name"], **kwargs))
-        return Weights(metadata["model_name"], kwargs, tensors, "safetensors",
-                       json.loads(metadata.get("classes", "null")), json.loads(metadata.get("preprocessing", "null")))
-    return foreign_weights(tensors, str(path))
-
-
-def _read_mindspore(path: Path) -> Weights:
-    from .convert import mindspore
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        converted = mindspore.from_mindspore(mindspore.read_ckpt(path))
-    except ValueError as err:
-        message = str(err)
-        raise UsageError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    return Weights(converted.model_name, converted.model_kwargs, converted.state_dict, "mindspore")
-
-
-def model_from_weights(weights: Weights, **overrides) -> torch.nn.Module:
-    """The network ``weights`` describe, with their values, in eval mode; ``classes`` and ``preprocessing``
-    attached (the registry's ImageNet preprocessing when the file has none)."""
-    from .convert import check_shapes
-    from .models import create_model, get_model_entry
-
-    model = create_model(weights.model_name, **dict(weights.model_kwargs, **overrides))
-    check_shapes(weights.state_dict, model)
-    model.load_state_dict(weights.state_dict)
-    model.classes = weights.classes
-    default = dict(get_model_entry(weights.model_name).meta["preprocessing"], in_chans=model.in_chans)
-    model.preprocessing = weights.preprocessing or dict(
-        resize=default["resize"], crop=default["crop"], interpolation=default["interpolation"],
-        mean=default["mean"] if model.in_chans == 3 else (0.449,), std=default["std"] if model.in_chans == 3
-        else (0.226,), in_chans=model.in_chans)
-    return model.eval()
-
-
-def load_model(path, ema: bool = False, **overrides) -> torch.nn.Module:
-    """Build the network stored in ``path`` (any format ``read_weights`` reads), in eval mode.
-
-    ``overrides`` change constructor arguments that do not alter the weights' shapes (``dropout``,
-    ``bn_eps``, ...). The model carries ``classes`` and ``preprocessing`` (mean, std, resize, crop).
-    """
-    weights = read_weights(path, ema=ema)
-    try:
-        return model_from_weights(weights, **overrides)
-    except ValueError as err:
-        raise UsageError(f"{path}: {err}") from None
-
-
-def write_weights(weights: Weights, path: Path, fmt: str) -> None:
-    """Write ``weights`` as ``fmt``: ``mobilenetv3`` (a weights-only checkpoint of ours), ``safetensors``,
-    ``torchvision`` or ``timm`` (their state dicts, for their models) or ``mindspore`` (the seed's ``.ckpt``).
-
-    Frameworks fix BatchNorm eps in code (torchvision 1e-3, timm and the seed 1e-5): weights trained with
-    another eps compute a slightly different function there, which is logged.
-    """
-    import json
-
-    from .convert import to_timm, to_torchvision
-    from .convert.mindspore import to_mindspore, write_ckpt
-
-    state = {k: v.detach().cpu() for k, v in weights.state_dict.items()}
-    eps = weights.model_kwargs.get("bn_eps", 1e-5)
-    expected_eps = {"torchvision": 1e-3, "timm": 1e-5, "mindspore": 1e-5}.get(fmt)
-    if expected_eps is not None and abs(eps - expected_eps) > 1e-12:
-        log.warning("%s's MobileNetV3 uses BatchNorm eps %g, these weights were made with %g: outputs will differ "
-                    "slightly", fmt, expected_eps, eps)
-    if fmt == "mindspore":
-        write_ckpt(to_mindspore(state), path)
-    elif fmt == "safetensors":
-        save_safetensors(state, path, dict(model_name=weights.model_name, model_kwargs=json.dumps(weights.model_kwargs),
-                                           classes=json.dumps(weights.classes),
-                                           preprocessing=json.dumps(weights.preprocessing)))
-    elif fmt == "mobilenetv3":
-        save_checkpoint(dict(format=FORMAT, model_name=weights.model_name, model_kwargs=dict(weights.model_kwargs),
-                             classes=weights.classes, preprocessing=weights.preprocessing, model=state, ema=None),
-                        path)
-    elif fmt == "torchvision":
-        save_checkpoint(to_torchvision(state), path)
-    elif fmt == "timm":
-        save_checkpoint(to_timm(state), path)
-    else:
-        raise UsageError(f"unknown weights format {fmt!r}")

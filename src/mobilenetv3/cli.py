@@ -1,7 +1,8 @@
 """The ``mobilenetv3`` command: argparse subcommands. The only module that reads argv or prints for users.
 
-A user mistake (bad name, bad value, missing file) is one line on stderr and exit code 2; an
-unexpected failure is one line and exit code 1 (set ``MOBILENETV3_DEBUG=1`` for the traceback).
+Each subcommand parses its flags, calls one task (``mobilenetv3.tasks``) and prints the result. A user
+mistake (``UsageError``, a missing file) is one line on stderr and exit code 2; any other failure is one
+line and exit code 1. ``MOBILENETV3_DEBUG=1`` shows the traceback of both.
 """
 from __future__ import annotations
 
@@ -13,76 +14,79 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .errors import RunError, UsageError
+
 PROG = "mobilenetv3"
 EXIT_USER_ERROR = 2
-
-
-class UserError(Exception):
-    """A mistake the user can fix; reported as one line with exit code 2."""
+USER_ERRORS = (UsageError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is a single line (the usage text stays behind ``--help``)."""
+    """argparse, but a usage error is a single line (the usage text stays behind ``--help``), and no flag
+    is taken from a prefix of its name (``--epoch`` is not ``--epochs``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from .models import count_params, create_model, profile
-
-    kwargs = {k: v for k, v in dict(num_classes=args.num_classes, width_mult=args.width_mult,
-                                    head_channels=args.head_channels, in_chans=args.in_chans).items()
-              if v is not None}
-    model = create_model(args.model, **kwargs)
-    if args.img_size < 32:
-        raise UserError(f"--img-size must be at least 32, got {args.img_size}")
-    rows = profile(model, args.img_size)
-    params, madds = count_params(model), sum(r.madds for r in rows)
-    buffers = sum(b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
-    if args.json:
-        print(json.dumps(dict(model=args.model, kwargs=model.model_kwargs, image_size=args.img_size,
-                              params=params, bn_buffers=buffers, madds=madds,
-                              rows=[r.__dict__ for r in rows]), indent=2))
-        return 0
-    print(f"{args.model}  " + ", ".join(f"{k}={v}" for k, v in model.model_kwargs.items()))
-    print(f"params: {params:,} (+{buffers:,} BatchNorm running statistics)")
-    print(f"MAdds:  {madds:,} ({madds / 1e6:.1f}M) at {args.img_size}x{args.img_size}, "
-          "counting conv and linear multiply-accumulates only")
-    print()
-    header = f"{'layer':<11} {'input':>13} {'operator':<31} {'output':>13} {'params':>10} {'MAdds':>12}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        shape_in, shape_out = "x".join(map(str, r.input_shape)), "x".join(map(str, r.output_shape))
-        print(f"{r.name:<11} {shape_in:>13} {r.operator:<31} {shape_out:>13} {r.params:>10,} {r.madds:>12,}")
-    return 0
-
-
+# ------------------------------------------------------------------------------------------- info
 def _add_info(subparsers) -> None:
     p = subparsers.add_parser("info", help="parameters, MAdds and the per-layer table of a model",
                               description="Print a model's parameter count, MAdds and its per-layer table.")
     p.add_argument("model", help="model name, e.g. mobilenetv3_large (see `mobilenetv3 info --list`)",
                    nargs="?")
     p.add_argument("--list", action="store_true", help="list the model names and exit")
-    p.add_argument("--img-size", type=int, default=224, help="input resolution for MAdds (default 224)")
+    _add_image_size(p, "input resolution for MAdds (default 224)", default=224)
     p.add_argument("--num-classes", type=int, help="classifier outputs (default 1000)")
     p.add_argument("--width-mult", type=float, help="width multiplier (default 1.0)")
     p.add_argument("--head-channels", type=int, help="hidden head width (default 1280 Large, 1024 Small)")
     p.add_argument("--in-chans", type=int, help="input channels (default 3)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.set_defaults(handler=_cmd_info_or_list)
+    p.set_defaults(handler=_cmd_info)
 
 
-def _cmd_info_or_list(args: argparse.Namespace) -> int:
+def _cmd_info(args: argparse.Namespace) -> int:
     from .models import list_models
+    from .tasks import model_info
 
     if args.list:
         print("\n".join(list_models()))
         return 0
     if args.model is None:
-        raise UserError(f"name a model: one of {', '.join(list_models())}")
-    return _cmd_info(args)
+        raise UsageError(f"name a model: one of {', '.join(list_models())}")
+    kwargs = {k: v for k, v in dict(num_classes=args.num_classes, width_mult=args.width_mult,
+                                    head_channels=args.head_channels, in_chans=args.in_chans).items()
+              if v is not None}
+    info = model_info(args.model, args.image_size, **kwargs)
+    if args.json:
+        print(json.dumps(dict(model=info.model, kwargs=info.kwargs, image_size=info.image_size, params=info.params,
+                              bn_buffers=info.bn_buffers, madds=info.madds, rows=[r.__dict__ for r in info.rows]),
+                         indent=2))
+        return 0
+    print(f"{info.model}  " + ", ".join(f"{k}={v}" for k, v in info.kwargs.items()))
+    print(f"params: {info.params:,} (+{info.bn_buffers:,} BatchNorm running statistics)")
+    print(f"MAdds:  {info.madds:,} ({info.madds / 1e6:.1f}M) at {info.image_size}x{info.image_size}, "
+          "counting conv and linear multiply-accumulates only")
+    print()
+    header = f"{'layer':<11} {'input':>13} {'operator':<31} {'output':>13} {'params':>10} {'MAdds':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in info.rows:
+        shape_in, shape_out = "x".join(map(str, r.input_shape)), "x".join(map(str, r.output_shape))
+        print(f"{r.name:<11} {shape_in:>13} {r.operator:<31} {shape_out:>13} {r.params:>10,} {r.madds:>12,}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- flags
+def _add_image_size(p: argparse.ArgumentParser, help_text: str, **kwargs) -> None:
+    """``--image-size``, the one spelling; ``--img-size`` and ``--size`` are hidden aliases for one release."""
+    p.add_argument("--image-size", type=int, help=help_text, **kwargs)
+    for old in ("--img-size", "--size"):
+        p.add_argument(old, dest="image_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str], only: Sequence[str] = ()) -> None:
@@ -106,13 +110,14 @@ def _add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str], only:
                            help=help_text)
 
 
-def _overrides(args: argparse.Namespace, exclude: Sequence[str] = ()) -> dict:
+def _overrides(args: argparse.Namespace) -> dict:
     """The config fields given on the command line."""
     from .config import FIELD_SECTION
 
-    return {k: v for k, v in vars(args).items() if k in FIELD_SECTION and k not in exclude}
+    return {k: v for k, v in vars(args).items() if k in FIELD_SECTION}
 
 
+# ------------------------------------------------------------------------------------------ train
 def _add_train(subparsers) -> None:
     from .config import list_presets
 
@@ -127,41 +132,24 @@ def _add_train(subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine import NonFiniteLoss
-    from .runner import RunError, prepare_config, train
+    from .tasks import train
 
-    config = prepare_config(args.config, _overrides(args))
-    try:
-        result = train(config)
-    except (NonFiniteLoss, RunError) as err:
-        print(f"{PROG} train: failed: {_one_line(err)}", file=sys.stderr)
-        return 1
-    if result["stopped"]:
-        print(f"stopped at epoch {result['epoch'] + 1}, step {result['step_in_epoch']}; checkpoint saved: "
-              f"{result['checkpoint']}")
-        print(f"resume with: {PROG} train --resume auto --run-dir {result['run_dir']}")
+    result = train(args.config, **_overrides(args))
+    if result.stopped:
+        print(f"stopped at epoch {result.epoch + 1}, step {result.step_in_epoch}; checkpoint saved: "
+              f"{result.checkpoint}")
+        print(f"resume with: {PROG} train --resume auto --run-dir {result.run_dir}")
         return 0
-    if result["top1"] is not None:
-        print(f"final accuracy: top-1 {100 * result['top1']:.2f}%, top-5 {100 * result['top5']:.2f}% "
-              f"on {result['val_count']} validation images")
-    print(f"checkpoint: {result['checkpoint']}")
-    print(f"log: {result['log']}")
-    print(f"run directory: {result['run_dir']} ({result['time'] / 60:.1f} min)")
+    if result.top1 is not None:
+        print(f"final accuracy: top-1 {100 * result.top1:.2f}%, top-5 {100 * result.top5:.2f}% "
+              f"on {result.val_count} validation images")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"log: {result.log}")
+    print(f"run directory: {result.run_dir} ({result.time / 60:.1f} min)")
     return 0
 
 
 # ------------------------------------------------------------------------------------------- eval
-PREPROCESSING_FLAGS = ("transform", "image_size", "eval_resize", "interpolation")
-
-
-def _base_config(weights_checkpoint: Optional[dict]):
-    """The training run's config when the weights come from our checkpoint, else the defaults."""
-    from .config import Config
-
-    saved = (weights_checkpoint or {}).get("config")
-    return Config.from_dict(saved) if saved else Config()
-
-
 def _add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5 over every sample",
                               description="Score a checkpoint (any format) or an exported ONNX model on a dataset's "
@@ -177,59 +165,24 @@ def _add_eval(subparsers) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import read_weights
-    from .runner import run_eval
+    from .tasks import evaluate
 
-    if not args.checkpoint and not args.onnx:
-        raise UserError("give --checkpoint PATH (or --onnx FILE)")
-    base = _base_config(read_weights(args.checkpoint, ema=args.ema).checkpoint) if args.checkpoint else None
-    config = _eval_config(base, args)
-    preprocessing = None
-    if any(flag in vars(args) for flag in PREPROCESSING_FLAGS):  # the user asked for another protocol
-        from .data import STATS, build_preset
-
-        d = config.data
-        in_chans = _model_in_chans(args)
-        preprocessing = build_preset(d.transform, d.image_size, *STATS[d.dataset], in_chans,
-                                     eval_resize=d.eval_resize, interpolation=d.interpolation)[1]
-    result = run_eval(config, args.checkpoint, ema=args.ema, onnx=args.onnx, preprocessing=preprocessing,
-                      out_dir=args.out)
+    result = evaluate(args.checkpoint, onnx=args.onnx, ema=args.ema, out_dir=args.out, **_overrides(args))
     if result is None:  # not the main process
         return 0
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
         return 0
-    print(f"scored {result['count']} of {result['dataset_size']} images, each once "
-          f"({result['dataset']} {result['split']}, {result['runtime']}"
-          + (f", {result['skipped']} unreadable skipped" if result["skipped"] else "") + ")")
-    print(f"top-1 {100 * result['top1']:.2f}%  top-{result['topk']} {100 * result['top5']:.2f}%  "
-          f"loss {result['loss']:.4f}")
-    if len(result["classes"]) <= 20:
-        for name, accuracy in zip(result["classes"], result["per_class_accuracy"]):
+    print(f"scored {result.count} of {result.dataset_size} images, each once "
+          f"({result.dataset} {result.split}, {result.runtime}"
+          + (f", {result.skipped} unreadable skipped" if result.skipped else "") + ")")
+    print(f"top-1 {100 * result.top1:.2f}%  top-{result.topk} {100 * result.top5:.2f}%  loss {result.loss:.4f}")
+    if len(result.classes) <= 20:
+        for name, accuracy in zip(result.classes, result.per_class_accuracy):
             print(f"  {name:<20} {100 * accuracy:6.2f}%")
-    print(f"result: {{'acc': {result['top1']}, 'top5': {result['top5']}}} ckpt= {result['weights']}")
-    print(f"report: {result['reports']['json']} (confusion matrix: {result['reports']['csv']}, "
-          f"{result['reports']['png']})")
+    print(f"result: {{'acc': {result.top1}, 'top5': {result.top5}}} ckpt= {result.weights}")
+    print(f"report: {result.reports['json']} (confusion matrix: {result.reports['csv']}, {result.reports['png']})")
     return 0
-
-
-def _eval_config(base, args: argparse.Namespace):
-    from .config import Config, validate
-
-    config = base or Config()
-    config.update(_overrides(args), source="flag")
-    validate(config)
-    return config
-
-
-def _model_in_chans(args: argparse.Namespace) -> int:
-    if args.onnx:
-        from .export import OnnxModule
-
-        return OnnxModule(args.onnx).in_chans
-    from .checkpoint import read_weights
-
-    return int(read_weights(args.checkpoint).model_kwargs.get("in_chans", 3))
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -250,76 +203,21 @@ def _add_export(subparsers) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from .tasks import export_model
 
-    from .checkpoint import model_from_weights, read_weights
-    from .data.transforms import Preprocessing
-    from .export import SUFFIXES, export_verified
-
-    weights = read_weights(args.checkpoint, ema=args.ema)
-    model = model_from_weights(weights)
-    pre = Preprocessing.from_dict(model.preprocessing)
-    size = getattr(args, "image_size", None) or pre.crop
-    source = Path(args.checkpoint)
-    path = Path(args.output) if args.output else source.with_name(source.stem + SUFFIXES[args.format])
-    config = _base_config(weights.checkpoint)
-    config.update(_overrides(args), source="flag")
-    has_data = not args.no_dataset and (config.data.dataset in ("fashion-mnist", "synthetic") or config.data.data_path)
-    real, calibration, val = [], None, None
-    if has_data:
-        val, real, calibration = _export_data(config, model, pre, args)
-    example = torch.randn(2, model.in_chans, size, size)
-    result = export_verified(model, args.format, path, example, softmax=args.softmax, real_inputs=real,
-                             calibration=calibration)
-    print(f"exported {args.format}: {result['path']}")
-    for name in ("random", "real"):
-        if name in result:
-            r = result[name]
-            print(f"  {name} inputs ({r['compared']} images): max |difference| to PyTorch {r['max_abs_diff']:.2e}, "
-                  f"top-1 agreement {100 * r['top1_agreement']:.2f}%")
-    if args.format == "onnx-int8" and val is not None:
-        _report_int8_accuracy(result, val, pre, config)
+    result = export_model(args.checkpoint, format=args.format, output=args.output, softmax=args.softmax,
+                          ema=args.ema, calibration_images=args.calibration_images, use_dataset=not args.no_dataset,
+                          **_overrides(args))
+    print(f"exported {result.format}: {result.path}")
+    for name, figures in (("random", result.random), ("real", result.real)):
+        if figures:
+            print(f"  {name} inputs ({figures['compared']} images): max |difference| to PyTorch "
+                  f"{figures['max_abs_diff']:.2e}, top-1 agreement {100 * figures['top1_agreement']:.2f}%")
+    if result.accuracy:
+        a = result.accuracy
+        print(f"  accuracy on {a['dataset']} val ({a['count']} images): INT8 top-1 {100 * a['int8_top1']:.2f}%, "
+              f"fp32 top-1 {100 * a['fp32_top1']:.2f}%")
     return 0
-
-
-def _export_data(config, model, pre, args):
-    """A few real validation batches to verify on, and training images to calibrate INT8 with."""
-    import itertools
-
-    from .data import build_loader, check_labels
-    from .data.transforms import Recipe
-    from .runner import dataset_split
-
-    d = config.data
-    val = dataset_split(config, "val", model.num_classes)
-    check_labels(val, model.num_classes)
-    batch = min(d.batch_size, 64)
-    loader = build_loader(val, Recipe(pre.crop), pre, train=False, batch_size=batch, workers=0)
-    real = [b.images for b in itertools.islice(loader, 2)]
-    calibration = None
-    if args.format == "onnx-int8":
-        train = dataset_split(config, "train", model.num_classes)
-        loader = build_loader(train, Recipe(pre.crop), pre, train=False, batch_size=batch, workers=0)
-        count = max(1, -(-args.calibration_images // batch))
-        calibration = [b.images for b in itertools.islice(loader, count)]
-    return val, real, calibration
-
-
-def _report_int8_accuracy(result: dict, val, pre, config) -> None:
-    from .data import build_loader
-    from .data.transforms import Recipe
-    from .engine import evaluate
-    from .export import OnnxModule
-
-    import torch
-
-    scores = {}
-    for name, path in (("fp32", result["fp32_path"]), ("int8", result["path"])):
-        model = OnnxModule(path)
-        loader = build_loader(val, Recipe(pre.crop), pre, train=False, batch_size=config.data.batch_size, workers=0)
-        scores[name] = evaluate(model, loader, num_classes=model.num_classes, device=torch.device("cpu"))
-    print(f"  accuracy on {config.data.dataset} val ({scores['int8']['count']} images): INT8 top-1 "
-          f"{100 * scores['int8']['top1']:.2f}%, fp32 top-1 {100 * scores['fp32']['top1']:.2f}%")
 
 
 # ---------------------------------------------------------------------------------------- predict
@@ -336,68 +234,43 @@ def _add_predict(subparsers) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .data.transforms import Preprocessing
-    from .export import OnnxModule
-    from .predict import expand_inputs, predict
+    from .tasks import predict
 
-    if bool(args.checkpoint) == bool(args.onnx):
-        raise UserError("give exactly one of --checkpoint PATH or --onnx FILE")
-    if args.topk < 1 or args.batch_size < 1:
-        raise UserError("--topk and --batch-size must be at least 1")
-    paths = expand_inputs(args.images)
-    model = OnnxModule(args.onnx) if args.onnx else load_model(args.checkpoint)
-    if not model.preprocessing:
-        raise UserError(f"{args.onnx} carries no preprocessing metadata (export it with `{PROG} export`)")
-    results = predict(model, paths, Preprocessing.from_dict(model.preprocessing), model.classes, args.topk,
-                      args.batch_size, outputs_probabilities=getattr(model, "softmax", False))
+    results = predict(args.images, checkpoint=args.checkpoint, onnx=args.onnx, topk=args.topk,
+                      batch_size=args.batch_size)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
-    width = min(60, max(len(r["path"]) for r in results))
+    width = min(60, max(len(r.path) for r in results))
     for r in results:
-        top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
-        print(f"{r['path']:<{width}}  {top}")
+        top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r.top)
+        print(f"{r.path:<{width}}  {top}")
     return 0
 
 
 # ---------------------------------------------------------------------------------------- convert
-CONVERT_FORMATS = ("mindspore", "mobilenetv3", "safetensors", "torchvision", "timm")
-_SUFFIX_FORMATS = {".ckpt": "mindspore", ".safetensors": "safetensors", ".pt": "mobilenetv3"}
-
-
 def _add_convert(subparsers) -> None:
+    from .weights import FORMATS
+
     p = subparsers.add_parser("convert", help="convert weights between MindSpore .ckpt, torchvision, timm and ours",
                               description="Convert MobileNetV3 weights between formats. The source format is "
                                           "detected from the file; the target from DST's extension or --to "
                                           "(.ckpt MindSpore, .pt ours, .safetensors; .pth needs --to).")
     p.add_argument("src", help="source weights")
     p.add_argument("dst", help="output file")
-    p.add_argument("--to", choices=CONVERT_FORMATS, help="target format when DST's extension does not say")
-    p.add_argument("--from", dest="from_format", choices=CONVERT_FORMATS, help="(detected; checked if given)")
+    p.add_argument("--to", choices=FORMATS, help="target format when DST's extension does not say")
+    p.add_argument("--from", dest="from_format", choices=FORMATS, help="(detected; checked if given)")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
     p.set_defaults(handler=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .checkpoint import read_weights, write_weights
+    from .tasks import convert_weights
 
-    target = args.to or _SUFFIX_FORMATS.get(Path(args.dst).suffix)
-    if target is None:
-        raise UserError(f"cannot tell the format of {args.dst} from its extension; add --to "
-                        f"({', '.join(CONVERT_FORMATS)})")
-    if Path(args.dst).resolve() == Path(args.src).resolve():
-        raise UserError("SRC and DST are the same file")
-    weights = read_weights(args.src, ema=args.ema)
-    source_format = "mobilenetv3" if weights.source in ("mobilenetv3", "safetensors") and \
-        Path(args.src).suffix != ".safetensors" else weights.source
-    if args.from_format and args.from_format != source_format:
-        raise UserError(f"{args.src} holds {source_format} weights, not {args.from_format}")
-    write_weights(weights, Path(args.dst), target)
-    print(f"{args.src} ({source_format}, {weights.model_name}, "
-          + ", ".join(f"{k}={v}" for k, v in weights.model_kwargs.items() if k in ("num_classes", "width_mult",
-                                                                                 "head_channels"))
-          + f") -> {args.dst} ({target})")
+    r = convert_weights(args.src, args.dst, to=args.to, from_format=args.from_format, ema=args.ema)
+    shown = ", ".join(f"{k}={v}" for k, v in r.model_kwargs.items() if k in ("num_classes", "width_mult",
+                                                                             "head_channels"))
+    print(f"{r.src} ({r.source_format}, {r.model_name}, {shown}) -> {r.dst} ({r.target_format})")
     return 0
 
 
@@ -409,9 +282,11 @@ def _add_bench(subparsers) -> None:
                                           "benchmarks/run_all.sh.")
     p.add_argument("what", choices=("inference", "training"), help="what to time")
     p.add_argument("--model", nargs="+", default=["mobilenetv3_large"], help="models (default mobilenetv3_large)")
-    p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default: 1 and 32 for inference, 32 for "
-                                                        "training)")
-    p.add_argument("--size", type=int, help="image size (default 224)")
+    p.add_argument("--batch-size", nargs="+", type=int, help="batch sizes (default: 1 and 32 for inference, 32 for "
+                                                             "training)")
+    p.add_argument("--batch", dest="batch_size", nargs="+", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the old spelling, for one release
+    _add_image_size(p, "image size (default 224)", default=224)
     p.add_argument("--quick", action="store_true", help="fewer repeats and no torch.compile")
     p.add_argument("--out", help="also write the rows as JSON here")
     p.set_defaults(handler=_cmd_bench)
@@ -419,16 +294,9 @@ def _add_bench(subparsers) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_rows, run_bench
-    from .models import list_models
 
-    for name in args.model:
-        if name not in list_models():
-            raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    batches = args.batch or ([1, 32] if args.what == "inference" else [32])
-    size = args.size or 224
-    if min(batches) < 1 or size < 32:
-        raise UserError("--batch must be at least 1 and --size at least 32")
-    result = run_bench(args.what, args.model, batches, size, args.quick, Path(args.out) if args.out else None)
+    result = run_bench(args.what, args.model, args.batch_size, args.image_size, args.quick,
+                       Path(args.out) if args.out else None)
     machine = result["machine"]
     print(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} ({machine['torch_threads']} threads)"
           + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else ""))
@@ -443,23 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog=PROG, description="Train, evaluate, export and serve MobileNetV3 image classifiers.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_train(subparsers)
-    _add_eval(subparsers)
-    _add_export(subparsers)
-    _add_predict(subparsers)
-    _add_convert(subparsers)
-    _add_bench(subparsers)
-    _add_info(subparsers)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for add in (_add_train, _add_eval, _add_export, _add_predict, _add_convert, _add_bench, _add_info):
+        add(subparsers)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_stderr()
+    debug = bool(os.environ.get("MOBILENETV3_DEBUG"))
     try:
         return args.handler(args)
-    except (UserError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+    except USER_ERRORS as err:
+        if debug:
+            raise
         print(f"{PROG} {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into `head` and the like
@@ -468,8 +334,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RunError as err:  # a fault the run itself reports (a NaN loss, a checkpoint it could not write)
+        if debug:
+            raise
+        print(f"{PROG} {args.command}: failed: {_one_line(err)}", file=sys.stderr)
+        return 1
     except Exception as err:  # noqa: BLE001 - the boundary: one line instead of a traceback
-        if os.environ.get("MOBILENETV3_DEBUG"):
+        if debug:
             raise
         print(f"{PROG} {args.command}: failed: {type(err).__name__}: {_one_line(err)} "
               "(set MOBILENETV3_DEBUG=1 for the traceback)", file=sys.stderr)

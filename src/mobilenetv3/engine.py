@@ -1,7 +1,9 @@
-"""One training epoch and one evaluation pass. They take objects and return a dict of metrics."""
+"""One training epoch and one evaluation pass. They take objects; training returns an ``EpochResult``,
+evaluation a dict of metrics."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -9,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dist import all_reduce_sum
+from .errors import RunError
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RunError):
     """The loss became NaN or infinite; training stops without saving the broken state."""
 
     def __init__(self, step: int, value: float):
@@ -19,74 +22,115 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+@dataclass
+class TrainOptions:
+    """How a training step runs; fixed for a whole run."""
+
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    lr_at: Callable[[int], float]  # the schedule: global step -> learning rate
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: Optional[torch.dtype] = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    ema: Optional[nn.Module] = None  # torch.optim.swa_utils.AveragedModel
+    ema_warmup_steps: int = 0  # the average starts after these steps (torchvision's reference: after warmup)
+    grad_clip: Optional[float] = None
+    channels_last: bool = False
 
 
-def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *,
-                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    lr_at: Callable[[int], float], global_step: int, device: torch.device,
-                    amp_dtype: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None,
-                    ema: Optional[nn.Module] = None, ema_warmup_steps: int = 0, grad_clip: Optional[float] = None,
-                    channels_last: bool = False, on_step: Optional[Callable[[dict], None]] = None,
-                    should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Train over ``batches`` (an iterable of ``Batch``); the LR is set from ``lr_at(global_step)`` every step.
+@dataclass
+class StepInfo:
+    """What ``on_step`` hears after each step."""
 
-    Stops early, at a step boundary, when ``should_stop()`` turns true. Returns the number of steps
-    and images, the mean loss, the wall time, the new ``global_step`` and whether it stopped early.
-    """
+    global_step: int  # after this step
+    steps: int  # steps taken in this call, this one included
+    loss: float
+    loss_sum: float  # the losses of the steps of this call that trained
+    loss_steps: int
+    lr: float
+    images: int
+    step_time: float
+
+
+@dataclass
+class EpochResult:
+    """What one call of ``train_one_epoch`` did; the caller adds it to what it had before."""
+
+    steps: int = 0  # steps taken, batches skipped for unreadable images included
+    images: int = 0
+    skipped: int = 0
+    loss_sum: float = 0.0
+    loss_steps: int = 0  # steps whose loss is in ``loss_sum``
+    time: float = 0.0
+    global_step: int = 0
+    stopped: bool = False
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(1, self.loss_steps)
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, options: TrainOptions, *,
+                    global_step: int, on_step: Optional[Callable[[StepInfo], None]] = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> EpochResult:
+    """Train over ``batches`` (an iterable of ``Batch``); the LR is set from ``options.lr_at(global_step)`` every
+    step. Stops early, at a step boundary, when ``should_stop()`` turns true."""
     model.train()
     start = time.perf_counter()
-    loss_sum, steps, images_seen, skipped, stopped = 0.0, 0, 0, 0, False
+    result = EpochResult(global_step=global_step)
     for batch in batches:
+        result.steps += 1
+        result.global_step += 1  # the step counts even when skipped, so the schedule and epochs stay aligned
         if len(batch.labels) < 2:  # unreadable images skipped: too few left for BatchNorm statistics
-            skipped += batch.skipped + len(batch.labels)
-            global_step += 1  # the step still counts, so the schedule and epoch boundaries stay aligned
-            steps += 1
+            result.skipped += batch.skipped + len(batch.labels)
             continue
         step_start = time.perf_counter()
-        lr = lr_at(global_step)
-        _set_lr(optimizer, lr)
-        images = batch.images.to(device, non_blocking=True)
-        labels = batch.labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(model(images), labels)
-        loss_value = loss.item()
-        if not torch.isfinite(loss).item():
-            raise NonFiniteLoss(global_step, loss_value)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        if ema is not None:
-            if global_step < ema_warmup_steps:  # as torchvision's reference: the average starts after warmup
-                ema.n_averaged.zero_()
-            ema.update_parameters(model)
-        global_step += 1
-        steps += 1
-        images_seen += len(labels)
-        skipped += batch.skipped
-        loss_sum += loss_value
+        lr = options.lr_at(result.global_step - 1)
+        loss = _step(model, batch, optimizer, options, lr, result.global_step - 1)
+        result.images += len(batch.labels)
+        result.skipped += batch.skipped
+        result.loss_sum += loss
+        result.loss_steps += 1
         if on_step is not None:
-            on_step(dict(global_step=global_step, loss=loss_value, mean_loss=loss_sum / steps, lr=lr,
-                         images=len(labels), step_time=time.perf_counter() - step_start))
+            on_step(StepInfo(result.global_step, result.steps, loss, result.loss_sum, result.loss_steps, lr,
+                             len(batch.labels), time.perf_counter() - step_start))
         if should_stop():
-            stopped = True
+            result.stopped = True
             break
-    return dict(steps=steps, images=images_seen, skipped=skipped, loss=loss_sum / max(1, steps),
-                time=time.perf_counter() - start, global_step=global_step, stopped=stopped)
+    result.time = time.perf_counter() - start
+    return result
+
+
+def _step(model: nn.Module, batch, optimizer: torch.optim.Optimizer, options: TrainOptions, lr: float,
+          global_step: int) -> float:
+    """One optimisation step at ``lr``; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images = batch.images.to(options.device, non_blocking=True)
+    labels = batch.labels.to(options.device, non_blocking=True)
+    if options.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(options.device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
+        loss = options.loss_fn(model(images), labels)
+    loss_value = loss.item()
+    if not torch.isfinite(loss).item():
+        raise NonFiniteLoss(global_step, loss_value)
+    optimizer.zero_grad(set_to_none=True)
+    scaler, clip = options.scaler, options.grad_clip
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if clip:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if options.ema is not None:
+        if global_step < options.ema_warmup_steps:  # as torchvision's reference: the average starts after warmup
+            options.ema.n_averaged.zero_()
+        options.ema.update_parameters(model)
+    return loss_value
 
 
 @torch.no_grad()

@@ -57,3 +57,13 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             f"{name} got unknown argument(s) {', '.join(unknown)}; valid arguments: {', '.join(entry.accepts)}"
         )
     return entry.builder(**kwargs)
+
+
+def default_preprocessing(name: str, in_chans: int) -> dict:
+    """The eval protocol a model of ``name`` gets when its file carries none: the registry's (ImageNet's),
+    with the luma mean/std for one-channel input."""
+    default = get_model_entry(name).meta["preprocessing"]
+    gray = in_chans != 3
+    return dict(resize=default["resize"], crop=default["crop"], interpolation=default["interpolation"],
+                mean=(0.449,) if gray else default["mean"], std=(0.226,) if gray else default["std"],
+                in_chans=in_chans)

@@ -1,14 +1,12 @@
-"""Export to ONNX, INT8 ONNX, TorchScript and ``torch.export`` (pt2), each verified against PyTorch.
+"""ONNX: export (torch's ``torch.export``-based exporter, opset 18), static INT8 quantisation with ONNX Runtime,
+and ``OnnxModule``, an ONNX file run by ONNX Runtime where a model is expected.
 
-Every exported file carries the model description (name, constructor kwargs, class names,
-preprocessing, whether a softmax is appended) so ``predict`` and ``eval --onnx`` need nothing else.
-ONNX uses torch's ``torch.export``-based exporter at opset 18: hard-swish and hard-sigmoid are native
-``HardSwish``/``HardSigmoid`` nodes and BatchNorm is folded into the convolutions.
+Hard-swish and hard-sigmoid are native ``HardSwish``/``HardSigmoid`` nodes and BatchNorm is folded
+into the convolutions.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Iterable, Optional
@@ -16,32 +14,11 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from .files import temporary_path
-from .errors import UsageError
+from ..errors import UsageError
+from ..files import temporary_path
+from .common import METADATA_KEY, WithSoftmax, describe
 
-log = logging.getLogger(__name__)
-
-FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2")
-SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
 OPSET = 18
-METADATA_KEY = "mobilenetv3"
-
-
-class WithSoftmax(nn.Module):
-    """The seed's export: the network followed by a softmax over classes."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).softmax(dim=1)
-
-
-def describe(model: nn.Module, softmax: bool) -> dict:
-    """What an exported file says about itself (read back by ``OnnxModule`` and ``load_exported``)."""
-    return dict(model_name=model.model_name, model_kwargs=model.model_kwargs, classes=getattr(model, "classes", None),
-                preprocessing=getattr(model, "preprocessing", None), softmax=softmax)
 
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:
@@ -133,32 +110,6 @@ def quantize_onnx(fp32_path: Path, path: Path, calibration: Iterable[torch.Tenso
     return path
 
 
-def export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:
-    """TorchScript (traced), with the description in the archive's ``metadata.json``."""
-    import warnings
-
-    net = WithSoftmax(model) if softmax else model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but many runtimes load it
-        traced = torch.jit.trace(net.eval(), example)
-        tmp = temporary_path(path)
-        torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(describe(model, softmax))})
-    os.replace(tmp, path)
-    return path
-
-
-def export_pt2(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:
-    """``torch.export`` program with a dynamic batch, loadable with ``torch.export.load``."""
-    net = WithSoftmax(model) if softmax else model
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(net.eval(), (example,), dynamic_shapes=({0: batch},))
-    tmp = temporary_path(path)
-    torch.export.save(program, str(tmp), extra_files={"metadata.json": json.dumps(describe(model, softmax))})
-    os.replace(tmp, path)
-    return path
-
-
-# --------------------------------------------------------------------------------------- runtimes
 class OnnxModule(nn.Module):
     """An ONNX file run by ONNX Runtime, usable where a model is expected (``engine.evaluate``, predict)."""
 
@@ -194,65 +145,3 @@ class OnnxModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output = self.session.run(None, {self.input_name: x.detach().float().contiguous().cpu().numpy()})[0]
         return torch.from_numpy(output)
-
-
-def load_exported(path: Path, fmt: str):
-    """A callable (N, C, H, W) -> outputs for an exported file, in its own runtime."""
-    if fmt in ("onnx", "onnx-int8"):
-        return OnnxModule(path)
-    if fmt == "torchscript":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(path)).eval()
-    return torch.export.load(str(path)).module()
-
-
-@torch.no_grad()
-def compare(reference: nn.Module, exported, inputs: Iterable[torch.Tensor]) -> dict:
-    """Max absolute difference of outputs and top-1 agreement between PyTorch and an exported model."""
-    max_diff, agree, count = 0.0, 0, 0
-    for x in inputs:
-        expected, actual = reference(x), exported(x)
-        max_diff = max(max_diff, (expected - actual).abs().max().item())
-        agree += (expected.argmax(1) == actual.argmax(1)).sum().item()
-        count += len(x)
-    return dict(max_abs_diff=max_diff, top1_agreement=agree / max(1, count), compared=count)
-
-
-def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, *, softmax: bool = False,
-                    real_inputs: Iterable[torch.Tensor] = (), calibration: Optional[Iterable[torch.Tensor]] = None,
-                    tolerance: float = 1e-4) -> dict:
-    """Export ``model`` as ``fmt`` to ``path``, then run the file in its runtime on random inputs (batch 1
-    and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
-    (``ValueError`` otherwise); INT8 reports its agreement. Returns the comparison figures and paths."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    model = model.eval()
-    reference = WithSoftmax(model).eval() if softmax else model
-    paths = dict(path=str(path))
-    if fmt == "onnx-int8":
-        if calibration is None:
-            raise UsageError("onnx-int8 needs images to calibrate: give --dataset and --data-path")
-        fp32_path = path.with_name(path.name.replace(".int8.onnx", ".onnx") if ".int8." in path.name
-                                   else f"{path.stem}.fp32.onnx")
-        export_onnx(model, fp32_path, example, softmax)
-        quantize_onnx(fp32_path, path, calibration)
-        paths["fp32_path"] = str(fp32_path)
-    else:
-        {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2}[fmt](model, path, example, softmax)
-    runtime = load_exported(path, fmt)
-    generator = torch.Generator().manual_seed(0)
-    shape = example.shape[1:]
-    random_inputs = [torch.randn(1, *shape, generator=generator), torch.randn(3, *shape, generator=generator)]
-    figures = dict(random=compare(reference, runtime, random_inputs))
-    real_inputs = list(real_inputs)
-    if real_inputs:
-        figures["real"] = compare(reference, runtime, real_inputs)
-    if fmt != "onnx-int8":
-        worst = max(f["max_abs_diff"] for f in figures.values())
-        if worst > tolerance:
-            path.unlink(missing_ok=True)
-            raise RuntimeError(f"{fmt} export disagrees with PyTorch: max abs difference {worst:.3g} > {tolerance}")
-    return dict(paths, format=fmt, softmax=softmax, **figures)

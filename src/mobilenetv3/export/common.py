@@ -1,0 +1,26 @@
+"""What every export format shares: the softmax wrapper and the description an exported file carries."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..checkpoint import card_of
+
+METADATA_KEY = "mobilenetv3"
+
+
+class WithSoftmax(nn.Module):
+    """The seed's export: the network followed by a softmax over classes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(dim=1)
+
+
+def describe(model: nn.Module, softmax: bool) -> dict:
+    """What an exported file says about itself: the model card plus whether a softmax is appended (read back
+    by ``OnnxModule`` and ``load_exported``)."""
+    return dict(card_of(model), softmax=softmax)

@@ -1,0 +1,529 @@
+"""The training task: a ``Config`` wired to data, model, optimizer, DDP, checkpoints and logs.
+
+``train(config)`` runs in one process or in every process ``torchrun`` starts; rank 0 writes the
+run directory. A run can stop at any step (SIGTERM/SIGINT: saved at the next step boundary) and
+continue exactly with ``resume="auto"``. The checkpoint a run continues from is resolved and read
+once (``prepare_config``), whatever it is: our ``last.pt`` or the seed's training ``.ckpt``.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import checkpoint as ckpt
+from ..build import (build_datasets, build_eval_loader, build_model, build_train_loader, device_type, pick_device,
+                     recipe_for)
+from ..config import Config, RunConfig, load_config, replace, validate
+from ..data import check_labels, eval_loader
+from ..data.datasets import Dataset
+from ..data.transforms import Preprocessing
+from ..dist import DistInfo, all_gather_object, all_reduce_sum, barrier, destroy_distributed, init_distributed
+from ..engine import EpochResult, StepInfo, TrainOptions, evaluate, train_one_epoch
+from ..errors import RunError, UsageError
+from ..files import remove_stale_temporaries
+from ..optim import build_optimizer, param_groups, scaled_lr, smoothed_cross_entropy, warmup_cosine_lr
+from ..runlog import RunLog
+from ..weights import read_weights
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ARCHITECTURE = ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum")
+EMA_BN_BATCHES = 20
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    run_dir: str
+    checkpoint: str  # last.pt
+    best: Optional[str]
+    log: str
+    epoch: int  # epochs finished
+    global_step: int
+    step_in_epoch: int
+    top1: Optional[float]  # the last validation's
+    top5: Optional[float]
+    val_count: Optional[int]
+    best_top1: Optional[float]
+    stopped: bool  # by a signal, before the last epoch
+    time: float  # seconds in this process
+    plot: Optional[str]
+
+
+# ------------------------------------------------------------------------------------------ resume
+@dataclass
+class Resume:
+    """The checkpoint a run continues from, read once: ours (``checkpoint``) or the seed's (``seed``)."""
+
+    path: Path
+    checkpoint: Optional[ckpt.Checkpoint] = None
+    seed: Optional[object] = None  # convert.MindSporeCheckpoint
+
+    @classmethod
+    def read(cls, path: Path) -> "Resume":
+        if path.suffix == ".ckpt":  # the seed's training checkpoint: its network, the recipe given now
+            return cls(path, seed=read_weights(path).seed)
+        saved = ckpt.Checkpoint.load(path)
+        if saved.config is None:
+            raise UsageError(f"{path} holds weights only, not a training state; start from it with --pretrained")
+        return cls(path, checkpoint=saved)
+
+
+def resolve_resume(run: RunConfig, name: str) -> Optional[Path]:
+    """The checkpoint to continue from: ``resume`` as a path, or for ``"auto"`` the run's ``last.pt``
+    (the newest ``runs/<name>-*`` when no run directory is given); ``None`` starts fresh."""
+    if not run.resume:
+        return None
+    if run.resume != "auto":
+        path = Path(run.resume).expanduser()
+        if path.is_dir():
+            path = path / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        return path
+    if run.run_dir:
+        return ckpt.latest_run_checkpoint(Path(run.run_dir))
+    candidates = sorted(Path("runs").glob(f"{name}-*/last.pt"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+def prepare_config(preset: Optional[str], overrides: dict) -> tuple[Config, Optional[Resume]]:
+    """The run's config and what it resumes: preset + flags; when resuming our checkpoint, its config + the
+    flags given now; when resuming the seed's ``.ckpt``, its architecture + the recipe given now."""
+    config = load_config(preset, overrides)
+    path = resolve_resume(config.run, config.name)
+    if path is None:
+        return config, None
+    resume = Resume.read(path)
+    if resume.seed is not None:
+        kwargs = resume.seed.model_kwargs
+        config.update(dict(model=resume.seed.model_name, **{k: kwargs[k] for k in ARCHITECTURE}), source=str(path))
+        config.update(overrides, source="flag")
+    else:
+        config = Config.from_dict(resume.checkpoint.config)
+        config.update(overrides, source="flag")
+        config.run.resume, config.run.run_dir = str(path), str(path.parent)
+    validate(config)
+    return config, resume
+
+
+# ------------------------------------------------------------------------------------------ the task
+def train(config: Union[Config, str, None] = None, **settings) -> TrainResult:
+    """Train as configured: ``config`` is a ``Config``, a preset name or YAML path, or ``None`` for the
+    defaults; ``settings`` are config fields (``epochs=3``, ``data_path="..."``) applied on top.
+
+    With a preset (the CLI's way) a resumed run takes the saved run's config plus ``settings``; a
+    ``Config`` is used as given and only the training state is resumed.
+    """
+    if isinstance(config, Config):
+        config = replace(config, **settings) if settings else config
+        validate(config)
+        path = resolve_resume(config.run, config.name)
+        resume = Resume.read(path) if path is not None else None
+    else:
+        config, resume = prepare_config(config, settings)
+    info = init_distributed(device_type(config.run.device))
+    try:
+        run_dir = _run_dir(config, resume)
+        if info.enabled:
+            from ..dist import broadcast_object
+
+            run_dir = Path(broadcast_object(str(run_dir)))
+        if not info.is_main:
+            return _Run(config, info, run_dir, resume).fit()
+        with run_lock(run_dir, resuming=resume is not None):
+            return _Run(config, info, run_dir, resume).fit()
+    finally:
+        destroy_distributed()
+
+
+def _run_dir(config: Config, resume: Optional[Resume]) -> Path:
+    if config.run.run_dir:
+        return Path(config.run.run_dir).expanduser()
+    if resume is not None and resume.checkpoint is not None:
+        return resume.path.parent
+    return Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@contextmanager
+def run_lock(run_dir: Path, resuming: bool):
+    """Hold ``run_dir/.lock`` for the run; refuse a second run into the same directory.
+
+    The lock is an ``flock``, released by the kernel when the process ends however it ends.
+    """
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming and any(ckpt.EPOCH_CHECKPOINT.match(p.name) or p.name == "last.pt" for p in run_dir.iterdir()):
+        raise UsageError(f"{run_dir} already holds a run (checkpoints); continue it with --resume auto, "
+                         "or choose another --run-dir")
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UsageError(f"{run_dir} is in use by a running training ({owner}); wait for it or choose "
+                         "another --run-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    remove_stale_temporaries(run_dir)
+    try:
+        yield
+    except BaseException:
+        handle.close()
+        if [p.name for p in run_dir.iterdir()] == [".lock"]:  # failed before writing anything: leave no trace
+            (run_dir / ".lock").unlink()
+            if created:
+                run_dir.rmdir()
+        raise
+    handle.close()
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class RunData:
+    train: Dataset
+    val: Dataset
+    preprocessing: Preprocessing
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    num_classes: int
+    classes: list[str]
+
+
+def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: Optional[int] = None) -> RunData:
+    """Datasets and loaders; ``in_chans`` defaults to the dataset's own channel count."""
+    d = config.data
+    train, val = build_datasets(d, config.run.seed, config.model.num_classes)
+    num_classes = config.model.num_classes or len(train.classes)
+    check_labels(train, num_classes)
+    check_labels(val, num_classes)
+    recipe, preprocessing = recipe_for(d, train, in_chans or train.channels)
+    pin = device.type == "cuda"
+    train_loader = build_train_loader(d, train, recipe, preprocessing, num_classes, info, config.run.seed, pin)
+    val_loader = build_eval_loader(d, val, preprocessing, info, pin)
+    classes = train.classes if len(train.classes) == num_classes else [str(i) for i in range(num_classes)]
+    return RunData(train, val, preprocessing, train_loader, val_loader, num_classes, classes)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's length and learning-rate schedule, per step."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    lr_max: float
+    lr_init: float
+    lr_end: float
+    global_batch: int
+
+    def lr_at(self, step: int) -> float:
+        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.lr_max, self.lr_init, self.lr_end)
+
+
+def build_schedule(config: Config, steps_per_epoch: int, world_size: int) -> Schedule:
+    o = config.optim
+    global_batch = config.data.batch_size * world_size
+    total = o.epochs * steps_per_epoch
+    if o.warmup_epochs > o.epochs:
+        log.warning("warmup_epochs %g is longer than the run (%d epochs): the LR warms up over the whole run",
+                    o.warmup_epochs, o.epochs)
+    return Schedule(steps_per_epoch, total, min(total, round(o.warmup_epochs * steps_per_epoch)),
+                    scaled_lr(o.lr, global_batch, o.lr_reference_batch), o.lr_init, o.lr_end, global_batch)
+
+
+def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.device) -> ckpt.Trainable:
+    """The optimizer, the fp16 loss scaler and the EMA of the weights, as configured."""
+    o, run = config.optim, config.run
+    optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay, o.decay_bias), lr, o.momentum)
+    scaler = torch.amp.GradScaler(device.type) if run.amp == "fp16" and device.type == "cuda" else None
+    ema = None
+    if run.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # Parameters only: an average of BatchNorm statistics taken while the weights move fits neither the live
+        # weights nor the averaged ones; they are recomputed for the averaged weights at each epoch's end.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(run.ema_decay), use_buffers=False)
+    return ckpt.Trainable(model, optimizer, scaler, ema)
+
+
+def recompute_batchnorm(model: nn.Module, data: Dataset, preprocessing: Preprocessing, batch_size: int,
+                        device: torch.device, batches: int = EMA_BN_BATCHES) -> None:
+    """BatchNorm running statistics for ``model``'s own weights, from the first ``batches`` training batches
+    (eval preprocessing, the same images in every process and every run: deterministic)."""
+    import itertools
+
+    from torch.optim.swa_utils import update_bn
+
+    loader = eval_loader(data, preprocessing, batch_size=batch_size)
+    update_bn(itertools.islice(loader, batches), model, device=device)
+
+
+class StopSignal:
+    """SIGTERM/SIGINT: stop at the next step boundary and save; a second signal ends the process at once."""
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self.previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        signal.signal(signum, signal.SIG_DFL)  # the second one acts at once
+        log.warning("%s received: saving at the end of this step (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def requested(self, info: DistInfo) -> bool:
+        """Every process stops at the same step: the flag is summed over all of them."""
+        flag = torch.tensor([1.0 if self.received else 0.0])
+        if info.enabled:
+            all_reduce_sum(flag)
+        return bool(flag.item())
+
+
+# ------------------------------------------------------------------------------------------ the run
+class _Run:
+    """One training run in this process: built from the config, then ``fit()``."""
+
+    def __init__(self, config: Config, info: DistInfo, run_dir: Path, resume: Optional[Resume]):
+        self.config, self.info, self.run_dir = config, info, run_dir
+        self.device = pick_device(config.run.device, info)
+        seed_everything(config.run.seed + info.rank, config.run.deterministic)
+        m = config.model
+        weights = read_weights(m.pretrained) if m.pretrained else None
+        in_chans = m.in_chans or (weights.model_kwargs.get("in_chans", 3) if weights else None)
+        self.data = build_data(config, info, self.device, in_chans)
+        model = build_model(m, self.data.num_classes, self.data.preprocessing.in_chans, weights).to(self.device)
+        if config.run.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.schedule = build_schedule(config, len(self.data.train_loader), info.world_size)
+        self.trainable = build_trainable(config, model, self.schedule.lr_max, self.device)
+        self.state = self._restore(resume) if resume is not None else ckpt.TrainState()
+        self.train_model = self._wrap(model)
+        o, run = config.optim, config.run
+        self.options = TrainOptions(
+            loss_fn=lambda logits, targets: smoothed_cross_entropy(logits, targets, o.label_smoothing, o.smoothing),
+            lr_at=self.schedule.lr_at, device=self.device, amp_dtype=AMP_DTYPES[run.amp],
+            scaler=self.trainable.scaler, ema=self.trainable.ema, ema_warmup_steps=self.schedule.warmup_steps,
+            grad_clip=o.grad_clip, channels_last=run.channels_last)
+        self.card = ckpt.model_card(model.model_name, model.model_kwargs, self.data.classes,
+                                    self.data.preprocessing.to_dict())
+        self.runlog = RunLog(run_dir, info.is_main, run.progress, o.epochs, self.schedule.steps_per_epoch)
+        self.last_metrics: dict = {}
+
+    def _restore(self, resume: Resume) -> ckpt.TrainState:
+        if resume.seed is not None:
+            state = ckpt.restore_seed(resume.seed, self.trainable, self.schedule.steps_per_epoch, str(resume.path))
+        else:
+            state = resume.checkpoint.restore(self.trainable, self.info.rank, self.info.world_size, str(resume.path))
+        log.info("resuming from %s at epoch %d, step %d", resume.path, state.epoch + 1, state.step_in_epoch)
+        return state
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP (and SyncBatchNorm) over several processes, ``torch.compile`` when asked."""
+        run = self.config.run
+        if self.info.enabled:
+            if run.sync_bn and self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(model) if run.compile else model
+
+    def fit(self) -> TrainResult:
+        if self.info.is_main:
+            self._write_config()
+        self.started = time.perf_counter()
+        try:
+            with StopSignal() as stop:
+                while self.state.epoch < self.config.optim.epochs:
+                    if self._epoch(stop):
+                        return self._result(stopped=True)
+        finally:
+            self.runlog.close()
+        self.runlog.plot(self.state.history)
+        if self.info.is_main:
+            self._export_weights()
+        barrier()
+        return self._result(stopped=False)
+
+    def _epoch(self, stop: StopSignal) -> bool:
+        """Train (the rest of) one epoch, then validate and save; ``True`` when a signal stopped the run."""
+        epoch, start = self.state.epoch, ckpt.TrainState(**vars(self.state))
+        self.data.train_loader.sampler.set_epoch(epoch, start.step_in_epoch)
+        self.runlog.start_epoch(epoch, start.step_in_epoch)
+        result = train_one_epoch(self.train_model, self.data.train_loader, self.trainable.optimizer, self.options,
+                                 global_step=start.global_step, on_step=lambda step: self._on_step(start, step),
+                                 should_stop=lambda: stop.requested(self.info))
+        self._advance(start, result.global_step, result.steps, result.loss_sum, result.loss_steps)
+        if result.stopped and self.state.step_in_epoch < self.schedule.steps_per_epoch:
+            self.save(epoch_file=False)
+            return True
+        record = self._epoch_record(epoch, result)
+        self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+        self.state.epoch_loss_sum, self.state.epoch_loss_steps = 0.0, 0
+        if self.trainable.ema is not None:
+            recompute_batchnorm(self.trainable.ema.module, self.data.train, self.data.preprocessing,
+                                self.config.data.batch_size, self.device)
+        self.last_metrics = self._validate(record)
+        record["wall_time"] = time.perf_counter() - self.started  # this process's, resumed runs restart it
+        self.runlog.end_epoch(record)
+        self.state.history.append(record)
+        run = self.config.run
+        self.save(epoch_file=self.state.epoch % run.save_every == 0 or self.state.epoch == self.config.optim.epochs,
+                  metrics=self.last_metrics)
+        return result.stopped
+
+    def _advance(self, start: ckpt.TrainState, global_step: int, steps: int, loss_sum: float,
+                 loss_steps: int) -> None:
+        """The state after ``steps`` more steps of this epoch: the one place the running loss is added up."""
+        self.state.global_step = global_step
+        self.state.step_in_epoch = start.step_in_epoch + steps
+        self.state.epoch_loss_sum = start.epoch_loss_sum + loss_sum
+        self.state.epoch_loss_steps = start.epoch_loss_steps + loss_steps
+
+    def _on_step(self, start: ckpt.TrainState, step: StepInfo) -> None:
+        self._advance(start, step.global_step, step.steps, step.loss_sum, step.loss_steps)
+        self.runlog.step(start.epoch, self.state.step_in_epoch - 1, dict(
+            global_step=step.global_step, loss=step.loss, mean_loss=self.state.mean_loss(), lr=step.lr,
+            images=step.images, step_time=step.step_time))
+        every = self.config.run.save_every_steps
+        if every and step.global_step % every == 0:
+            self.save(epoch_file=False)
+
+    def _epoch_record(self, epoch: int, result: EpochResult) -> dict:
+        """metrics.jsonl's line for the epoch: the loss and images over the whole group, not rank 0's alone."""
+        loss_sum, loss_steps, images = all_reduce_sum(torch.tensor(
+            [self.state.epoch_loss_sum, self.state.epoch_loss_steps, result.images], dtype=torch.float64,
+            device=self.device)).tolist()
+        record = dict(epoch=epoch + 1, global_step=self.state.global_step, steps=self.state.step_in_epoch,
+                      train_loss=loss_sum / max(1, loss_steps), lr=self.schedule.lr_at(self.state.global_step - 1),
+                      epoch_time=result.time, images_per_s=images / max(result.time, 1e-9), skipped=result.skipped)
+        if record["skipped"]:
+            log.warning("epoch %d: skipped %d unreadable image(s)", epoch + 1, record["skipped"])
+            self.runlog.line(f"skipped {record['skipped']} unreadable image(s)")
+        return record
+
+    def _validate(self, record: dict) -> dict:
+        """Validate on this epoch's cadence (and after the last epoch); fills ``record`` in place."""
+        run, epochs, epoch = self.config.run, self.config.optim.epochs, self.state.epoch
+        if not (epoch == epochs or (run.eval_every and epoch % run.eval_every == 0)):
+            return {}
+        metrics = self._score(self.trainable.model)
+        record.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"],
+                      val_count=metrics["count"], val_time=metrics["time"])
+        if self.trainable.ema is not None:
+            ema_metrics = self._score(self.trainable.ema.module)
+            record.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
+            metrics["ema"] = {k: ema_metrics[k] for k in ("top1", "top5", "loss", "count")}
+        expected = len(self.data.val) - metrics["skipped"]
+        if metrics["count"] != expected:
+            raise RunError(f"validation scored {metrics['count']} samples, the set has {expected}")
+        log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% (%d images%s)%s", epoch, epochs,
+                 record["train_loss"], 100 * metrics["top1"], 100 * metrics["top5"], metrics["count"],
+                 f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else "",
+                 f", EMA top-1 {100 * metrics['ema']['top1']:.2f}%" if "ema" in metrics else "")
+        return metrics
+
+    def _score(self, model: nn.Module) -> dict:
+        return evaluate(model, self.data.val_loader, num_classes=self.data.num_classes, device=self.device,
+                        amp_dtype=self.options.amp_dtype, channels_last=self.options.channels_last)
+
+    def save(self, epoch_file: bool, metrics: Optional[dict] = None) -> None:
+        """Rank 0 writes one file per save, linked as last.pt (and best.pt); every process takes part."""
+        top1 = (metrics or {}).get("top1")
+        is_best = top1 is not None and (self.state.best_top1 is None or top1 > self.state.best_top1)
+        if is_best:
+            self.state.best_top1 = top1
+        # Every process's own generators, and the partial loss as the group's mean per process, so that a resumed
+        # run continues each rank where it stopped (the epoch's end sums this offset over all processes).
+        rng_ranks = all_gather_object(ckpt.rng_state())
+        loss = all_reduce_sum(torch.tensor([self.state.epoch_loss_sum], dtype=torch.float64, device=self.device))
+        if not self.info.is_main:
+            return
+        state = ckpt.TrainState(**dict(vars(self.state), epoch_loss_sum=loss.item() / self.info.world_size))
+        saved = ckpt.Checkpoint.capture(self.trainable, self.card, self.config.to_dict(), state, rng_ranks,
+                                        self.schedule.steps_per_epoch)
+        name = ckpt.epoch_checkpoint_name(state.epoch, self.schedule.steps_per_epoch) if epoch_file else "last.pt"
+        path = self.run_dir / name
+        try:
+            saved.save(path)
+            if epoch_file:
+                ckpt.link_checkpoint(path, self.run_dir / "last.pt")
+                ckpt.prune_epoch_checkpoints(self.run_dir, self.config.run.keep_checkpoint_max)
+            if is_best:
+                ckpt.link_checkpoint(self.run_dir / "last.pt", self.run_dir / "best.pt")
+        except OSError as err:
+            raise RunError(f"could not write checkpoint {path}: {err.strerror or err}; training stopped, "
+                           "the previous checkpoint is intact") from None
+
+    def _export_weights(self) -> None:
+        """``model.safetensors`` (and ``model_ema.safetensors``): weights only, for sharing."""
+        ckpt.save_safetensors(self.trainable.model.state_dict(), self.run_dir / "model.safetensors", self.card)
+        if self.trainable.ema is not None:
+            ckpt.save_safetensors(self.trainable.ema.module.state_dict(), self.run_dir / "model_ema.safetensors",
+                                  self.card)
+
+    def _write_config(self) -> None:
+        """``config.yaml``: the resolved config, plus what it resolved to on this machine."""
+        import yaml
+
+        s, resolved = self.schedule, self.config.to_dict()
+        resolved["resolved"] = dict(peak_lr=s.lr_max, global_batch=s.global_batch, world_size=self.info.world_size,
+                                    steps_per_epoch=s.steps_per_epoch, num_classes=self.data.num_classes,
+                                    preprocessing=self.data.preprocessing.to_dict(), torch=str(torch.__version__))
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        o = self.config.optim
+        log.info("run directory %s; %d train / %d val images, %d classes; global batch %d, peak LR %.4g "
+                 "(%s at batch %s)", self.run_dir, len(self.data.train), len(self.data.val), self.data.num_classes,
+                 s.global_batch, s.lr_max, o.lr, o.lr_reference_batch or s.global_batch)
+
+    def _result(self, stopped: bool) -> TrainResult:
+        run_dir, metrics, state = self.run_dir, self.last_metrics, self.state
+        return TrainResult(
+            run_dir=str(run_dir), checkpoint=str(run_dir / "last.pt"),
+            best=str(run_dir / "best.pt") if (run_dir / "best.pt").exists() else None,
+            log=str(run_dir / "train.log"), epoch=state.epoch, global_step=state.global_step,
+            step_in_epoch=state.step_in_epoch, top1=metrics.get("top1"), top5=metrics.get("top5"),
+            val_count=metrics.get("count"), best_top1=state.best_top1, stopped=stopped,
+            time=time.perf_counter() - self.started,
+            plot=str(run_dir / "curves.png") if (run_dir / "curves.png").exists() else None)
