@@ -114,10 +114,17 @@ def to_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 def pad_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """RandomCrop(size=H, padding) per sample: zero-pad, then take an H x W window at a random offset."""
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
+    batch = images.shape[0]
     top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
     left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    return crop_at(images, padding, top, left)
+
+
+def crop_at(images: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``pad(padding)`` then ``crop(top, left, H, W)`` per sample: zero-pad every side, then take
+    the H x W window whose top-left corner is (``top[i]``, ``left[i]``) in the padded image; (B,) integers."""
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
     rows = (top[:, None] + torch.arange(height))[:, :, None]  # (B, H, 1)
     cols = (left[:, None] + torch.arange(width))[:, None, :]  # (B, 1, W)
     out = padded.permute(0, 2, 3, 1)[torch.arange(batch)[:, None, None], rows, cols]  # (B, H, W, C)
@@ -125,7 +132,12 @@ def pad_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> 
 
 
 def hflip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], generator=generator) < p
+    """RandomHorizontalFlip per sample: each image is mirrored with probability ``p``."""
+    return flip_where(images, torch.rand(images.shape[0], generator=generator) < p)
+
+
+def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``horizontal_flip`` on the samples where ``flip`` ((B,) bool) is set; the others as they are."""
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -133,9 +145,14 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
                         scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
     """torchvision's RandomResizedCrop box sampling (10 tries, then a center crop) per sample,
     cropped and resized bilinearly for the whole batch at once with ``roi_align``. Float in, float out."""
-    from torchvision.ops import roi_align
-
     batch, _, height, width = images.shape
+    return resized_crop_boxes(images, size, _random_resized_crop_boxes(batch, height, width, generator, scale, ratio))
+
+
+def _random_resized_crop_boxes(batch: int, height: int, width: int, generator: torch.Generator,
+                               scale, ratio) -> torch.Tensor:
+    """(B, 4) float (left, top, right, bottom) integer-valued boxes, drawn as torchvision's RandomResizedCrop:
+    area fraction in ``scale``, width / height in ``ratio``, first of 10 tries that fits, else the fallback."""
     area = height * width
     tries = 10
     target = area * torch.empty(batch, tries).uniform_(*scale, generator=generator)
@@ -155,8 +172,7 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
     left = torch.floor(torch.rand(batch, generator=generator) * (width - w + 1))
     top = torch.where(fallback, torch.floor((height - h) / 2), top)
     left = torch.where(fallback, torch.floor((width - w) / 2), left)
-    boxes = torch.stack([torch.arange(batch, dtype=torch.float32), left, top, left + w, top + h], 1)
-    return roi_align(images, boxes, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=False)
+    return torch.stack([left, top, left + w, top + h], 1)
 
 
 def _fallback_crop(width: int, height: int, ratio) -> tuple[int, int]:
@@ -169,44 +185,77 @@ def _fallback_crop(width: int, height: int, ratio) -> tuple[int, int]:
     return width, height
 
 
+def resized_crop_boxes(images: torch.Tensor, size: int, boxes: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``resized_crop`` per sample for the whole batch at once with ``roi_align``: each sample's
+    box ((B, 4) float (left, top, right, bottom) in pixels) resized bilinearly to size x size, every output
+    pixel the mean of 2 x 2 bilinear samples (not torchvision's antialias filter). Float in, float out."""
+    from torchvision.ops import roi_align
+
+    rois = torch.cat([torch.arange(len(boxes), dtype=boxes.dtype)[:, None], boxes], 1)  # (B, 5): index, box
+    return roi_align(images, rois, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=False)
+
+
 def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation factors in [1 - s, 1 + s] per sample, clamped to [0, 1] after each,
-    as torchvision's ColorJitter (in a fixed order). Float images in [0, 1]; modified in place and returned:
-    whole-batch in-place passes are what make this cheaper than per-image PIL enhancement."""
-    batch = images.shape[0]
-    factors = torch.empty(3, batch, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=generator)
-    images.mul_(factors[0]).clamp_(0, 1)
+    """Brightness, contrast, saturation factors in [1 - s, 1 + s] per sample, applied by ``adjust_colour``.
+    Float images in [0, 1]; modified in place and returned: whole-batch in-place passes are what make this
+    cheaper than per-image PIL enhancement."""
+    factors = torch.empty(3, images.shape[0]).uniform_(1 - strength, 1 + strength, generator=generator)
+    return adjust_colour(images, factors[0], factors[1], factors[2])
+
+
+def adjust_colour(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                  saturation: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``adjust_brightness``, ``adjust_contrast``, ``adjust_saturation`` with per-sample factors
+    ((B,) each), in that fixed order (ColorJitter shuffles it), each clamped to [0, 1]; saturation leaves one
+    channel alone. Float (B, C, H, W) in [0, 1], modified in place and returned."""
+    brightness, contrast, saturation = (f.view(-1, 1, 1, 1) for f in (brightness, contrast, saturation))
+    images.mul_(brightness).clamp_(0, 1)
     mean = _gray(images).mean((1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    images.mul_(factors[1]).add_(mean * (1 - factors[1])).clamp_(0, 1)
+    images.mul_(contrast).add_(mean * (1 - contrast)).clamp_(0, 1)
     if images.shape[1] == 3:
-        images.mul_(factors[2]).add_(_gray(images) * (1 - factors[2])).clamp_(0, 1)
+        images.mul_(saturation).add_(_gray(images) * (1 - saturation)).clamp_(0, 1)
     return images
 
 
 def _gray(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luma with weights 0.299, 0.587, 0.114 (PIL's; torchvision's tensor ops use 0.2989)."""
     if images.shape[1] == 1:
         return images
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
     return (images * weights).sum(1, keepdim=True)
 
 
-def _box_masks(batch: int, height: int, width: int, box_h: torch.Tensor, box_w: torch.Tensor,
-               generator: torch.Generator) -> torch.Tensor:
-    """(B, 1, H, W) bool masks of one box per sample at a random position inside the image."""
-    top = torch.floor(torch.rand(batch, generator=generator) * (height - box_h + 1))
-    left = torch.floor(torch.rand(batch, generator=generator) * (width - box_w + 1))
+def _random_boxes(height: int, width: int, box_h: torch.Tensor, box_w: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+    """(B, 4) float (left, top, right, bottom): one box of size (``box_h[i]``, ``box_w[i]``) per sample at a
+    uniformly random position inside the image."""
+    top = torch.floor(torch.rand(len(box_h), generator=generator) * (height - box_h + 1))
+    left = torch.floor(torch.rand(len(box_w), generator=generator) * (width - box_w + 1))
+    return torch.stack([left, top, left + box_w, top + box_h], 1)
+
+
+def _box_masks(height: int, width: int, boxes: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) bool: the pixels inside each sample's box ((B, 4) (left, top, right, bottom), right and
+    bottom excluded)."""
+    left, top, right, bottom = (edge.view(-1, 1, 1) for edge in boxes.unbind(1))
     rows = torch.arange(height).view(1, -1, 1)
     cols = torch.arange(width).view(1, 1, -1)
-    inside = (rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1)) \
-        & (cols >= left.view(-1, 1, 1)) & (cols < (left + box_w).view(-1, 1, 1))
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
     return inside[:, None]
+
+
+def erase_boxes(images: torch.Tensor, boxes: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """torchvision's ``erase`` per sample: each sample's box ((B, 4) (left, top, right, bottom) in pixels)
+    set to ``value`` in every channel; an empty box erases nothing."""
+    height, width = images.shape[-2:]
+    return images.masked_fill(_box_masks(height, width, boxes), value)
 
 
 def cutout(images: torch.Tensor, hole: int, generator: torch.Generator) -> torch.Tensor:
     """The seed's CutOut: zero one hole x hole square per image (after normalising: the mean colour)."""
     batch, _, height, width = images.shape
     hole_h, hole_w = torch.full((batch,), float(min(hole, height))), torch.full((batch,), float(min(hole, width)))
-    return images.masked_fill(_box_masks(batch, height, width, hole_h, hole_w, generator), 0.0)
+    return erase_boxes(images, _random_boxes(height, width, hole_h, hole_w, generator))
 
 
 def random_erasing(images: torch.Tensor, p: float, generator: torch.Generator,
@@ -217,9 +266,10 @@ def random_erasing(images: torch.Tensor, p: float, generator: torch.Generator,
     aspect = torch.exp(torch.empty(batch).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
     box_h = torch.sqrt(area * aspect).round().clamp(1, height)
     box_w = torch.sqrt(area / aspect).round().clamp(1, width)
-    masks = _box_masks(batch, height, width, box_h, box_w, generator)
-    masks &= (torch.rand(batch, generator=generator) < p).view(-1, 1, 1, 1)
-    return images.masked_fill(masks, 0.0)
+    boxes = _random_boxes(height, width, box_h, box_w, generator)
+    erase = torch.rand(batch, generator=generator) < p
+    boxes[:, 2:] = torch.where(erase[:, None], boxes[:, 2:], boxes[:, :2])  # kept samples: an empty box
+    return erase_boxes(images, boxes)
 
 
 def resize(images: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
