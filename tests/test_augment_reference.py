@@ -88,12 +88,6 @@ def test_hflip_flips_each_sample_or_not(p):
 
 
 # ------------------------------------------------------------------------------ resized crop
-HALF_PIXEL = pytest.mark.xfail(strict=True, reason="known bug: roi_align(aligned=False) takes pixel centres at "
-                               "integer box coordinates, so every output is sampled half an input pixel right of and "
-                               "below torchvision's; aligned=True is the fix")
-
-
-@HALF_PIXEL
 def test_resized_crop_boxes_at_box_size_is_the_crop():
     """An integer box resized to its own size is torchvision's plain crop.
 
@@ -109,7 +103,6 @@ def test_resized_crop_boxes_at_box_size_is_the_crop():
                                    rtol=0, atol=1e-5)
 
 
-@HALF_PIXEL
 @pytest.mark.parametrize("size", [7, 11, 20])
 def test_resized_crop_boxes_match_bilinear_resized_crop(size):
     """Non-square integer boxes, scaled up and down, against torchvision's bilinear ``resized_crop``.
@@ -128,7 +121,6 @@ def test_resized_crop_boxes_match_bilinear_resized_crop(size):
         torch.testing.assert_close(crop[:, 1:-1, 1:-1], reference[:, 1:-1, 1:-1], rtol=0, atol=1e-5)
 
 
-@HALF_PIXEL
 @pytest.mark.parametrize("height, width", [(24, 24), (24, 32)])
 def test_random_resized_crop_at_scale_one_is_resize(height, width):
     """Scale 1 with the image's own aspect ratio is the whole image: torchvision's bilinear resize of it.
@@ -181,11 +173,7 @@ def _torchvision_colour(image: torch.Tensor, brightness: float, contrast: float,
     return TF.adjust_saturation(TF.adjust_contrast(image, contrast), saturation)
 
 
-SATURATION_BUG = pytest.mark.xfail(strict=True, reason="known bug: adjust_colour takes the gray image for saturation "
-                                   "after scaling the image in place, so it blends s*x with s*gray, not gray")
-
-
-@pytest.mark.parametrize("channels", [1, pytest.param(3, marks=SATURATION_BUG)])
+@pytest.mark.parametrize("channels", [1, 3])
 def test_adjust_colour_matches_torchvision(channels):
     """One factor triple per sample (each step alone, both ways, together, and strong enough to clamp, where
     the order of the steps shows) against torchvision's ``adjust_*`` in the same order.

@@ -192,7 +192,7 @@ def resized_crop_boxes(images: torch.Tensor, size: int, boxes: torch.Tensor) -> 
     from torchvision.ops import roi_align
 
     rois = torch.cat([torch.arange(len(boxes), dtype=boxes.dtype)[:, None], boxes], 1)  # (B, 5): index, box
-    return roi_align(images, rois, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=False)
+    return roi_align(images, rois, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
 
 def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -213,7 +213,8 @@ def adjust_colour(images: torch.Tensor, brightness: torch.Tensor, contrast: torc
     mean = _gray(images).mean((1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
     images.mul_(contrast).add_(mean * (1 - contrast)).clamp_(0, 1)
     if images.shape[1] == 3:
-        images.mul_(saturation).add_(_gray(images) * (1 - saturation)).clamp_(0, 1)
+        gray = _gray(images)  # of the image before scaling it in place
+        images.mul_(saturation).add_(gray * (1 - saturation)).clamp_(0, 1)
     return images
 
 
