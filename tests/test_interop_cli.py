@@ -161,7 +161,7 @@ def test_weights_of_another_architecture_are_refused_with_the_tensor_named(tmp_p
     from mobilenetv3.build import build_model
 
     with pytest.raises(ValueError, match="holds mobilenetv3_small weights, but --model is mobilenetv3_large"):
-        build_model(config.model, 3, 3, wts.read_weights(tmp_path / "small.pth"))
+        build_model(config.model, 3, 3, wts.read_weights(tmp_path / "small.pth"), given=config.given("model"))
     state = small.state_dict()
     state["blocks.3.dw.conv.weight"] = torch.zeros(96, 1, 3, 3)  # 5x5 in the real network
     torch.save(state, tmp_path / "broken.pth")

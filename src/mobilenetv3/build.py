@@ -7,7 +7,7 @@ and a test build things the same way.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Collection, Optional
 
 import torch
 from torch import nn
@@ -24,39 +24,74 @@ from .weights import Weights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_model", "build_dataset_split", "build_datasets", "recipe_for", "preprocessing_for",
+__all__ = ["build_model", "pretrained_kwargs", "record_architecture", "build_dataset_split", "build_datasets", "recipe_for", "preprocessing_for",
            "build_train_loader", "build_eval_loader", "pick_device", "device_type"]
 
 
 # ------------------------------------------------------------------------------------------- model
-def build_model(m: ModelConfig, num_classes: int, in_chans: int, weights: Optional[Weights] = None) -> nn.Module:
+def build_model(m: ModelConfig, num_classes: int, in_chans: int, weights: Optional[Weights] = None,
+                given: Collection[str] = ()) -> nn.Module:
     """The configured network; with pretrained ``weights``, their architecture and values.
 
-    A classifier of another size starts fresh (logged); RGB weights on grayscale input sum the stem
-    filters over the colour channels.
+    ``given`` names the model settings the user set (a flag or a preset): those win over what the weights
+    imply, where the weights' shapes allow. A classifier of another size starts fresh (logged); RGB weights
+    on grayscale input sum the stem filters over the colour channels.
     """
     if weights is None:
         model = create_model(m.model, num_classes=num_classes, width_mult=m.width_mult, dropout=m.dropout,
                              head_channels=m.head_channels, in_chans=in_chans, bn_eps=m.bn_eps,
                              bn_momentum=m.bn_momentum)
     else:
-        model = _pretrained_model(m, num_classes, in_chans, weights)
+        model = _pretrained_model(m, num_classes, in_chans, weights, given)
     if m.freeze_backbone:
         model.freeze_backbone()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("backbone frozen: %s of %s parameters train (the classifier)", f"{trainable:,}",
+                 f"{sum(p.numel() for p in model.parameters()):,}")
     return model
 
 
-def _pretrained_model(m: ModelConfig, num_classes: int, in_chans: int, weights: Weights) -> nn.Module:
-    if weights.model_name != m.model:
+def pretrained_kwargs(m: ModelConfig, weights: Weights, given: Collection[str]) -> dict:
+    """The constructor arguments for fine-tuning from ``weights``, each logged with where it came from.
+
+    Shapes (width, head) are the weights'; a different one given is a mistake. BatchNorm eps is part of
+    the function the weights compute: the weights' unless given. BatchNorm momentum is a training setting:
+    the configured one (PyTorch's 0.1 by default, as timm fine-tunes), not the 0.01 torchvision trains with,
+    under which the running statistics would barely move towards the new data in a short fine-tune.
+    """
+    kwargs, origin = dict(weights.model_kwargs), {}
+    for key in ("width_mult", "head_channels"):
+        if key in given and getattr(m, key) is not None and getattr(m, key) != kwargs[key]:
+            raise UsageError(f"--{key.replace('_', '-')} is {getattr(m, key)}, but the pretrained weights "
+                             f"{m.pretrained} have {key} {kwargs[key]}")
+        origin[key] = "the weights'"
+    if "bn_eps" in given and m.bn_eps != kwargs.get("bn_eps"):
+        origin["bn_eps"] = f"given; the weights were made with {kwargs.get('bn_eps')}"
+        kwargs["bn_eps"] = m.bn_eps
+    else:
+        origin["bn_eps"] = "the weights'"
+    was = kwargs.get("bn_momentum")
+    kwargs["bn_momentum"] = m.bn_momentum
+    origin["bn_momentum"] = ("given" if "bn_momentum" in given else "the default") + (
+        f"; {weights.source} trains with {was}" if was is not None and was != m.bn_momentum else "")
+    log.info("fine-tuning %s from %s (%s layout): %s", weights.model_name, m.pretrained, weights.source,
+             ", ".join(f"{key} {kwargs[key]} ({origin[key]})" for key in origin))
+    return kwargs
+
+
+def _pretrained_model(m: ModelConfig, num_classes: int, in_chans: int, weights: Weights,
+                      given: Collection[str]) -> nn.Module:
+    if "model" in given and weights.model_name != m.model:
         raise UsageError(f"{m.pretrained} holds {weights.model_name} weights, but --model is {m.model}")
-    model = create_model(m.model, **dict(weights.model_kwargs, num_classes=num_classes, dropout=m.dropout,
-                                         in_chans=in_chans))
+    model = create_model(weights.model_name, **dict(pretrained_kwargs(m, weights, given), num_classes=num_classes,
+                                                    dropout=m.dropout, in_chans=in_chans))
     state = dict(weights.state_dict)
     if state["classifier.weight"].shape[0] != num_classes:
         log.info("the pretrained classifier has %d classes, the data %d: the classifier starts fresh",
                  state["classifier.weight"].shape[0], num_classes)
         state.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
     if state["stem.conv.weight"].shape[1] == 3 and in_chans == 1:
+        log.info("the pretrained stem takes RGB, the data is grayscale: its filters are summed over the colours")
         state["stem.conv.weight"] = state["stem.conv.weight"].sum(1, keepdim=True)
     try:
         check_shapes(state, model)
@@ -64,6 +99,15 @@ def _pretrained_model(m: ModelConfig, num_classes: int, in_chans: int, weights: 
         raise UsageError(f"--pretrained {m.pretrained}: {err}") from None
     model.load_state_dict(state)
     return model
+
+
+def record_architecture(m: ModelConfig, model: nn.Module) -> None:
+    """Write into ``m`` what the built model really has, so that the run's config says the truth."""
+    kwargs = model.model_kwargs
+    m.model = model.model_name
+    for key in ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum"):
+        if key in kwargs:
+            setattr(m, key, kwargs[key])
 
 
 # ----------------------------------------------------------------------------------------- datasets

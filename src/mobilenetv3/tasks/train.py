@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from ..build import (build_datasets, build_eval_loader, build_model, build_train_loader, device_type, pick_device,
-                     recipe_for)
+                     recipe_for, record_architecture)
 from ..config import Config, RunConfig, load_config, replace, validate
 from ..data import check_labels, eval_loader
 from ..data.datasets import Dataset
@@ -333,7 +333,10 @@ class _Run:
         weights = read_weights(m.pretrained) if m.pretrained else None
         in_chans = m.in_chans or (weights.model_kwargs.get("in_chans", 3) if weights else None)
         self.data = build_data(config, info, self.device, in_chans)
-        model = build_model(m, self.data.num_classes, self.data.preprocessing.in_chans, weights).to(self.device)
+        model = build_model(m, self.data.num_classes, self.data.preprocessing.in_chans, weights,
+                            given=config.given("model"))
+        record_architecture(m, model)
+        model = model.to(self.device)
         if config.run.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.schedule = build_schedule(config, len(self.data.train_loader), info.world_size)
