@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test clean
 
+# make demo ARGS="--epochs 1": extra flags for the training command
 demo: $(VENV)/.installed
-	BIN=$(abspath $(BIN)) bash scripts/demo.sh
+	BIN=$(abspath $(BIN)) bash scripts/demo.sh $(ARGS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

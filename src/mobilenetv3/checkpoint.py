@@ -17,6 +17,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -62,21 +63,30 @@ def link_checkpoint(source: Path, target: Path) -> None:
 
 
 def load_file(path) -> Any:
-    """``torch.load`` with ``weights_only=True``; a clear ``ValueError`` for anything that is not a safe checkpoint."""
+    """``torch.load`` with ``weights_only=True``; one clear ``UsageError`` for anything that is not a safe checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the one line below is what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global[^.\n]*", str(err))
-        if found is None:  # not a pickle of ours at all
+        refused = refused_global(str(err))
+        if refused is None:  # not a pickle of ours at all
             raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format)") from None
-        raise UsageError(f"{path}: refused to load: it holds Python objects that could run code "
-                         f"({found.group(0).replace('GLOBAL ', '')}); only tensors and plain data are loaded") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as err:
+        raise UsageError(f"{path}: refused to load: it holds Python objects that could run code (global "
+                         f"{refused}); only tensors and plain data are loaded") from None
+    except Exception as err:  # noqa: BLE001 - torch (and safetensors, which torch.load hands .safetensors to) raise many
         raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format: "
-                         f"{first_line(err)})") from None
+                         f"{type(err).__name__}: {first_line(err)})") from None
+
+
+def refused_global(message: str) -> Optional[str]:
+    """The global a ``weights_only`` load refused, from torch's message in any version in range
+    (2.5: "Unsupported global: GLOBAL posix.system ...", 2.14: "... unsupported GLOBAL posix.system ...")."""
+    found = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", message, re.IGNORECASE)
+    return found.group(1) if found else None
 
 
 def first_line(err: BaseException) -> str:
@@ -267,8 +277,8 @@ def restore_seed(seed, trainable: Trainable, steps_per_epoch: int, source: str) 
     step = seed.global_step or 0
     log.info("continuing the seed's run at global step %d (momentum buffers: %d)", step, len(seed.momentum_buffers))
     if seed.learning_rate is not None:
-        log.info("%s stores the seed's own learning-rate schedule (%d steps); this run follows its configured "
-                 "schedule from step %d", source, seed.learning_rate.numel(), step)
+        log.info("%s stores the seed's own learning rates (%d steps); this run follows the schedule it is "
+                 "configured with (--lr-schedule) from step %d", source, seed.learning_rate.numel(), step)
     return TrainState(epoch=step // steps_per_epoch, step_in_epoch=step % steps_per_epoch, global_step=step)
 
 

@@ -78,6 +78,8 @@ class OptimConfig:
     label_smoothing: float = _f(0.1, "label smoothing epsilon")
     smoothing: str = _f("seed", "seed: off-value e/(N-1) as MindSpore; torch: PyTorch's e/N", ("seed", "torch"))
     grad_clip: Optional[float] = _f(None, "clip the gradient norm to this value")
+    lr_schedule: str = _f("warmup-cosine", "warmup-cosine: the seed's per-step formula; stored: the per-step rates "
+                                           "that a resumed seed training .ckpt stores", ("warmup-cosine", "stored"))
 
 
 @dataclass
@@ -96,6 +98,8 @@ class RunConfig:
     save_every: int = _f(1, "save a checkpoint every N epochs")
     save_every_steps: Optional[int] = _f(None, "also save last.pt every N steps")
     keep_checkpoint_max: int = _f(10, "epoch checkpoints to keep (last.pt and best.pt are kept apart)")
+    max_steps: Optional[int] = _f(None, "end the run after this many steps in all, for a smoke run (the schedule "
+                                        "spans them; it validates, saves and exports as at its end)")
     progress: bool = _f(True, "show a progress bar")
 
 
@@ -281,6 +285,7 @@ def validate(config: Config) -> None:
         (r.eval_every >= 0 and r.save_every >= 1, "eval_every must be 0 or more and save_every at least 1"),
         (r.save_every_steps is None or r.save_every_steps >= 1, "save_every_steps must be at least 1"),
         (r.keep_checkpoint_max >= 1, "keep_checkpoint_max must be at least 1"),
+        (r.max_steps is None or r.max_steps >= 1, f"max_steps must be at least 1, got {r.max_steps}"),
         (m.num_classes is None or m.num_classes >= 1, f"num_classes must be at least 1, got {m.num_classes}"),
     ]
     for ok, message in checks:

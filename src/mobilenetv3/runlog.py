@@ -29,9 +29,17 @@ def seed_epoch_line(epoch_ms: float, steps: int, mean_loss: float) -> str:
 class RunLog:
     """``train.log`` (the seed's lines), ``metrics.jsonl``, TensorBoard scalars and a tqdm bar per epoch."""
 
+    LINES_PER_EPOCH = 10  # progress lines per epoch when stderr is not a terminal
+
     def __init__(self, run_dir: Path, enabled: bool, progress: bool, epochs: int, steps_per_epoch: int):
+        import sys
+
         self.run_dir, self.enabled, self.epochs, self.steps = run_dir, enabled, epochs, steps_per_epoch
-        self.progress = progress and enabled
+        # A bar redraws itself on a terminal; piped into a file (`make demo | tee log`) it would write a full
+        # line per step, so there the progress is a plain line every tenth of an epoch.
+        self.progress = progress and enabled and sys.stderr.isatty()
+        self.progress_lines = progress and enabled and not self.progress
+        self.every = max(1, steps_per_epoch // self.LINES_PER_EPOCH)
         self.bar = None
         self.writer = None
         self.history: list[dict] = []
@@ -62,10 +70,13 @@ class RunLog:
             return
         self.line(seed_step_line(epoch, self.epochs, step_in_epoch, self.steps, info["loss"], info["mean_loss"],
                                  info["step_time"] * 1000, info["lr"]))
+        rate = info["images"] / max(info["step_time"], 1e-9)
         if self.bar is not None:
             self.bar.update(1)
-            rate = info["images"] / max(info["step_time"], 1e-9)
             self.bar.set_postfix(loss=f"{info['mean_loss']:.3f}", lr=f"{info['lr']:.4f}", img_s=f"{rate:.0f}")
+        elif self.progress_lines and ((step_in_epoch + 1) % self.every == 0 or step_in_epoch + 1 == self.steps):
+            log.info("epoch %d/%d step %d/%d: loss %.3f, lr %.4f, %.0f img/s", epoch + 1, self.epochs,
+                     step_in_epoch + 1, self.steps, info["mean_loss"], info["lr"], rate)
         if self.writer is not None:
             self.writer.add_scalar("train/loss", info["loss"], info["global_step"])
             self.writer.add_scalar("train/lr", info["lr"], info["global_step"])

@@ -8,6 +8,7 @@ once (``prepare_config``), whatever it is: our ``last.pt`` or the seed's trainin
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import random
@@ -160,17 +161,40 @@ def _run_dir(config: Config, resume: Optional[Resume]) -> Path:
     return Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "tensorboard", "curves.png")  # what a run writes first
+
+
 @contextmanager
 def run_lock(run_dir: Path, resuming: bool):
     """Hold ``run_dir/.lock`` for the run; refuse a second run into the same directory.
 
-    The lock is an ``flock``, released by the kernel when the process ends however it ends.
+    The lock is an ``flock``, released by the kernel when the process ends however it ends. A fresh run
+    that fails before its first checkpoint takes away what it wrote (and the folder, if it made it).
     """
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming and any(ckpt.EPOCH_CHECKPOINT.match(p.name) or p.name == "last.pt" for p in run_dir.iterdir()):
+    if not resuming and _holds_checkpoints(run_dir):
         raise UsageError(f"{run_dir} already holds a run (checkpoints); continue it with --resume auto, "
                          "or choose another --run-dir")
+    handle = _lock(run_dir)
+    remove_stale_temporaries(run_dir)
+    if not resuming:
+        _remove_run_files(run_dir, "found the files of an earlier run that saved no checkpoint")
+    before = set(os.listdir(run_dir))
+    try:
+        yield
+    except BaseException:
+        handle.close()
+        if not resuming and not _holds_checkpoints(run_dir):  # failed before its first checkpoint: leave no trace
+            _remove_run_files(run_dir, "", keep=before)
+            (run_dir / ".lock").unlink(missing_ok=True)
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
+    handle.close()
+
+
+def _lock(run_dir: Path):
     handle = open(run_dir / ".lock", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -184,17 +208,23 @@ def run_lock(run_dir: Path, resuming: bool):
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
     handle.flush()
-    remove_stale_temporaries(run_dir)
-    try:
-        yield
-    except BaseException:
-        handle.close()
-        if [p.name for p in run_dir.iterdir()] == [".lock"]:  # failed before writing anything: leave no trace
-            (run_dir / ".lock").unlink()
-            if created:
-                run_dir.rmdir()
-        raise
-    handle.close()
+    return handle
+
+
+def _holds_checkpoints(run_dir: Path) -> bool:
+    return any(ckpt.EPOCH_CHECKPOINT.match(p.name) or p.name == "last.pt" for p in run_dir.iterdir())
+
+
+def _remove_run_files(run_dir: Path, reason: str, keep: set = frozenset()) -> None:
+    """Delete the log files a run writes before its first checkpoint (those not in ``keep``); say so if ``reason``."""
+    import shutil
+
+    found = [name for name in RUN_FILES if (run_dir / name).exists() and name not in keep]
+    for name in found:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if found and reason:
+        log.info("%s in %s (%s): a fresh log starts", reason, run_dir, ", ".join(found))
 
 
 # ------------------------------------------------------------------------------------------ set-up
@@ -239,26 +269,46 @@ class Schedule:
     """The run's length and learning-rate schedule, per step."""
 
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int  # epochs x steps per epoch, or max_steps when that is fewer
     warmup_steps: int
     lr_max: float
     lr_init: float
     lr_end: float
     global_batch: int
+    epochs: int  # the epochs the run takes: the last one may stop early at max_steps
+    stored: Optional[tuple] = None  # the per-step rates of a resumed seed checkpoint, when followed
 
     def lr_at(self, step: int) -> float:
+        if self.stored is not None:
+            return self.stored[min(step, len(self.stored) - 1)]
         return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.lr_max, self.lr_init, self.lr_end)
 
 
-def build_schedule(config: Config, steps_per_epoch: int, world_size: int) -> Schedule:
-    o = config.optim
+def build_schedule(config: Config, steps_per_epoch: int, world_size: int, stored: Optional[tuple] = None) -> Schedule:
+    o, max_steps = config.optim, config.run.max_steps
     global_batch = config.data.batch_size * world_size
-    total = o.epochs * steps_per_epoch
+    total = min(o.epochs * steps_per_epoch, max_steps or o.epochs * steps_per_epoch)
     if o.warmup_epochs > o.epochs:
         log.warning("warmup_epochs %g is longer than the run (%d epochs): the LR warms up over the whole run",
                     o.warmup_epochs, o.epochs)
+    if total < o.epochs * steps_per_epoch:
+        log.info("max_steps %d: the run ends after %d of its %d steps, the schedule spans those", total, total,
+                 o.epochs * steps_per_epoch)
     return Schedule(steps_per_epoch, total, min(total, round(o.warmup_epochs * steps_per_epoch)),
-                    scaled_lr(o.lr, global_batch, o.lr_reference_batch), o.lr_init, o.lr_end, global_batch)
+                    scaled_lr(o.lr, global_batch, o.lr_reference_batch), o.lr_init, o.lr_end, global_batch,
+                    -(-total // steps_per_epoch), stored)
+
+
+def stored_rates(config: Config, resume: Optional[Resume]) -> Optional[tuple]:
+    """The seed's own per-step learning rates, when ``lr_schedule`` is ``stored``."""
+    if config.optim.lr_schedule != "stored":
+        return None
+    rates = resume.seed.learning_rate if resume is not None and resume.seed is not None else None
+    if rates is None or rates.numel() == 0:
+        raise UsageError("--lr-schedule stored follows the learning rates a seed training .ckpt stores: resume "
+                         "one that has them (--resume PATH.ckpt)")
+    log.info("following the %d learning rates stored in %s", rates.numel(), resume.path)
+    return tuple(float(v) for v in rates.reshape(-1))
 
 
 def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.device) -> ckpt.Trainable:
@@ -339,7 +389,8 @@ class _Run:
         model = model.to(self.device)
         if config.run.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.schedule = build_schedule(config, len(self.data.train_loader), info.world_size)
+        self.schedule = build_schedule(config, len(self.data.train_loader), info.world_size,
+                                       stored_rates(config, resume))
         self.trainable = build_trainable(config, model, self.schedule.lr_max, self.device)
         self.state = self._restore(resume) if resume is not None else ckpt.TrainState()
         self.train_model = self._wrap(model)
@@ -351,7 +402,7 @@ class _Run:
             grad_clip=o.grad_clip, channels_last=run.channels_last)
         self.card = ckpt.model_card(model.model_name, model.model_kwargs, self.data.classes,
                                     self.data.preprocessing.to_dict())
-        self.runlog = RunLog(run_dir, info.is_main, run.progress, o.epochs, self.schedule.steps_per_epoch)
+        self.runlog = RunLog(run_dir, info.is_main, run.progress, self.schedule.epochs, self.schedule.steps_per_epoch)
         self.last_metrics: dict = {}
 
     def _restore(self, resume: Resume) -> ckpt.TrainState:
@@ -378,7 +429,7 @@ class _Run:
         self.started = time.perf_counter()
         try:
             with StopSignal() as stop:
-                while self.state.epoch < self.config.optim.epochs:
+                while self.state.epoch < self.schedule.epochs:
                     if self._epoch(stop):
                         return self._result(stopped=True)
         finally:
@@ -394,11 +445,15 @@ class _Run:
         epoch, start = self.state.epoch, ckpt.TrainState(**vars(self.state))
         self.data.train_loader.sampler.set_epoch(epoch, start.step_in_epoch)
         self.runlog.start_epoch(epoch, start.step_in_epoch)
-        result = train_one_epoch(self.train_model, self.data.train_loader, self.trainable.optimizer, self.options,
+        left = self.schedule.total_steps - start.global_step
+        batches = self.data.train_loader if left >= len(self.data.train_loader) else itertools.islice(
+            self.data.train_loader, left)  # max_steps ends this epoch early
+        result = train_one_epoch(self.train_model, batches, self.trainable.optimizer, self.options,
                                  global_step=start.global_step, on_step=lambda step: self._on_step(start, step),
                                  should_stop=lambda: stop.requested(self.info))
         self._advance(start, result.global_step, result.steps, result.loss_sum, result.loss_steps)
-        if result.stopped and self.state.step_in_epoch < self.schedule.steps_per_epoch:
+        if result.stopped and self.state.global_step < min(self.schedule.total_steps,
+                                                           (epoch + 1) * self.schedule.steps_per_epoch):
             self.save(epoch_file=False)
             return True
         record = self._epoch_record(epoch, result)
@@ -412,7 +467,7 @@ class _Run:
         self.runlog.end_epoch(record)
         self.state.history.append(record)
         run = self.config.run
-        self.save(epoch_file=self.state.epoch % run.save_every == 0 or self.state.epoch == self.config.optim.epochs,
+        self.save(epoch_file=self.state.epoch % run.save_every == 0 or self.state.epoch == self.schedule.epochs,
                   metrics=self.last_metrics)
         return result.stopped
 
@@ -448,7 +503,7 @@ class _Run:
 
     def _validate(self, record: dict) -> dict:
         """Validate on this epoch's cadence (and after the last epoch); fills ``record`` in place."""
-        run, epochs, epoch = self.config.run, self.config.optim.epochs, self.state.epoch
+        run, epochs, epoch = self.config.run, self.schedule.epochs, self.state.epoch
         if not (epoch == epochs or (run.eval_every and epoch % run.eval_every == 0)):
             return {}
         metrics = self._score(self.trainable.model)

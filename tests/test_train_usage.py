@@ -1,0 +1,178 @@
+"""What a user meets around a training run: the defaults and their help, smoke runs, progress in a pipe, what
+a failed run leaves, hostile or malformed files, resuming the seed's own schedule."""
+import logging
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import mobilenetv3
+from mobilenetv3.config import Config, load_config
+from mobilenetv3.convert import to_mindspore, write_ckpt
+from mobilenetv3.models import create_model
+
+TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
+            width_mult=0.5, workers=0, progress=False, transform="none")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_process(*argv, **env):
+    """``python -m mobilenetv3 ARGV`` in a real process (stderr is a pipe, not a terminal)."""
+    return subprocess.run([sys.executable, "-m", "mobilenetv3", *map(str, argv)], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=600)
+
+
+# ------------------------------------------------------------------------------- defaults and help
+def test_the_defaults_are_the_embedded_default_recipe():
+    """A bare ``mobilenetv3 train`` runs what the README's demo runs (the fashion-mnist preset), not 120 epochs."""
+    preset = load_config("fashion-mnist").to_dict()
+    defaults = Config().to_dict()
+    for section in ("model", "data", "optim", "run"):
+        assert defaults[section] == preset[section], section
+
+
+def test_train_help_shows_the_defaults_and_eval_offers_no_training_flags(run_cli):
+    train = " ".join(run_cli("train", "--help").stdout.split())  # argparse wraps at the terminal's width
+    assert "--epochs INT training epochs (default: 3)" in train
+    assert "--lr FLOAT peak learning rate at --lr-reference-batch (default: 0.2)" in train
+    evaluate = run_cli("eval", "--help").stdout
+    for training_only in ("--mixup-alpha", "--cutmix-alpha", "--random-erasing", "--cutout", "--auto-augment"):
+        assert training_only not in evaluate
+
+
+def test_warmup_keeps_its_share_of_the_run_when_only_epochs_is_given(caplog):
+    with caplog.at_level(logging.INFO, logger="mobilenetv3"):
+        one_epoch = load_config(None, dict(epochs=1))
+    assert one_epoch.optim.warmup_epochs == pytest.approx(0.5 / 3)  # the default: 0.5 of 3 epochs
+    assert "warmup 0.5 of 3 epochs scaled to 0.166667 of 1 epochs" in caplog.text
+    assert load_config(None, dict(epochs=1, warmup_epochs=0.5)).optim.warmup_epochs == 0.5  # given: kept
+    assert load_config("cifar10-cpu", dict(epochs=12)).optim.warmup_epochs == pytest.approx(0.5)  # 5 of 120
+
+
+# ------------------------------------------------------------------------------- smoke runs, progress
+def test_max_steps_ends_the_run_early_as_a_finished_run(tmp_path):
+    run = mobilenetv3.train(None, run_dir=str(tmp_path / "run"), epochs=2, max_steps=4, **TINY)  # 6 steps an epoch
+    lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if line.startswith("epoch: [")]
+    assert run.global_step == 4 and len(lines) == 4 and not run.stopped
+    assert run.val_count == 12 and (tmp_path / "run" / "model.safetensors").is_file()
+    assert lines[0].startswith("epoch: [  0/  1], step:[    0/    6]")
+
+
+def test_progress_is_a_line_per_tenth_of_an_epoch_when_not_on_a_terminal(tmp_path):
+    result = run_process("train", "--dataset", "synthetic", "--synthetic-samples", "160", "--batch-size", "8",
+                         "--epochs", "1", "--width-mult", "0.5", "--workers", "0", "--run-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "it/s" not in result.stderr and "step/s" not in result.stderr
+    steps = re.findall(r"^epoch 1/1 step (\d+)/20: loss", result.stderr, re.MULTILINE)
+    assert steps == [str(n) for n in range(2, 21, 2)]
+
+
+def test_make_demo_passes_args_to_the_training_command():
+    out = subprocess.run(["make", "-n", "demo", "ARGS=--epochs 1 --batch-size 64"], cwd=REPO, capture_output=True,
+                         text=True).stdout
+    assert "scripts/demo.sh --epochs 1 --batch-size 64" in out
+    assert '"$@"' in (REPO / "scripts" / "demo.sh").read_text()  # and demo.sh hands them to `train`
+
+
+def test_freeze_backbone_says_what_trains(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="mobilenetv3"):
+        mobilenetv3.train(None, run_dir=str(tmp_path / "run"), epochs=1, max_steps=1, freeze_backbone=True, **TINY)
+    model = create_model("mobilenetv3_small", width_mult=0.5, num_classes=10)
+    classifier = sum(p.numel() for p in model.classifier.parameters())
+    assert f"backbone frozen: {classifier:,} of {sum(p.numel() for p in model.parameters()):,} parameters train" \
+        in caplog.text
+
+
+# ------------------------------------------------------------------------------- a failed run
+def _folder_with_a_broken_image(root: Path) -> Path:
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(8):
+                Image.new("RGB", (36, 36), (30 * i, 100, 200 * (name == "a"))).save(root / split / name / f"{i}.png")
+    (root / "train" / "a" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return root
+
+
+def test_a_run_that_fails_in_its_first_epoch_leaves_nothing(tmp_path):
+    data = _folder_with_a_broken_image(tmp_path / "data")
+    result = run_process("train", "--dataset", "imagenet", "--data-path", data, "--batch-size", "4", "--epochs", "1",
+                         "--width-mult", "0.5", "--workers", "0", "--run-dir", tmp_path / "run")
+    assert result.returncode == 2 and "unreadable image" in result.stderr
+    assert not (tmp_path / "run").exists()  # no .lock, config.yaml, empty metrics.jsonl or train.log left behind
+
+
+def test_a_new_run_starts_a_fresh_log_where_an_earlier_one_died_without_a_checkpoint(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text("epoch: [  0/  3], step:[    0/  468], from a killed run\n")
+    (run_dir / "metrics.jsonl").write_text("")
+    with caplog.at_level(logging.INFO, logger="mobilenetv3"):
+        mobilenetv3.train(None, run_dir=str(run_dir), epochs=1, max_steps=2, **TINY)
+    assert "from a killed run" not in (run_dir / "train.log").read_text()
+    assert "found the files of an earlier run that saved no checkpoint" in caplog.text
+
+
+# ------------------------------------------------------------------------------- hostile, malformed files
+class _System:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("make, argv, message", [
+    (lambda p: torch.save({"model": _System()}, p), ["eval", "--checkpoint"],
+     r"refused to load: it holds Python objects that could run code \(global (posix|nt)\.system\)"),
+    (lambda p: p.write_bytes(b"\xff" * 16), ["train", "--resume"],
+     r"not a readable PyTorch checkpoint \(truncated or another format: SafetensorError"),
+    (lambda p: p.write_bytes(pickle.dumps({"a": 1}, protocol=4)), ["eval", "--checkpoint"],
+     r"not a readable PyTorch checkpoint"),
+], ids=["os.system payload", "malformed safetensors to resume", "raw pickle"])
+def test_hostile_and_malformed_files_are_one_line_exit_2(make, argv, message, tmp_path):
+    path = tmp_path / ("w.safetensors" if "resume" in argv[-1] else "w.pt")
+    make(path)
+    result = run_process(*argv, path, "--run-dir" if argv[0] == "train" else "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr), result.stderr
+    assert "pwned" not in result.stdout
+
+
+# ------------------------------------------------------------------------------- the seed's schedule
+@pytest.fixture
+def seed_training_checkpoint(tmp_path):
+    """The seed's training .ckpt in epoch 2 of 3-step epochs: weights, global_step 7, its per-step rates."""
+    model = create_model("mobilenetv3_small", num_classes=10, head_channels=1280, dropout=0.0)
+    tensors = dict(to_mindspore(model.state_dict()), global_step=torch.tensor([7], dtype=torch.int32),
+                   momentum=torch.tensor(0.9), learning_rate=torch.linspace(0.0, 0.39, 40))
+    path = tmp_path / "mobilenetV3-2_3.ckpt"
+    write_ckpt(tensors, path)
+    return path
+
+
+@pytest.mark.parametrize("schedule", ["warmup-cosine", "stored"])
+def test_resuming_the_seed_says_which_schedule_it_follows(seed_training_checkpoint, tmp_path, caplog, schedule):
+    settings = dict(TINY, synthetic_samples=24, width_mult=1.0)  # 3 steps an epoch: steps 7 and 8 are left
+    with caplog.at_level(logging.INFO, logger="mobilenetv3"):
+        mobilenetv3.train(None, resume=str(seed_training_checkpoint), run_dir=str(tmp_path / "run"), epochs=3,
+                          lr_schedule=schedule, **settings)
+    lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if line.startswith("epoch: [")]
+    assert len(lines) == 2
+    step_loss, mean_loss = re.search(r"loss:\[([\d.]+)/([\d.]+)\]", lines[0]).groups()
+    assert step_loss == mean_loss  # the mean counts the one step run, not the seven before it
+    if schedule == "stored":
+        assert "following the 40 learning rates stored in" in caplog.text
+        assert [re.search(r"lr:\[([\d.]+)\]", line).group(1) for line in lines] == ["0.070", "0.080"]
+    else:
+        assert "stores the seed's own learning rates (40 steps); this run follows the schedule it is configured " \
+               "with (--lr-schedule) from step 7" in caplog.text
+
+
+def test_the_stored_schedule_needs_a_seed_checkpoint_that_has_one(tmp_path):
+    with pytest.raises(ValueError, match="--lr-schedule stored follows the learning rates a seed training .ckpt"):
+        mobilenetv3.train(None, run_dir=str(tmp_path / "run"), lr_schedule="stored", **TINY)
+    assert not (tmp_path / "run").exists()
