@@ -70,7 +70,7 @@ def test_fixture_gives_mindspore_logits(fixture_tensors):
     checkpoint = from_mindspore(fixture_tensors)
     assert checkpoint.model_name == "mobilenetv3_small"
     assert checkpoint.model_kwargs == dict(num_classes=10, width_mult=1.0, dropout=0.0, in_chans=3, head_channels=1280,
-                                           bn_eps=1e-5, bn_momentum=0.1, channel_rounding="ceil")
+                                           bn_eps=1e-5, bn_momentum=0.1, channel_rounding="ceil", head_bias=False)
     actual, expected = fixture_logits(checkpoint)
     assert expected.abs().max() > 1, "logits too small for the tolerance to mean anything"
     torch.testing.assert_close(actual, expected, atol=1e-3, rtol=0)  # observed: 1.2e-5
@@ -95,14 +95,13 @@ def test_fixture_round_trips_bit_exact_and_the_writer_reproduces_its_bytes(fixtu
 # ----- our weights through MindSpore's names and files ----------------------------------------------------
 
 def random_state_dict(name: str, **kwargs) -> tuple[dict, dict]:
-    """A model's state dict with every tensor random (head_fc bias zero, as the seed's head has none)."""
-    model = create_model(name, **MINDSPORE_KWARGS, **kwargs)
+    """A model's state dict with every tensor random (no head_fc bias by default, as the seed's head has none)."""
+    model = create_model(name, **{**MINDSPORE_KWARGS, "head_bias": False, **kwargs})
     state_dict = model.state_dict()
     with torch.no_grad():
         for key, tensor in state_dict.items():
             if tensor.is_floating_point():
                 tensor.uniform_(0.5, 1.5) if key.endswith("running_var") else tensor.normal_()
-        state_dict["head_fc.bias"].zero_()
     return state_dict, model.model_kwargs
 
 
@@ -134,7 +133,7 @@ def test_export_uses_the_seed_layout():
 
 
 def test_export_refuses_a_head_bias():
-    state_dict, _ = random_state_dict("mobilenetv3_small")
+    state_dict, _ = random_state_dict("mobilenetv3_small", head_bias=True)
     state_dict["head_fc.bias"][3] = 0.5
     with pytest.raises(ValueError, match="head_fc.bias is not zero .* no bias"):
         to_mindspore(state_dict)
@@ -157,7 +156,7 @@ def test_training_state_is_split_and_renamed():
     assert all(buffer.shape == params[k].shape for k, buffer in checkpoint.momentum_buffers.items())
     head = checkpoint.momentum_buffers["head_fc.weight"]
     assert (head == trainable.index("features.18.weight")).all()
-    assert not checkpoint.momentum_buffers["head_fc.bias"].any()
+    assert "head_fc.bias" not in checkpoint.momentum_buffers  # the seed's head has none, nor has the model
     assert (checkpoint.momentum_buffers["stem.bn.weight"] == trainable.index("features.1.gamma")).all()
     assert all(same_bits(checkpoint.state_dict[k], state_dict[k]) for k in state_dict)
 

@@ -40,7 +40,7 @@ def build_model(m: ModelConfig, num_classes: int, in_chans: int, weights: Option
     if weights is None:
         model = create_model(m.model, num_classes=num_classes, width_mult=m.width_mult, dropout=m.dropout,
                              head_channels=m.head_channels, in_chans=in_chans, bn_eps=m.bn_eps,
-                             bn_momentum=m.bn_momentum)
+                             bn_momentum=m.bn_momentum, head_bias=m.head_bias)
     else:
         model = _pretrained_model(m, num_classes, in_chans, weights, given)
     if m.freeze_backbone:
@@ -59,8 +59,8 @@ def pretrained_kwargs(m: ModelConfig, weights: Weights, given: Collection[str]) 
     the configured one (PyTorch's 0.1 by default, as timm fine-tunes), not the 0.01 torchvision trains with,
     under which the running statistics would barely move towards the new data in a short fine-tune.
     """
-    kwargs, origin = dict(weights.model_kwargs), {}
-    for key in ("width_mult", "head_channels"):
+    kwargs, origin = dict(dict(head_bias=True), **weights.model_kwargs), {}  # files before head_bias had one
+    for key in ("width_mult", "head_channels", "head_bias"):
         if key in given and getattr(m, key) is not None and getattr(m, key) != kwargs[key]:
             raise UsageError(f"--{key.replace('_', '-')} is {getattr(m, key)}, but the pretrained weights "
                              f"{m.pretrained} have {key} {kwargs[key]}")
@@ -105,7 +105,7 @@ def record_architecture(m: ModelConfig, model: nn.Module) -> None:
     """Write into ``m`` what the built model really has, so that the run's config says the truth."""
     kwargs = model.model_kwargs
     m.model = model.model_name
-    for key in ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum"):
+    for key in ("num_classes", "width_mult", "head_channels", "head_bias", "in_chans", "bn_eps", "bn_momentum"):
         if key in kwargs:
             setattr(m, key, kwargs[key])
 

@@ -272,16 +272,25 @@ def _add_convert(subparsers) -> None:
     p.add_argument("--to", choices=FORMATS, help="target format when DST's extension does not say")
     p.add_argument("--from", dest="from_format", choices=FORMATS, help="(detected; checked if given)")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    p.add_argument("--crc", action=argparse.BooleanOptionalAction, default=None,
+                   help="end the .ckpt in MindSpore's CRC trailer (save_checkpoint's crc_check=True); "
+                        "default: when SRC is a .ckpt with one")
     p.set_defaults(handler=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .tasks import convert_weights
 
-    r = convert_weights(args.src, args.dst, to=args.to, from_format=args.from_format, ema=args.ema)
+    r = convert_weights(args.src, args.dst, to=args.to, from_format=args.from_format, ema=args.ema, crc=args.crc)
     shown = ", ".join(f"{k}={v}" for k, v in r.model_kwargs.items() if k in ("num_classes", "width_mult",
-                                                                             "head_channels"))
-    print(f"{r.src} ({r.source_format}, {r.model_name}, {shown}) -> {r.dst} ({r.target_format})")
+                                                                             "head_channels", "head_bias"))
+    print(f"{r.src} ({r.source_format}, {r.model_name}, {shown}) -> {r.dst} ({r.target_format}"
+          f"{', with a CRC trailer' if r.crc else ''})")
+    if r.training_state_kept:
+        print(f"training state kept: {', '.join(r.training_state)}")
+    elif r.training_state:
+        print(f"training state dropped ({r.target_format} files hold weights only; continue the run from "
+              f"{r.src} with --resume): {', '.join(r.training_state)}")
     return 0
 
 

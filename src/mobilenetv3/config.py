@@ -31,6 +31,8 @@ class ModelConfig:
     width_mult: float = _f(1.0, "width multiplier")
     dropout: float = _f(0.1, "dropout before the classifier (the seed: 0)")
     head_channels: Optional[int] = _f(None, "hidden head width (default 1280 Large, 1024 Small; the seed: 1280)")
+    head_bias: bool = _f(True, "bias in the hidden head, as torchvision and timm; the seed has none: trained with "
+                               "--no-head-bias, weights convert back to a MindSpore .ckpt")
     in_chans: Optional[int] = _f(None, "input channels (default: the dataset's, 1 for grayscale)")
     bn_eps: float = _f(1e-5, "BatchNorm eps")
     bn_momentum: float = _f(0.1, "BatchNorm momentum (PyTorch convention; MindSpore's 0.9 is 0.1 here)")

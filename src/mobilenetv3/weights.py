@@ -138,6 +138,7 @@ def _read_mindspore(path: Path) -> Weights:
     except ValueError as err:
         message = str(err)
         raise UsageError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    converted.crc = mindspore.has_crc(path)
     return Weights(converted.model_name, converted.model_kwargs, converted.state_dict, "mindspore", seed=converted)
 
 
@@ -168,18 +169,35 @@ def load_model(path, ema: bool = False, **overrides) -> torch.nn.Module:
         raise UsageError(f"{path}: {err}") from None
 
 
-def write_weights(weights: Weights, path: Path, fmt: str) -> None:
+def writes_training_state(weights: Weights, fmt: str) -> bool:
+    """Whether ``write_weights(weights, path, fmt)`` keeps the training state the weights came with: only a
+    seed training checkpoint written as a ``.ckpt`` does; every other file holds the weights alone."""
+    return fmt == "mindspore" and weights.seed is not None and bool(weights.seed.training_state())
+
+
+def writes_crc(weights: Weights, fmt: str, crc: Optional[bool] = None) -> bool:
+    """Whether ``write_weights(weights, path, fmt, crc)`` ends the file in MindSpore's CRC trailer: as ``crc``
+    says, by default when the weights came from a ``.ckpt`` that had one."""
+    if crc is not None and fmt != "mindspore":
+        raise UsageError(f"a CRC trailer belongs to MindSpore .ckpt files, not to {fmt} files")
+    return crc if crc is not None else fmt == "mindspore" and weights.seed is not None and weights.seed.crc
+
+
+def write_weights(weights: Weights, path: Path, fmt: str, crc: Optional[bool] = None) -> None:
     """Write ``weights`` as ``fmt``: ``mobilenetv3`` (a weights-only checkpoint of ours), ``safetensors``,
     ``torchvision`` or ``timm`` (their state dicts, for their models) or ``mindspore`` (the seed's ``.ckpt``).
 
+    A ``.ckpt`` keeps a seed training checkpoint's state (``writes_training_state``) and ends in a CRC
+    trailer when ``crc`` says so, by default when the source ``.ckpt`` had one (``writes_crc``).
     Frameworks fix BatchNorm eps in code (torchvision 1e-3, timm and the seed 1e-5): weights trained with
     another eps compute a slightly different function there, which is logged.
     """
     from .convert import to_timm, to_torchvision
-    from .convert.mindspore import to_mindspore, write_ckpt
+    from .convert.mindspore import to_mindspore, training_tensors, write_ckpt
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown weights format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    with_crc = writes_crc(weights, fmt, crc)
     state = {k: v.detach().cpu() for k, v in weights.state_dict.items()}
     eps = weights.model_kwargs.get("bn_eps", 1e-5)
     expected_eps = {"torchvision": 1e-3, "timm": 1e-5, "mindspore": 1e-5}.get(fmt)
@@ -187,7 +205,10 @@ def write_weights(weights: Weights, path: Path, fmt: str) -> None:
         log.warning("%s's MobileNetV3 uses BatchNorm eps %g, these weights were made with %g: outputs will differ "
                     "slightly", fmt, expected_eps, eps)
     if fmt == "mindspore":
-        write_ckpt(to_mindspore(state), path)
+        tensors = to_mindspore(state)
+        if writes_training_state(weights, fmt):
+            tensors |= training_tensors(weights.seed)
+        write_ckpt(tensors, path, crc=with_crc)
     elif fmt == "safetensors":
         ckpt.save_safetensors(state, path, weights.card())
     elif fmt == "mobilenetv3":

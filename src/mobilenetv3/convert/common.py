@@ -46,6 +46,16 @@ def rename(state_dict: StateDict, pairs: Pairs, reverse: bool = False) -> dict[s
     return out
 
 
+def with_head_bias(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """``state_dict`` with a zero ``head_fc.bias`` if it has none (a ``head_bias=False`` model), for
+    frameworks whose hidden head always has one (torchvision, timm): the same function."""
+    out = dict(state_dict)
+    if "head_fc.bias" not in out and "head_fc.weight" in out:
+        weight = out["head_fc.weight"]
+        out["head_fc.bias"] = weight.new_zeros(weight.shape[0])
+    return out
+
+
 def check_shapes(state_dict: StateDict, model: nn.Module) -> None:
     """Raise ``ValueError`` naming the first missing, unexpected or mis-shaped tensor for ``model``."""
     expected = model.state_dict()
@@ -100,8 +110,9 @@ def fitting_model(state_dict: StateDict, defaults: Optional[dict] = None,
                   roundings: tuple[str, ...] = ("nearest", "ceil")) -> nn.Module:
     """The MobileNetV3 whose state dict (our names) has exactly these shapes; ``ValueError`` naming the first
     mismatch if none. The block count gives Large or Small; classifier, head and stem shapes give
-    ``num_classes``, ``head_channels`` and ``in_chans``; ``width_mult`` and ``channel_rounding`` are found by
-    trying the widths people use, with ``roundings`` in order of preference (they agree at width 1.0).
+    ``num_classes``, ``head_channels`` and ``in_chans``, and whether there is a ``head_fc.bias`` gives
+    ``head_bias``; ``width_mult`` and ``channel_rounding`` are found by trying the widths people use,
+    with ``roundings`` in order of preference (they agree at width 1.0).
     BatchNorm settings are not in a state dict: ``defaults`` gives those of the framework the weights came from.
     """
     num_blocks = len(our_layout(state_dict))
@@ -113,7 +124,7 @@ def fitting_model(state_dict: StateDict, defaults: Optional[dict] = None,
     if classifier_in != head:
         raise UsageError(f"the classifier takes {classifier_in} features but the head conv gives {head}")
     kwargs = dict(defaults or {}, num_classes=classes, head_channels=head,
-                  in_chans=_shape(state_dict, "stem.conv.weight", 4)[1])
+                  in_chans=_shape(state_dict, "stem.conv.weight", 4)[1], head_bias="head_fc.bias" in state_dict)
     candidates = list(_width_candidates(_ARCH_BY_BLOCKS[num_blocks], _widths(state_dict, num_blocks), roundings))
     errors = []
     for widths in candidates or [dict(width_mult=1.0, channel_rounding=roundings[0])]:

@@ -25,8 +25,9 @@ line. It never allocates more than the file holds, and every loop advances throu
 Names: the seed keeps everything in one ``features`` SequentialCell whose activation and pooling cells
 hold no tensors, so its indices skip (Small: stem conv 0, BN 1, blocks 3-13, final conv 14, BN 15,
 head conv 18); the layout is read from the tags, never assumed. BatchNorm ``gamma/beta/moving_mean/
-moving_variance`` are our ``weight/bias/running_mean/running_var``. The seed's head conv has no bias;
-our ``head_fc`` is a Linear whose bias is set to zero on import and must be zero on export.
+moving_variance`` are our ``weight/bias/running_mean/running_var``. The seed's head conv has no bias:
+a ``.ckpt`` gives a ``head_bias=False`` model, and only weights whose ``head_fc`` has no bias (or a zero
+one) go back to a ``.ckpt``.
 """
 from __future__ import annotations
 
@@ -188,9 +189,23 @@ def _parse_checkpoint(buf: memoryview) -> Iterator[_Entry]:
         yield _parse_value(buf, value)
 
 
+def _has_trailer(data: bytes) -> bool:
+    """Whether ``data`` (a file's bytes, or just its last ones) ends in a CRC trailer."""
+    return len(data) >= _CRC_TRAILER and data[-_CRC_TRAILER:-10] == _CRC_MARK
+
+
+def has_crc(path: PathLike) -> bool:
+    """Whether a ``.ckpt`` ends in the CRC trailer that ``save_checkpoint(..., crc_check=True)`` writes
+    (only its last bytes are read; ``read_ckpt`` checks the CRC)."""
+    with open(path, "rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        file.seek(max(0, size - _CRC_TRAILER))
+        return _has_trailer(file.read())
+
+
 def _strip_crc(data: bytes, path: PathLike) -> bytes:
     """The file's bytes without the CRC trailer, after checking it; unchanged when there is none."""
-    if len(data) < _CRC_TRAILER or data[-_CRC_TRAILER:-10] != _CRC_MARK:
+    if not _has_trailer(data):
         return data
     body, stored = data[:-_CRC_TRAILER], int.from_bytes(data[-10:], "big")
     actual = zlib.crc32(body)
@@ -411,9 +426,7 @@ def _ours(tensors: StateDict, features: _Features) -> dict[str, torch.Tensor]:
     for key in ("head_fc.weight", "classifier.weight"):
         if key in out:
             out[key] = _flat_1x1(out[key])
-    if "head_fc.weight" in out:  # the seed's head conv has no bias: ours is zero
-        out["head_fc.bias"] = out["head_fc.weight"].new_zeros(out["head_fc.weight"].shape[0])
-    return out
+    return out  # no head_fc.bias, as the seed's head conv has none: a head_bias=False model
 
 
 def split_training_state(tensors: StateDict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -433,8 +446,8 @@ class MindSporeCheckpoint:
     Training checkpoints also carry the optimizer state. MindSpore's ``Momentum`` (ApplyMomentum,
     no Nesterov) keeps ``accum = momentum * accum + grad; param -= lr * accum``, which is
     ``torch.optim.SGD(momentum=m, dampening=0, nesterov=False)``'s ``momentum_buffer`` update, so the
-    buffers carry over one to one (``optimizer.state[param]["momentum_buffer"] = buffer``). The seed
-    has no head bias: its buffer is zero.
+    buffers carry over one to one (``optimizer.state[param]["momentum_buffer"] = buffer``).
+    ``training_tensors`` gives that state back in the seed's names.
     """
 
     model_name: str
@@ -445,6 +458,15 @@ class MindSporeCheckpoint:
     learning_rate: Optional[torch.Tensor] = None  # the seed stores the whole per-step schedule
     momentum_buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # by our parameter name
     other_state: dict[str, torch.Tensor] = field(default_factory=dict)  # other training state, MindSpore names
+    crc: bool = False  # the file ended in a CRC trailer (set by whoever read the file: ``has_crc``)
+
+    def training_state(self) -> list[str]:
+        """What the checkpoint holds besides the weights, one short phrase per part (empty: weights only)."""
+        parts = [f"global_step {self.global_step}"] if self.global_step is not None else []
+        parts += [f"momentum {self.momentum:g}"] if self.momentum is not None else []
+        parts += [f"learning_rate ({self.learning_rate.numel()} steps)"] if self.learning_rate is not None else []
+        parts += [f"{len(self.momentum_buffers)} moments.*"] if self.momentum_buffers else []
+        return parts + list(self.other_state)
 
 
 def _scalar(state: StateDict, tag: str) -> Optional[torch.Tensor]:
@@ -508,21 +530,45 @@ def _mindspore_order(tensors: StateDict) -> dict[str, torch.Tensor]:
     return {key: tensors[key] for _, key in sorted(enumerate(tensors), key=position)}
 
 
+def _theirs(tensors: StateDict) -> dict[str, torch.Tensor]:
+    """Our tensors (weights, or optimizer buffers shaped like them) in the seed's names and shapes."""
+    features = _Features.seed(len(our_layout(tensors)))
+    theirs = rename(_rename_leaves(tensors, _BN_LEAVES_BACK, only_in="bn"), _pairs(features), reverse=True)
+    for key in (f"features.{features.head}.weight", "output.weight"):
+        if key in theirs:
+            theirs[key] = theirs[key][:, :, None, None]  # Linear -> 1x1 conv
+    return theirs
+
+
 def to_mindspore(state_dict: StateDict) -> dict[str, torch.Tensor]:
     """Our state dict in the seed's names and shapes, for ``write_ckpt`` and MindSpore's ``load_checkpoint``.
 
-    ``head_fc.bias`` must be zero (the seed's head conv has none). The seed's BatchNorm uses eps 1e-5:
-    weights trained with another eps (e.g. ``TORCHVISION_KWARGS``) compute a slightly different function there.
+    ``head_fc.bias`` must be absent (a ``head_bias=False`` model) or zero: the seed's head conv has none. The
+    seed's BatchNorm uses eps 1e-5: weights trained with another eps (e.g. ``TORCHVISION_KWARGS``) compute a
+    slightly different function there.
     """
     weights = {key: value for key, value in state_dict.items() if not key.endswith(".num_batches_tracked")}
     bias = weights.pop("head_fc.bias", None)
     if bias is not None and torch.count_nonzero(bias):
         raise UsageError(f"head_fc.bias is not zero (max |bias| {bias.abs().max().item():.3g}), but the seed's "
-                         "head conv has no bias: these weights have no MindSpore equivalent")
-    features = _Features.seed(len(our_layout(weights)))
-    theirs = rename(_rename_leaves(weights, _BN_LEAVES_BACK, only_in="bn"), _pairs(features), reverse=True)
-    for key in (f"features.{features.head}.weight", "output.weight"):
-        if key not in theirs or theirs[key].dim() != 2:
-            raise UsageError(f"missing or mis-shaped {'head_fc' if key != 'output.weight' else 'classifier'}.weight")
-        theirs[key] = theirs[key][:, :, None, None]  # Linear -> 1x1 conv
-    return _mindspore_order(theirs)
+                         "head conv has no bias: these weights have no MindSpore equivalent. Weights that go back "
+                         "to MindSpore were trained with --no-head-bias (head_bias=False, as the cifar10-cpu and "
+                         "imagenet-gpu presets do) or read from a MindSpore .ckpt")
+    for key in ("head_fc.weight", "classifier.weight"):
+        if key not in weights or weights[key].dim() != 2:
+            raise UsageError(f"missing or mis-shaped {key}")
+    return _mindspore_order(_theirs(weights))
+
+
+def training_tensors(checkpoint: MindSporeCheckpoint) -> dict[str, torch.Tensor]:
+    """A seed checkpoint's training state in the seed's names, to follow ``to_mindspore``'s weights in a
+    ``.ckpt``: ``moments.*`` renamed back, ``global_step`` (Int32, shape [1]) and ``momentum`` (a Float32
+    scalar) as MindSpore's ``Momentum`` keeps them, ``learning_rate`` and the other state as read."""
+    tensors = {f"moments.{tag}": buffer for tag, buffer in _theirs(checkpoint.momentum_buffers).items()}
+    if checkpoint.global_step is not None:
+        tensors["global_step"] = torch.tensor([checkpoint.global_step], dtype=torch.int32)
+    if checkpoint.momentum is not None:
+        tensors["momentum"] = torch.tensor(checkpoint.momentum, dtype=torch.float32)
+    if checkpoint.learning_rate is not None:
+        tensors["learning_rate"] = checkpoint.learning_rate
+    return tensors | checkpoint.other_state

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .common import BlockLayout, Pairs, StateDict, our_layout, rename
+from .common import BlockLayout, Pairs, StateDict, our_layout, rename, with_head_bias
 from ..errors import UsageError
 
 # timm groups the bottlenecks into stages; its last stage holds the final 1x1 conv alone.
@@ -56,13 +56,14 @@ def from_timm(state_dict: StateDict) -> dict:
 
 
 def to_timm(state_dict: StateDict) -> dict:
-    """This package's state dict in timm's names (load into ``timm.create_model("mobilenetv3_*")``)."""
+    """This package's state dict in timm's names (load into ``timm.create_model("mobilenetv3_*")``); a model
+    without a head bias gets a zero one, as timm's head always has one."""
     layout = our_layout(state_dict)
     if len(layout) not in _STAGE_SIZES:
         raise UsageError(f"timm has no MobileNetV3 with {len(layout)} blocks (Large has 15, Small 11)")
     prefixes = [f"blocks.{stage}.{index}"
                 for stage, size in enumerate(_STAGE_SIZES[len(layout)]) for index in range(size)]
     prefixes.append(f"blocks.{len(_STAGE_SIZES[len(layout)])}.0")
-    out = rename(state_dict, _pairs(layout, prefixes), reverse=True)
+    out = rename(with_head_bias(state_dict), _pairs(layout, prefixes), reverse=True)
     out["conv_head.weight"] = out["conv_head.weight"][:, :, None, None]
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .common import BlockLayout, Pairs, StateDict, our_layout, rename
+from .common import BlockLayout, Pairs, StateDict, our_layout, rename, with_head_bias
 
 TORCHVISION_KWARGS = dict(bn_eps=1e-3, bn_momentum=0.01)
 
@@ -44,5 +44,6 @@ def from_torchvision(state_dict: StateDict) -> dict:
 
 
 def to_torchvision(state_dict: StateDict) -> dict:
-    """This package's state dict in torchvision's names (load into ``torchvision.models.mobilenet_v3_*``)."""
-    return rename(state_dict, _pairs(our_layout(state_dict)), reverse=True)
+    """This package's state dict in torchvision's names (load into ``torchvision.models.mobilenet_v3_*``);
+    a model without a head bias gets a zero one, as torchvision's head always has one."""
+    return rename(with_head_bias(state_dict), _pairs(our_layout(state_dict)), reverse=True)

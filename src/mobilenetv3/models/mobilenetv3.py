@@ -84,6 +84,9 @@ class MobileNetV3(nn.Module):
             PyTorch's, which the seed and timm use; torchvision's model uses 1e-3 and 0.01.
         channel_rounding: ``"nearest"`` (torchvision, timm) or ``"ceil"`` (the seed) when
             ``width_mult`` produces widths that are not multiples of 8.
+        head_bias: whether the hidden head ``head_fc`` has a bias (torchvision, timm). The seed's is a
+            bias-free 1x1 conv: ``head_bias=False`` is its network exactly, and only such weights (or
+            ones whose head bias is zero) have a MindSpore equivalent.
     """
 
     def __init__(
@@ -98,10 +101,11 @@ class MobileNetV3(nn.Module):
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
         channel_rounding: str = "nearest",
+        head_bias: bool = True,
     ):
         super().__init__()
         _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels, bn_eps, bn_momentum,
-                    channel_rounding)
+                    channel_rounding, head_bias)
         spec = ARCHS[arch]
         round_up = channel_rounding == "ceil"
         stem_channels, blocks = _scaled(spec, width_mult, round_up)
@@ -121,7 +125,7 @@ class MobileNetV3(nn.Module):
 
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_hidden_size = head_channels
-        self.head_fc = nn.Linear(self.num_features, head_channels)  # the seed's bias-free 1x1 conv, with a bias
+        self.head_fc = nn.Linear(self.num_features, head_channels, bias=head_bias)  # the seed's 1x1 conv: no bias
         self.head_act = nn.Hardswish(inplace=True)
         self.head_drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(head_channels, num_classes)
@@ -135,6 +139,7 @@ class MobileNetV3(nn.Module):
         self.model_kwargs = dict(
             num_classes=num_classes, width_mult=width_mult, dropout=dropout, in_chans=in_chans,
             head_channels=head_channels, bn_eps=bn_eps, bn_momentum=bn_momentum, channel_rounding=channel_rounding,
+            head_bias=head_bias,
         )
         self.apply(_init_weights)
 
@@ -204,7 +209,8 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, 0, 0.01)
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -213,7 +219,7 @@ def _check_positive_int(name: str, value) -> None:
 
 
 def _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels, bn_eps, bn_momentum,
-                channel_rounding) -> None:
+                channel_rounding, head_bias) -> None:
     if arch not in ARCHS:
         raise UsageError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     _check_positive_int("num_classes", num_classes)
@@ -230,6 +236,8 @@ def _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels,
         raise UsageError(f"bn_momentum must be in [0, 1], got {bn_momentum!r}")
     if channel_rounding not in CHANNEL_ROUNDINGS:
         raise UsageError(f"channel_rounding must be one of {', '.join(CHANNEL_ROUNDINGS)}, got {channel_rounding!r}")
+    if not isinstance(head_bias, bool):
+        raise UsageError(f"head_bias must be True or False, got {head_bias!r}")
 
 
 _IMAGENET = dict(

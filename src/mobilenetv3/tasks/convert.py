@@ -2,12 +2,12 @@
 torchvision, timm)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
-from ..weights import FORMATS, read_weights, write_weights
+from ..weights import FORMATS, read_weights, write_weights, writes_crc, writes_training_state
 
 SUFFIX_FORMATS = {".ckpt": "mindspore", ".safetensors": "safetensors", ".pt": "mobilenetv3"}
 
@@ -20,12 +20,20 @@ class ConvertResult:
     target_format: str
     model_name: str
     model_kwargs: dict
+    training_state: list[str] = field(default_factory=list)  # what SRC held besides the weights (the seed's)
+    training_state_kept: bool = False  # written to DST too (a .ckpt holds it); else dropped
+    crc: bool = False  # DST ends in MindSpore's CRC trailer
 
 
 def convert_weights(src: str, dst: str, *, to: Optional[str] = None, from_format: Optional[str] = None,
-                    ema: bool = False) -> ConvertResult:
+                    ema: bool = False, crc: Optional[bool] = None) -> ConvertResult:
     """Convert ``src`` (format detected from the file; checked against ``from_format`` if given) to ``dst``,
-    whose format is ``to`` or told by its extension (``.ckpt`` MindSpore, ``.pt`` ours, ``.safetensors``)."""
+    whose format is ``to`` or told by its extension (``.ckpt`` MindSpore, ``.pt`` ours, ``.safetensors``).
+
+    A seed training checkpoint's state (``global_step``, ``momentum``, ``learning_rate``, ``moments.*``) goes
+    to a ``.ckpt`` and is dropped elsewhere, as the result says; a ``.ckpt`` ends in a CRC trailer when
+    ``crc`` says so, by default when ``src`` is a ``.ckpt`` with one.
+    """
     target = to or SUFFIX_FORMATS.get(Path(dst).suffix)
     if target is None:
         raise UsageError(f"cannot tell the format of {dst} from its extension; add --to ({', '.join(FORMATS)})")
@@ -36,5 +44,8 @@ def convert_weights(src: str, dst: str, *, to: Optional[str] = None, from_format
     source_format = "mobilenetv3" if ours else weights.source
     if from_format and from_format != source_format:
         raise UsageError(f"{src} holds {source_format} weights, not {from_format}")
-    write_weights(weights, Path(dst), target)
-    return ConvertResult(str(src), str(dst), source_format, target, weights.model_name, dict(weights.model_kwargs))
+    with_crc = writes_crc(weights, target, crc)
+    write_weights(weights, Path(dst), target, crc=crc)
+    return ConvertResult(str(src), str(dst), source_format, target, weights.model_name, dict(weights.model_kwargs),
+                         weights.seed.training_state() if weights.seed is not None else [],
+                         writes_training_state(weights, target), with_crc)
