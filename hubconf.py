@@ -50,4 +50,5 @@ def create_network(name, *args, **kwargs):
     kwargs = {_SEED_ARGS.get(k, k): v for k, v in kwargs.items()}
     kwargs.setdefault("dropout", 0.0)
     kwargs.setdefault("head_channels", 1280)
+    kwargs.setdefault("head_bias", False)  # the seed's head is a bias-free 1x1 conv
     return _build(name, **kwargs)

@@ -48,6 +48,7 @@ def test_export_and_predict_from_python(run, tmp_path):
 def test_convert_and_load_from_python(run, tmp_path):
     converted = mobilenetv3.convert_weights(run.checkpoint, str(tmp_path / "w.safetensors"))
     assert (converted.source_format, converted.target_format) == ("mobilenetv3", "safetensors")
+    assert converted.training_state == ["optimizer state", "epoch 1, step 6"] and not converted.training_state_kept
     model = mobilenetv3.load_model(converted.dst)
     assert model.classes[:2] == ["class_0", "class_1"] and model.preprocessing["crop"] == 32
 

@@ -47,5 +47,15 @@ def convert_weights(src: str, dst: str, *, to: Optional[str] = None, from_format
     with_crc = writes_crc(weights, target, crc)
     write_weights(weights, Path(dst), target, crc=crc)
     return ConvertResult(str(src), str(dst), source_format, target, weights.model_name, dict(weights.model_kwargs),
-                         weights.seed.training_state() if weights.seed is not None else [],
-                         writes_training_state(weights, target), with_crc)
+                         _training_state(weights), writes_training_state(weights, target), with_crc)
+
+
+def _training_state(weights) -> list[str]:
+    """What ``weights``' file holds besides the weights: the seed's state, or our optimizer, EMA and step."""
+    if weights.seed is not None:
+        return weights.seed.training_state()
+    saved = weights.checkpoint
+    if saved is None or not saved.is_training_state:
+        return []
+    return ["optimizer state", *(["EMA weights"] if saved.ema is not None else []),
+            f"epoch {saved.state.epoch}, step {saved.state.global_step}"]
