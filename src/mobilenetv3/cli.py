@@ -164,6 +164,8 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--checkpoint", help="weights: ours, safetensors, torchvision/timm state dict, MindSpore .ckpt")
     p.add_argument("--onnx", help="evaluate this exported ONNX model with ONNX Runtime instead")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    p.add_argument("--by-index", action="store_true",
+                   help="score dataset label i as the model's class i even when the classes do not match")
     p.add_argument("--out", help="report folder (default: eval-<dataset> beside the weights)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_config_flags(p, (), only=EVAL_FIELDS, show_defaults=False)
@@ -176,23 +178,33 @@ EVAL_FIELDS = ("dataset", "data_path", "download", "transform", "image_size", "e
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .tasks import evaluate
+    from .tasks import evaluate, write_report
 
-    result = evaluate(args.checkpoint, onnx=args.onnx, ema=args.ema, out_dir=args.out, **_overrides(args))
+    result = evaluate(args.checkpoint, onnx=args.onnx, ema=args.ema, out_dir=args.out, by_index=args.by_index,
+                      report=False, **_overrides(args))
     if result is None:  # not the main process
         return 0
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        try:
+            write_report(result)
+        finally:  # the metrics, even when the report cannot be written
+            print(json.dumps(result.to_dict(), indent=2))
         return 0
     print(f"scored {result.count} of {result.dataset_size} images, each once "
-          f"({result.dataset} {result.split}, {result.runtime}"
-          + (f", {result.skipped} unreadable skipped" if result.skipped else "") + ")")
+          f"({result.dataset} {result.split}, {result.runtime}, {result.skipped} unreadable skipped)")
+    p = result.preprocessing
+    print(f"preprocessing: {result.preprocessing_source}: resize {p['resize']}, crop {p['crop']}, "
+          f"{p['interpolation']}, mean {tuple(round(v, 4) for v in p['mean'])}, "
+          f"std {tuple(round(v, 4) for v in p['std'])}")
+    for note in result.notes:
+        print(f"note: {note}")
     print(f"top-1 {100 * result.top1:.2f}%  top-{result.topk} {100 * result.top5:.2f}%  loss {result.loss:.4f}")
     if len(result.classes) <= 20:
         for name, accuracy in zip(result.classes, result.per_class_accuracy):
             print(f"  {name:<20} {100 * accuracy:6.2f}%")
-    print(f"result: {{'acc': {result.top1}, 'top5': {result.top5}}} ckpt= {result.weights}")
-    print(f"report: {result.reports['json']} (confusion matrix: {result.reports['csv']}, {result.reports['png']})")
+    print(f"result: {{'acc': {result.top1}, 'top5': {result.top5}}} ckpt= {result.weights}", flush=True)
+    reports = write_report(result)  # after the metrics: an unwritable folder must not cost them
+    print(f"report: {reports['json']} (confusion matrix: {reports['csv']}, {reports['png']})")
     return 0
 
 
@@ -207,7 +219,11 @@ def _add_export(subparsers) -> None:
     p.add_argument("--output", help="output file (default: beside the checkpoint)")
     p.add_argument("--softmax", action="store_true", help="append a softmax (the seed's export); default: logits")
     p.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
-    p.add_argument("--calibration-images", type=int, default=300, help="images to calibrate INT8 with")
+    p.add_argument("--calibration-images", type=int, default=300,
+                   help="training images to calibrate INT8 with, drawn at random (default 300)")
+    p.add_argument("--verify-images", type=int, default=128,
+                   help="validation images to verify on, drawn at random (default 128; 0: all)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed that draws those images (default 0)")
     p.add_argument("--no-dataset", action="store_true", help="verify on random inputs only")
     _add_config_flags(p, (), only=("dataset", "data_path", "batch_size", "workers", "image_size"))
     p.set_defaults(handler=_cmd_export)
@@ -217,13 +233,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .tasks import export_model
 
     result = export_model(args.checkpoint, format=args.format, output=args.output, softmax=args.softmax,
-                          ema=args.ema, calibration_images=args.calibration_images, use_dataset=not args.no_dataset,
-                          **_overrides(args))
+                          ema=args.ema, calibration_images=args.calibration_images, verify_images=args.verify_images,
+                          sample_seed=args.sample_seed, use_dataset=not args.no_dataset, **_overrides(args))
     print(f"exported {result.format}: {result.path}")
-    for name, figures in (("random", result.random), ("real", result.real)):
-        if figures:
-            print(f"  {name} inputs ({figures['compared']} images): max |difference| to PyTorch "
-                  f"{figures['max_abs_diff']:.2e}, top-1 agreement {100 * figures['top1_agreement']:.2f}%")
+    if result.calibration_sample:
+        print(f"  calibrated on {result.calibration_sample.describe()}")
+    checks = [("random", result.random, f"{result.random['compared']} images")]
+    if result.real:
+        checks.append(("real", result.real, result.real_sample.describe()))
+    for name, figures, images in checks:
+        print(f"  {name} inputs ({images}): max |difference| to PyTorch "
+              f"{figures['max_abs_diff']:.2e}, top-1 agreement {100 * figures['top1_agreement']:.2f}%")
     if result.accuracy:
         a = result.accuracy
         print(f"  accuracy on {a['dataset']} val ({a['count']} images): INT8 top-1 {100 * a['int8_top1']:.2f}%, "

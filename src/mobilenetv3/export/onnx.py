@@ -6,8 +6,8 @@ into the convolutions.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..files import temporary_path
-from .common import METADATA_KEY, WithSoftmax, describe
+from .common import CALIBRATION_KEY, METADATA_KEY, WithSoftmax, atomic_output, describe
 
 OPSET = 18
 
@@ -26,22 +26,26 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, softmax: bo
     import onnx
 
     net = WithSoftmax(model) if softmax else model
-    tmp = temporary_path(path)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(net.eval(), (example,), dynamo=True, opset_version=OPSET, input_names=["input"],
                                 output_names=["probs" if softmax else "logits"], dynamic_shapes=({0: batch},),
                                 verbose=False)
-    program.save(str(tmp))
-    proto = onnx.load(str(tmp))
-    _strip_export_metadata(proto)
-    _global_average_pool(proto)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(describe(model, softmax))
-    proto.producer_name = "mobilenetv3"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        program.save(str(tmp))
+        proto = onnx.load(str(tmp))
+        _strip_export_metadata(proto)
+        _global_average_pool(proto)
+        _add_metadata(proto, METADATA_KEY, describe(model, softmax))
+        proto.producer_name = "mobilenetv3"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
     return path
+
+
+def _add_metadata(proto, key: str, value: dict) -> None:
+    """One ``metadata_props`` entry: ``key`` -> ``value`` as JSON."""
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = key, json.dumps(value)
 
 
 def _strip_export_metadata(proto) -> None:
@@ -78,8 +82,13 @@ def _global_average_pool(proto) -> int:
     return rewritten
 
 
-def quantize_onnx(fp32_path: Path, path: Path, calibration: Iterable[torch.Tensor]) -> Path:
-    """Static INT8 quantisation with ONNX Runtime: QDQ format, per-channel weights, calibrated on ``calibration``."""
+def quantize_onnx(fp32_path: Path, path: Path, calibration: Iterable[torch.Tensor],
+                  calibration_info: Optional[dict] = None) -> Path:
+    """Static INT8 quantisation with ONNX Runtime: QDQ format, per-channel weights, calibrated on ``calibration``.
+
+    The file keeps the fp32 file's metadata and records ``calibration_info`` (what the images were) under
+    ``CALIBRATION_KEY``.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -93,21 +102,36 @@ def quantize_onnx(fp32_path: Path, path: Path, calibration: Iterable[torch.Tenso
             return None if batch is None else {"input": batch.numpy()}
 
     prepared = temporary_path(path, "prepared.")
-    tmp = temporary_path(path)
     try:
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        proto = onnx.load(str(tmp))
-        source = onnx.load(str(fp32_path), load_external_data=False)
-        del proto.metadata_props[:]
-        proto.metadata_props.extend(source.metadata_props)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp, _runtime_errors_only():
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            proto = onnx.load(str(tmp))
+            source = onnx.load(str(fp32_path), load_external_data=False)
+            del proto.metadata_props[:]
+            proto.metadata_props.extend(source.metadata_props)
+            if calibration_info is not None:
+                _add_metadata(proto, CALIBRATION_KEY, calibration_info)
+            onnx.save(proto, str(tmp))
     finally:
         prepared.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def _runtime_errors_only():
+    """ONNX Runtime's default logger at ERROR while the quantiser runs: the sessions it opens itself take no
+    options from us, and their graph notes ("Removing initializer 'val_28'. It is not used by any node", the
+    exporter's spare constants) reach the user's terminal as coloured warnings. Errors still print (and raise);
+    afterwards the logger is back at WARNING, ONNX Runtime's default (it has no getter to restore from)."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 class OnnxModule(nn.Module):

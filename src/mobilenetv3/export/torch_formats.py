@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..files import temporary_path
-from .common import WithSoftmax, describe
+from .common import WithSoftmax, atomic_output, describe
 
 
 def export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:
@@ -20,9 +18,8 @@ def export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, soft
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but many runtimes load it
         traced = torch.jit.trace(net.eval(), example)
-        tmp = temporary_path(path)
-        torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(describe(model, softmax))})
-    os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(describe(model, softmax))})
     return path
 
 
@@ -31,7 +28,6 @@ def export_pt2(model: nn.Module, path: Path, example: torch.Tensor, softmax: boo
     net = WithSoftmax(model) if softmax else model
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(net.eval(), (example,), dynamic_shapes=({0: batch},))
-    tmp = temporary_path(path)
-    torch.export.save(program, str(tmp), extra_files={"metadata.json": json.dumps(describe(model, softmax))})
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.export.save(program, str(tmp), extra_files={"metadata.json": json.dumps(describe(model, softmax))})
     return path

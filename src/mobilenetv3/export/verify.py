@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .common import WithSoftmax
+from .common import WithSoftmax, check_writable
 from .onnx import OnnxModule, export_onnx, quantize_onnx
 from .torch_formats import export_pt2, export_torchscript
 
@@ -43,12 +43,14 @@ def compare(reference: nn.Module, exported, inputs: Iterable[torch.Tensor]) -> d
 
 def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, *, softmax: bool = False,
                     real_inputs: Iterable[torch.Tensor] = (), calibration: Optional[Iterable[torch.Tensor]] = None,
-                    tolerance: float = 1e-4) -> dict:
+                    calibration_info: Optional[dict] = None, tolerance: float = 1e-4) -> dict:
     """Export ``model`` as ``fmt`` to ``path``, then run the file in its runtime on random inputs (batch 1
     and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
-    (``ValueError`` otherwise); INT8 reports its agreement. Returns the comparison figures and paths."""
+    (``ValueError`` otherwise); INT8 reports its agreement and records ``calibration_info`` (what the
+    ``calibration`` images are) in the file. Returns the comparison figures and paths."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    check_writable(path)
     model = model.eval()
     reference = WithSoftmax(model).eval() if softmax else model
     paths = dict(path=str(path))
@@ -58,7 +60,7 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
         fp32_path = path.with_name(path.name.replace(".int8.onnx", ".onnx") if ".int8." in path.name
                                    else f"{path.stem}.fp32.onnx")
         export_onnx(model, fp32_path, example, softmax)
-        quantize_onnx(fp32_path, path, calibration)
+        quantize_onnx(fp32_path, path, calibration, calibration_info)
         paths["fp32_path"] = str(fp32_path)
     else:
         {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2}[fmt](model, path, example, softmax)

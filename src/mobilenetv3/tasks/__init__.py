@@ -5,11 +5,11 @@ plain values and config fields (``epochs=3``, ``data_path=...``), never parsed a
 only parses, calls one of them and prints.
 """
 from .convert import ConvertResult, convert_weights
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, evaluate, write_report
 from .export import ExportResult, export_model
 from .info import ModelInfo, model_info
 from .predict import Prediction, predict
 from .train import TrainResult, train
 
-__all__ = ["train", "TrainResult", "evaluate", "EvalResult", "export_model", "ExportResult", "predict",
+__all__ = ["train", "TrainResult", "evaluate", "EvalResult", "write_report", "export_model", "ExportResult", "predict",
            "Prediction", "convert_weights", "ConvertResult", "model_info", "ModelInfo"]

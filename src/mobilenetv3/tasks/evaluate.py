@@ -1,11 +1,14 @@
 """The evaluation task: score weights (any format) or an exported ONNX model on a validation split.
 
-Every sample is scored exactly once, in one process or under ``torchrun`` (the same numbers). Rank 0
-writes the report: ``report.json``, the confusion matrix as CSV and PNG.
+Every sample is scored exactly once, in one process or under ``torchrun`` (the same numbers). The
+dataset's classes are checked against the weights' before anything is scored. ``write_report`` (rank 0)
+writes ``report.json`` and the confusion matrix as CSV and PNG; ``evaluate`` calls it last unless told not
+to, so a caller (the CLI) can show the metrics before the report is written, or fails to be.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +16,7 @@ import torch
 from torch import nn
 
 from ..build import build_dataset_split, build_eval_loader, device_type, pick_device, preprocessing_for
-from ..config import Config, validate
+from ..config import Config, DataConfig, validate
 from ..data import check_labels
 from ..data.transforms import Preprocessing
 from ..dist import destroy_distributed, init_distributed
@@ -24,11 +27,14 @@ from ..reports import write_eval_report
 from ..weights import model_from_weights, read_weights
 
 PREPROCESSING_FIELDS = ("transform", "image_size", "eval_resize", "interpolation")
+# The seed's eval protocol per data set (configs/cifar10-cpu.yaml, configs/imagenet-gpu.yaml): what weights
+# that carry no preprocessing of their own are scored with.
+SEED_PROTOCOLS = {"cifar10": ("seed-cifar10", 224), "imagenet": ("seed-imagenet", 224)}
 
 
 @dataclass
 class EvalResult:
-    """Top-1/top-k over every sample, how they were measured, and where the report went."""
+    """Top-1/top-k over every sample, how they were measured, and where the report goes."""
 
     top1: float
     top5: float  # top-k with k = min(5, classes)
@@ -48,8 +54,11 @@ class EvalResult:
     dataset_size: int
     split: str
     preprocessing: dict
+    preprocessing_source: str  # which protocol and why: "seed-cifar10 protocol (the weights carry none)"
     world_size: int
-    reports: dict = field(default_factory=dict)  # json, csv, png paths
+    report_dir: str
+    notes: list[str] = field(default_factory=list)  # what was converted or assumed, one line each
+    reports: dict = field(default_factory=dict)  # json, csv, png paths, once written
     confusion: Optional[torch.Tensor] = None  # [true, predicted] counts
 
     def to_dict(self) -> dict:
@@ -59,57 +68,90 @@ class EvalResult:
 
 @dataclass
 class _Scored:
-    """What is evaluated: a model, the config of the run that made it, where it came from."""
+    """What is evaluated: a model, the config it is scored under, what its file says about it."""
 
     model: nn.Module
     config: Config
     source: str
     runtime: str
+    classes: Optional[list]  # as the file has them (None: it has none)
+    preprocessing: Optional[dict]  # as the file has it (None: it has none; not the registry default)
+    trained_config: bool  # the file carries its training run's config
+    ema: bool
 
 
 def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, ema: bool = False,
-             out_dir: Optional[str] = None, **settings) -> Optional[EvalResult]:
+             out_dir: Optional[str] = None, by_index: bool = False, report: bool = True,
+             **settings) -> Optional[EvalResult]:
     """Score ``weights`` (any format ``load_model`` reads) or an exported ``onnx`` model on the dataset's
     validation split. ``settings`` are config fields (``dataset``, ``data_path``, ``batch_size``, ``device``,
-    ...) over the training run's own config when the weights carry one. The preprocessing is the one saved
-    with the model unless a preprocessing setting (``transform``, ``image_size``, ``eval_resize``,
-    ``interpolation``) is given. Returns ``None`` in the processes other than rank 0.
+    ...) over the training run's own config when the weights carry one; ``skip_bad_images`` is only ever the
+    one given here.
+
+    The dataset's classes must be the weights' (their count, and their names where both have names that
+    are more than indices); ``by_index=True`` scores dataset label i as the model's class i anyway. The
+    preprocessing is the one saved with the model unless a preprocessing setting (``transform``,
+    ``image_size``, ``eval_resize``, ``interpolation``) is given; weights without one get the data set's
+    seed protocol (``SEED_PROTOCOLS``) or, for other data sets, the config's. The report goes to ``out_dir``
+    (default ``eval-<dataset>`` beside the weights); ``report=False`` leaves it to ``write_report``.
+    Returns ``None`` in the processes other than rank 0.
     """
     scored = _open(weights, onnx, ema, settings)
-    config = scored.config
-    info = init_distributed(device_type(config.run.device))
+    report_dir = Path(out_dir) if out_dir else Path(scored.source).parent / f"eval-{scored.config.data.dataset}"
+    info = init_distributed(device_type(scored.config.run.device))
     try:
-        device = pick_device(config.run.device, info)
-        model = scored.model.to(device)
-        val = build_dataset_split(config.data, "val", config.run.seed, model.num_classes)
-        check_labels(val, model.num_classes)
-        preprocessing = _preprocessing(model, config, val, overridden=any(k in settings for k in PREPROCESSING_FIELDS))
-        loader = build_eval_loader(config.data, val, preprocessing, info, pin_memory=device.type == "cuda")
-        metrics = score(model, loader, num_classes=model.num_classes, device=device)
-        expected = len(val) - metrics["skipped"]
-        if metrics["count"] != expected:
-            raise RunError(f"evaluation scored {metrics['count']} samples, the dataset has {expected}")
-        if not info.is_main:
-            return None
-        classes = getattr(model, "classes", None) or val.classes
-        if len(classes) != model.num_classes:
-            classes = [str(i) for i in range(model.num_classes)]
-        result = EvalResult(**{k: metrics[k] for k in ("top1", "top5", "topk", "loss", "count", "skipped",
-                                                       "per_class_accuracy", "time", "confusion")},
-                            classes=list(classes), weights=scored.source, weights_sha256=file_sha256(scored.source),
-                            ema=ema, runtime=scored.runtime, dataset=config.data.dataset, data_path=str(val.source),
-                            dataset_size=len(val), split="val", preprocessing=preprocessing.to_dict(),
-                            world_size=info.world_size)
-        out = Path(out_dir) if out_dir else Path(scored.source).parent / f"eval-{config.data.dataset}"
-        meta = {k: v for k, v in result.to_dict().items() if k in _META}
-        result.reports = write_eval_report(out, metrics, result.classes, meta)
-        return result
+        result = _score(scored, info, by_index, [k for k in PREPROCESSING_FIELDS if k in settings], report_dir)
     finally:
         destroy_distributed()
+    if result is not None and report:
+        write_report(result)
+    return result
+
+
+def write_report(result: EvalResult) -> dict:
+    """Write ``result``'s ``report.json``, ``confusion.csv`` and ``confusion.png`` into ``result.report_dir``;
+    returns their paths (also set as ``result.reports``). A folder that cannot be written is a ``UsageError``."""
+    metrics = {k: getattr(result, k) for k in ("count", "top1", "top5", "topk", "loss", "skipped",
+                                               "per_class_accuracy", "confusion")}
+    meta = {k: v for k, v in result.to_dict().items() if k in _META}
+    out = Path(result.report_dir)
+    try:
+        result.reports = write_eval_report(out, metrics, result.classes, meta)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UsageError(f"cannot write the report to {out} ({reason}: {err.filename or out}); "
+                         "give --out DIR, a folder that can be written") from None
+    return result.reports
 
 
 _META = ("weights", "weights_sha256", "ema", "runtime", "dataset", "data_path", "dataset_size", "split",
-         "preprocessing", "world_size")
+         "preprocessing", "preprocessing_source", "notes", "world_size")
+
+
+def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: Path) -> Optional[EvalResult]:
+    """Check the data against the model, score every sample once; the result on rank 0 (report not written)."""
+    config = scored.config
+    device = pick_device(config.run.device, info)
+    model = scored.model.to(device)
+    val = build_dataset_split(config.data, "val", config.run.seed, model.num_classes)
+    check_labels(val, model.num_classes)
+    classes, notes = _class_names(scored.classes, model.num_classes, val, by_index)
+    preprocessing, source = _preprocessing(scored, config.data, val, model.in_chans, asked)
+    notes += _channel_notes(val.channels, model.in_chans)
+    loader = build_eval_loader(config.data, val, preprocessing, info, pin_memory=device.type == "cuda")
+    metrics = score(model, loader, num_classes=model.num_classes, device=device)
+    expected = len(val) - metrics["skipped"]
+    if metrics["count"] != expected:
+        raise RunError(f"evaluation scored {metrics['count']} samples, the dataset has {expected}")
+    if not info.is_main:
+        return None
+    return EvalResult(**{k: metrics[k] for k in ("top1", "top5", "topk", "loss", "count", "skipped",
+                                                 "per_class_accuracy", "time", "confusion")},
+                      classes=classes, weights=scored.source, weights_sha256=file_sha256(scored.source),
+                      ema=scored.ema, runtime=scored.runtime, dataset=config.data.dataset, data_path=str(val.source),
+                      dataset_size=len(val), split="val", preprocessing=preprocessing.to_dict(),
+                      preprocessing_source=source, world_size=info.world_size, report_dir=str(report_dir),
+                      notes=notes)
 
 
 def _open(weights: Optional[str], onnx: Optional[str], ema: bool, settings: dict) -> _Scored:
@@ -121,7 +163,7 @@ def _open(weights: Optional[str], onnx: Optional[str], ema: bool, settings: dict
         from ..export import OnnxModule
 
         model: nn.Module = OnnxModule(onnx)
-        source, runtime = str(onnx), "onnxruntime"
+        source, runtime, classes, preprocessing = str(onnx), "onnxruntime", model.classes, model.preprocessing
     else:
         read = read_weights(weights, ema=ema)
         try:
@@ -129,21 +171,100 @@ def _open(weights: Optional[str], onnx: Optional[str], ema: bool, settings: dict
         except ValueError as err:
             raise UsageError(f"{weights}: {err}") from None
         saved = read.checkpoint.config if read.checkpoint is not None else None
-        source, runtime = str(weights), "pytorch"
+        source, runtime, classes, preprocessing = str(weights), "pytorch", read.classes, read.preprocessing
     config = Config.from_dict(saved) if saved else Config()
+    config.data.skip_bad_images = False  # an evaluation setting: the eval command's own, never the training run's
     config.update(settings, source="flag")
     validate(config)
-    return _Scored(model, config, source, runtime)
+    return _Scored(model, config, source, runtime, classes, preprocessing, trained_config=bool(saved), ema=ema)
 
 
-def _preprocessing(model: nn.Module, config: Config, val, overridden: bool) -> Preprocessing:
-    """The protocol asked for with the settings, else the one saved with the model, else the config's."""
-    saved = getattr(model, "preprocessing", None)
-    if overridden or not saved:
-        preprocessing = preprocessing_for(config.data, val, model.in_chans)
+# ------------------------------------------------------------------------------------------ classes
+_INDEX_NAME = re.compile(r"\D*?(\d+)")
+
+
+def _names_are_indices(names) -> bool:
+    """Names that only number the classes (``0``, ``c1``, ``class_2``, ...): nothing to compare them by."""
+    matches = [_INDEX_NAME.fullmatch(str(name)) for name in names]
+    return all(m is not None and int(m.group(1)) == i for i, m in enumerate(matches))
+
+
+def _class_names(weights_classes: Optional[list], num_classes: int, val,
+                 by_index: bool) -> tuple[list[str], list[str]]:
+    """The class names to report and the notes to make, once the dataset's classes are checked against the
+    weights': a class-count or class-name mismatch is a ``UsageError`` unless ``by_index``. The names are the
+    weights' unless they only number classes the dataset names."""
+    data = [str(name) for name in val.classes]
+    fits = weights_classes is not None and len(weights_classes) == num_classes
+    named = [str(name) for name in weights_classes] if fits else None
+    problem = _class_mismatch(named, num_classes, data, val.source)
+    notes = []
+    if problem and not by_index:
+        raise UsageError(f"{problem}; add --by-index to score dataset label i as the model's class i")
+    if problem:
+        notes.append(f"{problem}; scored by index (--by-index): dataset label i as the model's class i")
+    if len(data) != num_classes:  # scored by index
+        data = [str(i) for i in range(num_classes)]
+    if named is None or (_names_are_indices(named) and not _names_are_indices(data)):
+        return data, notes
+    return named, notes
+
+
+def _class_mismatch(named: Optional[list[str]], num_classes: int, data: list[str], source: str) -> Optional[str]:
+    """What is wrong between the dataset's classes and the weights' (``named``: their names, if any); None if
+    nothing. Names are compared only when both sides have names that are more than indices."""
+    if len(data) != num_classes:
+        theirs = f" ({_shown(named)})" if named else ""
+        return f"{source} has {len(data)} classes ({_shown(data)}), the weights {num_classes}{theirs}"
+    if named is None or named == data or _names_are_indices(named) or _names_are_indices(data):
+        return None
+    if sorted(named) == sorted(data):
+        return f"{source} has the weights' classes in another order ({_shown(data)}; the weights: {_shown(named)})"
+    differ = [i for i in range(num_classes) if data[i] != named[i]]
+    return (f"{source} has other classes than the weights ({len(differ)} of {num_classes} differ: class {differ[0]} "
+            f"is {data[differ[0]]!r} there, {named[differ[0]]!r} in the weights)")
+
+
+def _shown(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def _channel_notes(data_channels: int, in_chans: int) -> list[str]:
+    """What the loader does when the dataset's images have other channels than the model takes."""
+    if data_channels == in_chans:
+        return []
+    how = f"repeated to {in_chans} channels" if data_channels == 1 else \
+        "converted to luma (0.299 R + 0.587 G + 0.114 B)"
+    return [f"the model takes {in_chans}-channel images; the dataset's {data_channels}-channel images are {how}"]
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+def _preprocessing(scored: _Scored, d: DataConfig, val, in_chans: int,
+                   asked: list[str]) -> tuple[Preprocessing, str]:
+    """The eval protocol and where it comes from: the settings ``asked`` for, else the file's own, else the
+    training run's config, else the data set's seed protocol, else the config's defaults (said so)."""
+    own, none = ("the ONNX file's own (saved in it)", "the ONNX file carries none") \
+        if scored.runtime == "onnxruntime" else ("the weights' own (saved with them)", "the weights carry none")
+    if scored.preprocessing and not asked:
+        return _checked(Preprocessing.from_dict(scored.preprocessing), in_chans), own
+    why = [f"{', '.join('--' + k.replace('_', '-') for k in asked)} given to eval"] if asked else []
+    why += [] if scored.preprocessing else [none]
+    if scored.trained_config:
+        what = f"{d.transform} protocol of the training run's config"
+    elif not scored.preprocessing and d.dataset in SEED_PROTOCOLS:
+        transform, size = SEED_PROTOCOLS[d.dataset]
+        d = replace(d, **{k: v for k, v in (("transform", transform), ("image_size", size)) if k not in asked})
+        what = f"{d.transform} protocol"
     else:
-        preprocessing = Preprocessing.from_dict(saved)
-    if preprocessing.in_chans != model.in_chans:
-        raise UsageError(f"the model takes {model.in_chans}-channel images, the preprocessing gives "
+        what = f"{d.transform} protocol at {d.image_size} px"
+        if not scored.preprocessing:
+            what += ", the default"
+            why.append(f"{d.dataset} has no seed protocol")
+    return _checked(preprocessing_for(d, val, in_chans), in_chans), f"{what} ({'; '.join(why)})"
+
+
+def _checked(preprocessing: Preprocessing, in_chans: int) -> Preprocessing:
+    if preprocessing.in_chans != in_chans:
+        raise UsageError(f"the model takes {in_chans}-channel images, the preprocessing gives "
                          f"{preprocessing.in_chans}")
     return preprocessing

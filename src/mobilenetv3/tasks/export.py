@@ -2,26 +2,49 @@
 
 With a dataset at hand (the training run's, or the one given), the file is also checked on real
 validation images, INT8 is calibrated on training images, and INT8's accuracy is scored next to fp32's.
+Both sets of images are drawn at random (seeded) from their split: in file order, an ImageFolder's first
+images are all one class.
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..build import build_dataset_split
-from ..config import Config
-from ..data import check_labels, eval_loader
+from ..config import Config, DataConfig
+from ..data import Dataset, InMemoryImages, check_labels, eval_loader
 from ..data.transforms import Preprocessing
 from ..engine import evaluate
 from ..errors import UsageError
-from ..export import FORMATS, SUFFIXES, OnnxModule, export_verified
+from ..export import FORMATS, SUFFIXES, OnnxModule, check_writable, export_verified
 from ..weights import model_from_weights, read_weights
 
-VERIFY_BATCHES = 2
+SPLIT_NAMES = {"train": "training", "val": "validation"}
+
+
+@dataclass
+class ImageSample:
+    """Images drawn at random, without replacement, from a dataset's split (all of it when it holds no more)."""
+
+    dataset: str
+    source: str
+    split: str  # "train" or "val"
+    images: int  # drawn
+    of: int  # in the split
+    seed: int
+
+    def describe(self) -> str:
+        """``"128 of 2,000 validation images, drawn at random with seed 0"``."""
+        split = SPLIT_NAMES[self.split]
+        if self.images == self.of:
+            return f"all {self.of:,} {split} images"
+        return f"{self.images:,} of {self.of:,} {split} images, drawn at random with seed {self.seed}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -35,57 +58,90 @@ class ExportResult:
     real: Optional[dict] = None  # on real validation images, when a dataset was at hand
     fp32_path: Optional[str] = None  # onnx-int8: the fp32 model it was quantised from
     accuracy: Optional[dict] = None  # onnx-int8: dataset, count, int8_top1, fp32_top1
+    real_sample: Optional[ImageSample] = None  # the validation images behind ``real``
+    calibration_sample: Optional[ImageSample] = None  # onnx-int8: the training images it was calibrated on
+
+
+@dataclass
+class ExportData:
+    """The real images an export is checked (and INT8 calibrated) with, batched, and where they came from."""
+
+    val: Optional[Dataset] = None  # the whole validation split (INT8's accuracy)
+    real: tuple = ()  # batches of validation images to compare with PyTorch
+    real_sample: Optional[ImageSample] = None
+    calibration: Optional[list] = None  # batches of training images (INT8)
+    calibration_sample: Optional[ImageSample] = None
 
 
 def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str] = None, softmax: bool = False,
-                 ema: bool = False, calibration_images: int = 300, use_dataset: bool = True,
-                 **settings) -> ExportResult:
+                 ema: bool = False, calibration_images: int = 300, verify_images: int = 128, sample_seed: int = 0,
+                 use_dataset: bool = True, **settings) -> ExportResult:
     """Export ``checkpoint`` (any weights format) as ``format`` and verify the file in its runtime.
 
     ``output`` defaults to a file beside the checkpoint. ``settings`` are config fields over the training
     run's own config (``dataset``, ``data_path``, ``batch_size``, ``workers``, ``image_size``): the data used
-    to verify on real images and to calibrate INT8 (``use_dataset=False``: random inputs only).
+    to verify on real images and to calibrate INT8 (``use_dataset=False``: random inputs only). The file is
+    verified on ``verify_images`` validation images (0: all of them) and INT8 calibrated on
+    ``calibration_images`` training images, each drawn at random with ``sample_seed``.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if calibration_images < 1 or verify_images < 0:
+        raise UsageError("--calibration-images must be at least 1 and --verify-images at least 0 (0: all)")
     weights = read_weights(checkpoint, ema=ema)
     model = model_from_weights(weights)
     pre = Preprocessing.from_dict(model.preprocessing)
     source = Path(checkpoint)
     path = Path(output) if output else source.with_name(source.stem + SUFFIXES[format])
+    check_writable(path)  # before the data is read and the model exported
     config = Config.from_dict(weights.checkpoint.config) if weights.checkpoint and weights.checkpoint.config \
         else Config()
     config.update(settings, source="flag")
     d = config.data
     has_data = use_dataset and (d.dataset in ("fashion-mnist", "synthetic") or d.data_path)
-    val = real = calibration = None
-    if has_data:
-        val, real, calibration = _export_data(config, model.num_classes, pre, format == "onnx-int8",
-                                              calibration_images)
-    size = settings.get("image_size") or pre.crop
+    data = _export_data(config, model.num_classes, pre, format == "onnx-int8", calibration_images, verify_images,
+                        sample_seed) if has_data else ExportData()
+    size = d.image_size if "image_size" in settings else pre.crop
     example = torch.randn(2, model.in_chans, size, size)
-    figures = export_verified(model, format, path, example, softmax=softmax, real_inputs=real or (),
-                              calibration=calibration)
+    calibration_info = data.calibration_sample.to_dict() if data.calibration_sample else None
+    figures = export_verified(model, format, path, example, softmax=softmax, real_inputs=data.real,
+                              calibration=data.calibration, calibration_info=calibration_info)
     result = ExportResult(format, figures["path"], softmax, figures["random"], figures.get("real"),
-                          figures.get("fp32_path"))
-    if format == "onnx-int8" and val is not None:
-        result.accuracy = _int8_accuracy(result, val, pre, config)
+                          figures.get("fp32_path"), real_sample=data.real_sample,
+                          calibration_sample=data.calibration_sample)
+    if format == "onnx-int8" and data.val is not None:
+        result.accuracy = _int8_accuracy(result, data.val, pre, config)
     return result
 
 
-def _export_data(config: Config, num_classes: int, pre: Preprocessing, int8: bool, calibration_images: int):
-    """A few real validation batches to verify on, and (INT8) training images to calibrate with."""
+def _export_data(config: Config, num_classes: int, pre: Preprocessing, int8: bool, calibration_images: int,
+                 verify_images: int = 128, seed: int = 0) -> ExportData:
+    """Validation images to verify on and (INT8) training images to calibrate with, each drawn at random."""
     d = config.data
     val = build_dataset_split(d, "val", config.run.seed, num_classes)
     check_labels(val, num_classes)
-    batch = min(d.batch_size, 64)
-    real = [b.images for b in itertools.islice(eval_loader(val, pre, batch_size=batch), VERIFY_BATCHES)]
-    calibration = None
+    real, real_sample = _sample_batches(val, "val", verify_images or len(val), seed, d, pre)
+    data = ExportData(val, tuple(real), real_sample)
     if int8:
         train = build_dataset_split(d, "train", config.run.seed, num_classes)
-        count = max(1, -(-calibration_images // batch))
-        calibration = [b.images for b in itertools.islice(eval_loader(train, pre, batch_size=batch), count)]
-    return val, real, calibration
+        data.calibration, data.calibration_sample = _sample_batches(train, "train", calibration_images, seed, d, pre)
+    return data
+
+
+def _sample_batches(split: Dataset, name: str, count: int, seed: int, d: DataConfig,
+                    pre: Preprocessing) -> tuple[list[torch.Tensor], ImageSample]:
+    """``count`` images of ``split`` drawn at random with ``seed``, in eval-protocol batches; how they were drawn."""
+    sample = draw_sample(split, count, seed)
+    batches = [b.images for b in eval_loader(sample, pre, batch_size=min(d.batch_size, 64))]
+    return batches, ImageSample(d.dataset, split.source, name, len(sample), len(split), seed)
+
+
+def draw_sample(data: Dataset, count: int, seed: int) -> Dataset:
+    """``count`` samples of ``data`` drawn at random without replacement with ``seed`` (all, shuffled, if fewer)."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    if isinstance(data, InMemoryImages):
+        return replace(data, images=data.images[order], labels=data.labels[order])
+    return replace(data, samples=[data.samples[i] for i in order.tolist()])
 
 
 def _int8_accuracy(result: ExportResult, val, pre: Preprocessing, config: Config) -> dict:

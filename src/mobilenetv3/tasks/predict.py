@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -13,6 +14,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..data.loader import load_image
 from ..data.transforms import Preprocessing, image_transform, normalize_batch
 from ..errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,14 +49,15 @@ def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Op
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
-    """Files as given, folders searched recursively for images, globs expanded; sorted, no duplicates."""
+    """Files as given, folders searched recursively for images, globs expanded; sorted, no duplicates.
+
+    A folder's files without an image extension are left out, and counted in one logged line."""
     found: dict[Path, None] = {}
+    skipped: dict[Path, int] = {}  # folder -> files in it that are not images
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
-            if not matches:
-                raise UsageError(f"{path} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
+            matches, skipped[path] = _folder_images(path)
         elif path.is_file():
             matches = [path]
         elif any(ch in pattern for ch in "*?["):
@@ -63,7 +67,19 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{path} does not exist")
         found.update(dict.fromkeys(matches))
+    if sum(skipped.values()):
+        folders = ", ".join(str(folder) for folder, count in skipped.items() if count)
+        log.warning("skipped %d file(s) without an image extension in %s", sum(skipped.values()), folders)
     return list(found)
+
+
+def _folder_images(folder: Path) -> tuple[list[Path], int]:
+    """The image files under ``folder`` (by extension), sorted, and how many other files it holds."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    images = sorted(p for p in files if p.suffix.lower() in IMG_EXTENSIONS)
+    if not images:
+        raise UsageError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
+    return images, len(files) - len(images)
 
 
 @torch.no_grad()
@@ -73,6 +89,8 @@ def classify(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, 
     model.eval()
     transform = image_transform(None, preprocessing, train=False)
     k = min(topk, getattr(model, "num_classes", topk))
+    if k < topk:
+        log.warning("--topk %d is more than the model's %d classes: showing all %d", topk, k, k)
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
