@@ -46,18 +46,19 @@ def test_train_help_shows_the_defaults_and_eval_offers_no_training_flags(run_cli
         assert training_only not in evaluate
 
 
-def test_warmup_keeps_its_share_of_the_run_when_only_epochs_is_given(caplog):
-    with caplog.at_level(logging.INFO, logger="mobilenetv3"):
-        one_epoch = load_config(None, dict(epochs=1))
+def test_warmup_keeps_its_share_of_the_run_when_only_epochs_is_given():
+    one_epoch = load_config(None, dict(epochs=1))
     assert one_epoch.optim.warmup_epochs == pytest.approx(0.5 / 3)  # the default: 0.5 of 3 epochs
-    assert "warmup 0.5 of 3 epochs scaled to 0.166667 of 1 epochs" in caplog.text
+    assert one_epoch.source_of("warmup_epochs") == "warmup 0.5 of 3 epochs scaled to the run"
     assert load_config(None, dict(epochs=1, warmup_epochs=0.5)).optim.warmup_epochs == 0.5  # given: kept
     assert load_config("cifar10-cpu", dict(epochs=12)).optim.warmup_epochs == pytest.approx(0.5)  # 5 of 120
 
 
 # ------------------------------------------------------------------------------- smoke runs, progress
-def test_max_steps_ends_the_run_early_as_a_finished_run(tmp_path):
-    run = mobilenetv3.train(None, run_dir=str(tmp_path / "run"), epochs=2, max_steps=4, **TINY)  # 6 steps an epoch
+def test_max_steps_ends_the_run_early_as_a_finished_run(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="mobilenetv3"):  # 6 steps an epoch
+        run = mobilenetv3.train(None, run_dir=str(tmp_path / "run"), epochs=2, max_steps=4, **TINY)
+    assert "warmup 0.5 of 3 epochs scaled to the run: 0.333333 of 2 epochs (--warmup-epochs sets it)" in caplog.text
     lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if line.startswith("epoch: [")]
     assert run.global_step == 4 and len(lines) == 4 and not run.stopped
     assert run.val_count == 12 and (tmp_path / "run" / "model.safetensors").is_file()

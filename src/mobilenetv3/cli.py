@@ -258,7 +258,7 @@ def _add_predict(subparsers) -> None:
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", help="weights in any format the project reads")
     p.add_argument("--onnx", help="an exported ONNX model instead of --checkpoint")
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--topk", type=int, help="classes per image (default 5, or all when there are fewer)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_cmd_predict)

@@ -243,12 +243,11 @@ def load_config(preset: Optional[str] = None, overrides: Optional[dict] = None) 
 def _scale_warmup(config: Config, base_epochs: int) -> None:
     """A warmup the user did not give keeps its share of the run when the user changes only ``epochs``."""
     o = config.optim
-    if config.source_of("epochs") != "flag" or config.source_of("warmup_epochs") == "flag" or o.epochs == base_epochs:
+    if config.source_of("epochs") != "flag" or config.source_of("warmup_epochs") == "flag" or \
+            o.epochs == base_epochs or base_epochs < 1:
         return
-    scaled = o.warmup_epochs * o.epochs / base_epochs
-    log.info("warmup %g of %d epochs scaled to %g of %d epochs (--warmup-epochs sets it)", o.warmup_epochs,
-             base_epochs, scaled, o.epochs)
-    o.warmup_epochs = scaled
+    config._sources["warmup_epochs"] = f"warmup {o.warmup_epochs:g} of {base_epochs} epochs scaled to the run"
+    o.warmup_epochs = o.warmup_epochs * o.epochs / base_epochs  # the run says so when it starts
 
 
 def _parse_yaml(text: str, source: str) -> dict:

@@ -29,16 +29,17 @@ class Prediction:
         return asdict(self)
 
 
-def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Optional[str] = None, topk: int = 5,
-            batch_size: int = 32) -> list[Prediction]:
+def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Optional[str] = None,
+            topk: Optional[int] = None, batch_size: int = 32) -> list[Prediction]:
     """Classify ``images`` (files, folders searched recursively, globs) with ``checkpoint`` (any weights format)
-    or an exported ``onnx`` model; class names and preprocessing come from the file."""
+    or an exported ``onnx`` model; class names and preprocessing come from the file. ``topk`` defaults to 5
+    (or all classes, when there are fewer); a ``topk`` above the class count shows them all and says so."""
     from ..export import OnnxModule
     from ..weights import load_model
 
     if bool(checkpoint) == bool(onnx):
         raise UsageError("give exactly one of --checkpoint PATH or --onnx FILE")
-    if topk < 1 or batch_size < 1:
+    if (topk is not None and topk < 1) or batch_size < 1:
         raise UsageError("--topk and --batch-size must be at least 1")
     paths = expand_inputs(images)
     model = OnnxModule(onnx) if onnx else load_model(checkpoint)
@@ -84,13 +85,12 @@ def _folder_images(folder: Path) -> tuple[list[Path], int]:
 
 @torch.no_grad()
 def classify(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, classes: Optional[list[str]],
-             topk: int = 5, batch_size: int = 32, outputs_probabilities: bool = False) -> list[Prediction]:
+             topk: Optional[int] = None, batch_size: int = 32, outputs_probabilities: bool = False) -> list[Prediction]:
     """The top-``topk`` classes of every image, in order, with the eval protocol ``preprocessing``."""
     model.eval()
     transform = image_transform(None, preprocessing, train=False)
-    k = min(topk, getattr(model, "num_classes", topk))
-    if k < topk:
-        log.warning("--topk %d is more than the model's %d classes: showing all %d", topk, k, k)
+    classes_count = getattr(model, "num_classes", topk or 5)
+    k = min(topk or 5, classes_count)
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -103,4 +103,6 @@ def classify(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, 
             top = [dict(index=i, probability=p, **{"class": classes[i] if classes else str(i)})
                    for p, i in zip(row_values, row_indices)]
             results.append(Prediction(str(path), top))
+    if topk is not None and topk > k:  # said after the work, so that an error stays the one line
+        log.warning("--topk %d is more than the model's %d classes: showing all %d", topk, k, k)
     return results

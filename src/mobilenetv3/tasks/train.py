@@ -291,6 +291,9 @@ def build_schedule(config: Config, steps_per_epoch: int, world_size: int, stored
     if o.warmup_epochs > o.epochs:
         log.warning("warmup_epochs %g is longer than the run (%d epochs): the LR warms up over the whole run",
                     o.warmup_epochs, o.epochs)
+    scaled = config.source_of("warmup_epochs") or ""
+    if scaled.endswith("scaled to the run"):
+        log.info("%s: %g of %d epochs (--warmup-epochs sets it)", scaled, o.warmup_epochs, o.epochs)
     if total < o.epochs * steps_per_epoch:
         log.info("max_steps %d: the run ends after %d of its %d steps, the schedule spans those", total, total,
                  o.epochs * steps_per_epoch)
