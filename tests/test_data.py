@@ -2,17 +2,13 @@
 
 Reference values come from the fixture arrays themselves (what was written is what must be read)
 and from torchvision (its IDX reader, its CIFAR-10 pickle loader, its v2 eval transforms).
-Bad input is checked through the real command line: one line, exit code 2, no traceback.
+Bad input through the command line (one line, exit code 2, no traceback) is in test_bad_input.py.
 """
 import gzip
 import itertools
 import json
 import os
 import pickle
-import struct
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,99 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
+from builders import CIFAR_TRAIN_COUNTS, CLASSES, idx_bytes, truncate, write_cifar_bin, write_cifar_py, write_idx, \
+    write_image_folder
+from conftest import run_cli
 from mobilenetv3.data import (PRESETS, STATS, BatchAugment, EvalBatches, InMemoryImages, TrainBatches,
                               build_dataset, build_loader, build_preset)
 from mobilenetv3.data import datasets
 from mobilenetv3.data.datasets import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from mobilenetv3.data.loader import worker_error_message
-
-CLASSES = ("cat", "dog")
-# (PIL mode, file type): every mode load_image must convert rather than reject
-IMAGE_MODES = [("RGB", "JPEG"), ("L", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG")]
-CIFAR_TRAIN_COUNTS = (3, 2, 3, 2, 3)  # records in data_batch_1 ... data_batch_5
-CIFAR_TEST_COUNT = 4
-IDX_COUNTS = {"train": 12, "t10k": 5}
-
-
-# ------------------------------------------------------------------------------------- file writers
-def write_image(path: Path, mode: str, fmt: str, size=(40, 36), seed: int = 0) -> None:
-    """A noise image saved in ``mode`` (converted from RGB, as an editor would save it)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    image = Image.fromarray(pixels, "RGB").convert(mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, fmt)
-
-
-def write_image_folder(root: Path, per_class: dict, classes=CLASSES) -> Path:
-    """``root/<split>/<class>/<i>.jpg|png`` cycling through IMAGE_MODES; returns root."""
-    seed = 0
-    for split, count in per_class.items():
-        for name in classes:
-            for i in range(count):
-                mode, fmt = IMAGE_MODES[i % len(IMAGE_MODES)]
-                ext = "jpg" if fmt == "JPEG" else "png"
-                write_image(root / split / name / f"{i}_{mode}.{ext}", mode, fmt, seed=seed)
-                seed += 1
-    return root
-
-
-def cifar_arrays(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (count, 3072), dtype=np.uint8), rng.integers(0, 10, count).astype(np.uint8)
-
-
-def write_cifar_bin(root: Path) -> dict:
-    """``cifar-10-batches-bin`` as the release lays it out; returns the arrays written per split."""
-    folder = root / "cifar-10-batches-bin"
-    folder.mkdir(parents=True)
-    written = {"train": [], "val": []}
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
-    for seed, (name, count) in enumerate(zip(names, CIFAR_TRAIN_COUNTS + (CIFAR_TEST_COUNT,))):
-        data, labels = cifar_arrays(count, seed)
-        (folder / name).write_bytes(np.concatenate([labels[:, None], data], 1).tobytes())
-        written["val" if name == "test_batch.bin" else "train"].append((data, labels))
-    (folder / "batches.meta.txt").write_text("\n".join(CIFAR10_CLASSES) + "\n\n")
-    return {split: (np.concatenate([d for d, _ in parts]), np.concatenate([lab for _, lab in parts]))
-            for split, parts in written.items()}
-
-
-def write_cifar_py(root: Path, protocol: int = 2) -> dict:
-    """``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 ``data`` and a ``labels`` list, as released."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    written = {"train": [], "val": []}
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for seed, (name, count) in enumerate(zip(names, CIFAR_TRAIN_COUNTS + (CIFAR_TEST_COUNT,))):
-        data, labels = cifar_arrays(count, 100 + seed)
-        batch = {"batch_label": name, "labels": labels.tolist(), "data": data,
-                 "filenames": [f"img_{i}.png" for i in range(count)]}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
-        written["val" if name == "test_batch" else "train"].append((data, labels))
-    meta = {"num_cases_per_batch": 10000, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
-    return {split: (np.concatenate([d for d, _ in parts]), np.concatenate([lab for _, lab in parts]))
-            for split, parts in written.items()}
-
-
-def idx_bytes(array: np.ndarray, magic_type: int = 0x08) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, magic_type, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx(root: Path, gz: bool, seed: int = 0) -> dict:
-    """(Fashion-)MNIST: ``{train,t10k}-images-idx3-ubyte`` and ``-labels-idx1-ubyte``, gzipped or plain."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    written = {}
-    for prefix, count in IDX_COUNTS.items():
-        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-            data = idx_bytes(array)
-            name = f"{prefix}-{kind}-ubyte"
-            (root / (name + ".gz" if gz else name)).write_bytes(gzip.compress(data) if gz else data)
-        written["train" if prefix == "train" else "val"] = (images, labels)
-    return written
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -508,137 +419,17 @@ def test_fashion_mnist_absent_says_how_to_get_it(tmp_path, monkeypatch):
     assert "dataset-fashion-mnist" in message and "--download" in message and "--data-path" in message
 
 
-# ----------------------------------------------------------------------- bad input, through the CLI
-def _truncate(path: Path, keep: float = 0.5) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[:int(len(data) * keep)])
-
-
-def _bad_image_folder(root: Path) -> Path:
-    write_image_folder(root, {"train": 4, "val": 2}, classes=CLASSES)
-    _truncate(root / "train" / "cat" / "0_RGB.jpg")
-    return root / "train" / "cat" / "0_RGB.jpg"
-
-
-def _cli_cases(root: Path) -> dict:
-    """name -> (argv after `train`, strings the last stderr line must hold, expected exit code)."""
-    cases = {"missing-path": (["--dataset", "imagenet", "--data-path", str(root / "nowhere")],
-                              [str(root / "nowhere"), "does not exist"], 2)}
-
-    loose = root / "loose"
-    write_image(loose / "train" / "a.png", "RGB", "PNG")
-    write_image(loose / "val" / "b.png", "RGB", "PNG")
-    cases["no-class-folders"] = (["--dataset", "imagenet", "--data-path", str(loose)],
-                                 [str(loose / "train"), "no class folders"], 2)
-
-    empty = root / "empty"
-    for split in ("train", "val"):
-        (empty / split / "cat").mkdir(parents=True)
-        (empty / split / "cat" / "notes.txt").write_text("no images here")
-    cases["no-images"] = (["--dataset", "imagenet", "--data-path", str(empty)],
-                          [str(empty / "train"), "no images"], 2)
-
-    bad = _bad_image_folder(root / "truncated")
-    for workers in ("0", "1"):
-        cases[f"truncated-image-workers-{workers}"] = (
-            ["--dataset", "imagenet", "--data-path", str(root / "truncated"), "--workers", workers],
-            [str(bad), "unreadable image", "truncated"], 2)
-    _bad_image_folder(root / "skip")
-    cases["skip-bad-images"] = (["--dataset", "imagenet", "--data-path", str(root / "skip"), "--skip-bad-images"],
-                                [], 0)
-
-    write_cifar_bin(root / "cifar_short")
-    short = root / "cifar_short" / "cifar-10-batches-bin" / "data_batch_3.bin"
-    short.write_bytes(short.read_bytes()[:-100])
-    cases["truncated-cifar"] = (["--dataset", "cifar10", "--data-path", str(root / "cifar_short")],
-                                [str(short), "3073"], 2)
-
-    write_cifar_bin(root / "cifar_label")
-    test_batch = root / "cifar_label" / "cifar-10-batches-bin" / "test_batch.bin"
-    records = bytearray(test_batch.read_bytes())
-    records[3073] = 10  # the second record's label
-    test_batch.write_bytes(bytes(records))
-    cases["cifar-label-out-of-range"] = (["--dataset", "cifar10", "--data-path", str(root / "cifar_label")],
-                                         [str(test_batch), "label 10", "out of range"], 2)
-
-    write_cifar_bin(root / "cifar_ok")
-    cases["label-out-of-range-for-num-classes"] = (
-        ["--dataset", "cifar10", "--data-path", str(root / "cifar_ok"), "--num-classes", "3"],
-        [str(root / "cifar_ok"), "out of range for num_classes=3"], 2)
-
-    write_idx(root / "idx_magic", gz=True)
-    magic = root / "idx_magic" / "train-images-idx3-ubyte.gz"
-    magic.write_bytes(gzip.compress(b"\x08\x03\x00\x00" + gzip.decompress(magic.read_bytes())[4:]))
-    cases["idx-wrong-magic"] = (["--dataset", "fashion-mnist", "--data-path", str(root / "idx_magic")],
-                                [str(magic), "magic number"], 2)
-
-    write_idx(root / "idx_count", gz=False)
-    labels = root / "idx_count" / "train-labels-idx1-ubyte"
-    labels.write_bytes(idx_bytes(np.zeros(IDX_COUNTS["train"] - 1, dtype=np.uint8)))
-    cases["idx-count-mismatch"] = (["--dataset", "mnist", "--data-path", str(root / "idx_count")],
-                                   [str(root / "idx_count" / "train-images-idx3-ubyte"), str(labels),
-                                    f"{IDX_COUNTS['train']} images", f"{IDX_COUNTS['train'] - 1} labels"], 2)
-
-    write_idx(root / "idx_label", gz=False)
-    labels = root / "idx_label" / "t10k-labels-idx1-ubyte"
-    labels.write_bytes(idx_bytes(np.array([1, 12, 3, 4, 5], dtype=np.uint8)))
-    cases["idx-label-out-of-range"] = (["--dataset", "mnist", "--data-path", str(root / "idx_label")],
-                                       [str(labels), "label 12", "out of range"], 2)
-    return cases
-
-
-def _run_cli(argv: list, run_dir: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "mobilenetv3", "train", "--epochs", "1", "--warmup-epochs", "0",
-               "--batch-size", "4", "--no-progress", "--run-dir", str(run_dir), "--model", "mobilenetv3_small",
-               "--image-size", "32"]
-    if "--workers" not in argv:
-        command += ["--workers", "0"]
-    env = {k: v for k, v in os.environ.items() if k != "MOBILENETV3_DEBUG"}
-    env["OMP_NUM_THREADS"] = "1"  # several of these run at once
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(command + argv, capture_output=True, text=True, env=env, cwd=run_dir.parent,
-                          timeout=300)
-
-
-@pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
-    """Every bad-input case started at once (three at a time): each is a fresh Python process."""
-    root = tmp_path_factory.mktemp("cli")
-    cases = _cli_cases(root)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(_run_cli, argv, root / "runs" / name) for name, (argv, _, _) in cases.items()}
-        yield {name: (futures[name], cases[name]) for name in cases}
-
-
-BAD_INPUT = ["missing-path", "no-class-folders", "no-images", "truncated-image-workers-0",
-             "truncated-image-workers-1", "truncated-cifar", "cifar-label-out-of-range",
-             "label-out-of-range-for-num-classes", "idx-wrong-magic", "idx-count-mismatch", "idx-label-out-of-range"]
-# Found while building the datasets, before anything is logged: stderr is the error line alone.
-BEFORE_TRAINING = set(BAD_INPUT) - {"truncated-image-workers-0", "truncated-image-workers-1"}
-
-
-@pytest.mark.parametrize("name", BAD_INPUT)
-def test_bad_input_is_one_line_and_exit_2(cli_runs, name):
-    future, (_, expected, code) = cli_runs[name]
-    result = future.result()
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[-1].startswith("mobilenetv3 train: error: "), result.stderr
-    for text in expected:
-        assert text in lines[-1], (text, lines[-1])
-    if name in BEFORE_TRAINING:
-        assert len(lines) == 1, result.stderr
-    else:  # log lines of the run come first; the error is the one line that ends it
-        assert sum("error" in line for line in lines) == 1, result.stderr
-
-
-def test_skip_bad_images_trains_and_counts(cli_runs):
-    future, _ = cli_runs["skip-bad-images"]
-    result = future.result()
+# ------------------------------------------------------------------------------------- bad images
+def test_skip_bad_images_trains_and_counts(tmp_path):
+    """The way past an unreadable image (which is one error line: test_bad_input.py): skip and count it."""
+    write_image_folder(tmp_path / "data", {"train": 4, "val": 2})
+    truncate(tmp_path / "data" / "train" / "cat" / "0_RGB.jpg")
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4", "--no-progress",
+                     "--run-dir", run_dir, "--model", "mobilenetv3_small", "--image-size", "32", "--workers", "0",
+                     "--dataset", "imagenet", "--data-path", tmp_path / "data", "--skip-bad-images", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "skipping unreadable image" in result.stderr and "0_RGB.jpg" in result.stderr
-    run_dir = Path(result.args[result.args.index("--run-dir") + 1])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["skipped"] == 1

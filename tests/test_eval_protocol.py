@@ -18,6 +18,7 @@ from mobilenetv3.convert.mindspore import MINDSPORE_KWARGS
 from mobilenetv3.data.datasets import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from mobilenetv3.errors import UsageError
 from mobilenetv3.models import create_model
+from conftest import run_cli
 
 # The seed's CIFAR-10 eval protocol as ../shared/reference/SEED.md states it: Resize(224), rescale, normalise.
 SEED_CIFAR = dict(resize=224, crop=224, mean=[0.4914, 0.4822, 0.4465], std=[0.2023, 0.1994, 0.2010])
@@ -99,7 +100,7 @@ def files(tmp_path_factory):
     return f
 
 
-def eval_cli(run_cli, weights, *argv):
+def eval_cli(weights, *argv):
     return run_cli("eval", "--checkpoint", weights, *FAST, *argv)
 
 
@@ -115,9 +116,9 @@ def one_line(result) -> str:
 
 
 # ------------------------------------------------------------------------------ 3: classes, channels
-def test_a_dataset_with_other_classes_is_refused(files, run_cli, tmp_path):
+def test_a_dataset_with_other_classes_is_refused(files, tmp_path):
     """The user's case: 3 folders a, b, c scored against a 10-class Fashion-MNIST checkpoint."""
-    result = eval_cli(run_cli, files["fashion_pt"], "--dataset", "imagenet", "--data-path", files["abc"],
+    result = eval_cli(files["fashion_pt"], "--dataset", "imagenet", "--data-path", files["abc"],
                       "--out", tmp_path / "r")
     assert result.returncode == 2, result.stdout
     line = one_line(result)
@@ -125,15 +126,15 @@ def test_a_dataset_with_other_classes_is_refused(files, run_cli, tmp_path):
     assert not (tmp_path / "r").exists() and "top-1" not in result.stdout
 
 
-def test_class_names_that_differ_are_refused(files, run_cli, tmp_path):
-    result = eval_cli(run_cli, files["abc_pt"], "--dataset", "imagenet", "--data-path", files["xyz"],
+def test_class_names_that_differ_are_refused(files, tmp_path):
+    result = eval_cli(files["abc_pt"], "--dataset", "imagenet", "--data-path", files["xyz"],
                       "--out", tmp_path / "r")
     assert result.returncode == 2
     assert "class 0 is 'x' there, 'a' in the weights" in one_line(result)
 
 
-def test_by_index_scores_anyway_and_says_so(files, run_cli, tmp_path):
-    result = eval_cli(run_cli, files["fashion_pt"], "--dataset", "imagenet", "--data-path", files["abc"],
+def test_by_index_scores_anyway_and_says_so(files, tmp_path):
+    result = eval_cli(files["fashion_pt"], "--dataset", "imagenet", "--data-path", files["abc"],
                       "--by-index", "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr
     assert "scored 6 of 6 images" in result.stdout
@@ -144,8 +145,8 @@ def test_by_index_scores_anyway_and_says_so(files, run_cli, tmp_path):
 
 @pytest.mark.parametrize("folder, names", [("abc", ["a", "b", "c"]), ("digits", ["a", "b", "c"])],
                          ids=["same names", "dataset classes are indices"])
-def test_matching_or_index_classes_are_scored(files, run_cli, tmp_path, folder, names):
-    result = eval_cli(run_cli, files["abc_pt"], "--dataset", "imagenet", "--data-path", files[folder],
+def test_matching_or_index_classes_are_scored(files, tmp_path, folder, names):
+    result = eval_cli(files["abc_pt"], "--dataset", "imagenet", "--data-path", files[folder],
                       "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr
     assert "scored 6 of 6 images, each once (imagenet val, pytorch, 0 unreadable skipped)" in result.stdout
@@ -153,8 +154,8 @@ def test_matching_or_index_classes_are_scored(files, run_cli, tmp_path, folder, 
     assert list(json.loads((tmp_path / "r" / "report.json").read_text())["per_class_accuracy"]) == names
 
 
-def test_one_channel_data_on_rgb_weights_is_said(files, run_cli, tmp_path):
-    result = eval_cli(run_cli, files["fashion_pt"], "--dataset", "fashion-mnist", "--data-path", files["fashion"],
+def test_one_channel_data_on_rgb_weights_is_said(files, tmp_path):
+    result = eval_cli(files["fashion_pt"], "--dataset", "fashion-mnist", "--data-path", files["fashion"],
                       "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr
     note = "the model takes 3-channel images; the dataset's 1-channel images are repeated to 3 channels"
@@ -163,11 +164,11 @@ def test_one_channel_data_on_rgb_weights_is_said(files, run_cli, tmp_path):
 
 
 # -------------------------------------------------------------------- 4: the seed's protocol by default
-def test_a_seed_ckpt_on_cifar10_gets_the_seed_cifar_protocol(files, run_cli, tmp_path):
+def test_a_seed_ckpt_on_cifar10_gets_the_seed_cifar_protocol(files, tmp_path):
     """Scored as the seed's eval.py does (Resize(224), its CIFAR mean/std), checked with torchvision's transforms."""
     from torchvision.transforms import v2
 
-    result = eval_cli(run_cli, files["seed_ckpt"], "--dataset", "cifar10", "--data-path", files["cifar"],
+    result = eval_cli(files["seed_ckpt"], "--dataset", "cifar10", "--data-path", files["cifar"],
                       "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr
     assert "preprocessing: seed-cifar10 protocol (the weights carry none): resize 224, crop 224" in result.stdout
@@ -184,8 +185,8 @@ def test_a_seed_ckpt_on_cifar10_gets_the_seed_cifar_protocol(files, run_cli, tmp
     assert report["loss"] == pytest.approx(expected.item(), rel=1e-4)
 
 
-def test_a_seed_ckpt_on_imagenet_gets_the_seed_imagenet_protocol(files, run_cli, tmp_path):
-    result = eval_cli(run_cli, files["seed_ckpt"], "--dataset", "imagenet", "--data-path", files["ten"],
+def test_a_seed_ckpt_on_imagenet_gets_the_seed_imagenet_protocol(files, tmp_path):
+    result = eval_cli(files["seed_ckpt"], "--dataset", "imagenet", "--data-path", files["ten"],
                       "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -193,15 +194,15 @@ def test_a_seed_ckpt_on_imagenet_gets_the_seed_imagenet_protocol(files, run_cli,
     assert_protocol(report["preprocessing"], SEED_IMAGENET)
 
 
-def test_flags_still_choose_and_other_datasets_say_what_is_used(files, run_cli, tmp_path):
-    sized = eval_cli(run_cli, files["seed_ckpt"], "--dataset", "cifar10", "--data-path", files["cifar"],
+def test_flags_still_choose_and_other_datasets_say_what_is_used(files, tmp_path):
+    sized = eval_cli(files["seed_ckpt"], "--dataset", "cifar10", "--data-path", files["cifar"],
                      "--image-size", "64", "--json", "--out", tmp_path / "a")
     assert sized.returncode == 0, sized.stderr
     report = json.loads(sized.stdout)
     assert report["preprocessing"]["crop"] == report["preprocessing"]["resize"] == 64
     assert report["preprocessing_source"] == \
         "seed-cifar10 protocol (--image-size given to eval; the weights carry none)"
-    synthetic = eval_cli(run_cli, files["seed_ckpt"], "--dataset", "synthetic", "--synthetic-samples", "16",
+    synthetic = eval_cli(files["seed_ckpt"], "--dataset", "synthetic", "--synthetic-samples", "16",
                          "--json", "--out", tmp_path / "b")
     assert synthetic.returncode == 0, synthetic.stderr
     report = json.loads(synthetic.stdout)
@@ -211,22 +212,22 @@ def test_flags_still_choose_and_other_datasets_say_what_is_used(files, run_cli, 
 
 
 # ------------------------------------------------------------------ 9: skip bad images only when asked
-def test_skipping_bad_images_is_the_eval_commands_choice(files, run_cli, tmp_path):
+def test_skipping_bad_images_is_the_eval_commands_choice(files, tmp_path):
     """The training run skipped bad images; eval stops at one unless --skip-bad-images is given to it."""
-    stopped = eval_cli(run_cli, files["skipping_run"], "--out", tmp_path / "a")
+    stopped = eval_cli(files["skipping_run"], "--out", tmp_path / "a")
     assert stopped.returncode == 2 and "broken0.png: unreadable image" in one_line(stopped)
-    skipped = eval_cli(run_cli, files["skipping_run"], "--skip-bad-images", "--out", tmp_path / "b")
+    skipped = eval_cli(files["skipping_run"], "--skip-bad-images", "--out", tmp_path / "b")
     assert skipped.returncode == 0, skipped.stderr
     assert "scored 6 of 7 images, each once (imagenet val, pytorch, 1 unreadable skipped)" in skipped.stdout
 
 
 # -------------------------------------------------------------------- 14: metrics before the report
-def test_an_unwritable_out_folder_comes_after_the_metrics(files, run_cli):
+def test_an_unwritable_out_folder_comes_after_the_metrics(files):
     """--out under a plain file (NotADirectoryError; tests run as root, where a read-only mode does not stop
     writes): the metrics are on stdout, then one line naming --out, exit 2."""
     blocked = files["plain_file"] / "report"
     for extra in ([], ["--json"]):
-        result = eval_cli(run_cli, files["abc_pt"], "--dataset", "imagenet", "--data-path", files["abc"],
+        result = eval_cli(files["abc_pt"], "--dataset", "imagenet", "--data-path", files["abc"],
                           "--out", blocked, *extra)
         assert result.returncode == 2
         line = one_line(result)
@@ -237,13 +238,13 @@ def test_an_unwritable_out_folder_comes_after_the_metrics(files, run_cli):
             assert "top-1 " in result.stdout and "result: {'acc': " in result.stdout
 
 
-def test_an_unwritable_default_folder_beside_the_weights(files, run_cli, tmp_path):
+def test_an_unwritable_default_folder_beside_the_weights(files, tmp_path):
     """The default report folder (eval-<dataset> beside the weights) cannot be made: here a file has its name."""
     weights = tmp_path / "media" / "abc.pt"
     weights.parent.mkdir()
     weights.write_bytes(files["abc_pt"].read_bytes())
     (weights.parent / "eval-imagenet").write_text("not a folder")
-    result = eval_cli(run_cli, weights, "--dataset", "imagenet", "--data-path", files["abc"])
+    result = eval_cli(weights, "--dataset", "imagenet", "--data-path", files["abc"])
     assert result.returncode == 2 and "--out" in one_line(result)
     assert "result: {'acc': " in result.stdout
 

@@ -4,7 +4,6 @@ files and a capped --topk said in one line."""
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,15 +11,11 @@ from PIL import Image
 
 from mobilenetv3 import weights as wts
 from mobilenetv3.models import create_model
+from conftest import run_cli
 
 CLASSES = 4
 LEVELS = [30 + 60 * k for k in range(CLASSES)]  # class k: grey level LEVELS[k]; image i: a corner 2 * i brighter
 TRAIN_PER_CLASS, VAL_PER_CLASS = 12, 8
-
-
-def cli(*argv):
-    """``mobilenetv3 ARGV`` in a fresh process: ONNX Runtime writes to file descriptor 2 itself."""
-    return subprocess.run([sys.executable, "-m", "mobilenetv3", *map(str, argv)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +112,9 @@ def test_the_images_drawn_follow_the_seed(monkeypatch, checkpoint, sorted_folder
 def int8_export(checkpoint, sorted_folder, tmp_path_factory):
     """``mobilenetv3 export --format onnx-int8`` calibrated on the sorted folder, run once for the tests below."""
     out = tmp_path_factory.mktemp("int8") / "m.int8.onnx"
-    result = cli("export", "--checkpoint", checkpoint, "--format", "onnx-int8", "--output", out,
-                 "--dataset", "imagenet", "--data-path", sorted_folder, "--calibration-images", 24,
-                 "--batch-size", 8)
+    result = run_cli("export", "--checkpoint", checkpoint, "--format", "onnx-int8", "--output", out,
+                     "--dataset", "imagenet", "--data-path", sorted_folder, "--calibration-images", 24,
+                     "--batch-size", 8, process=True)  # a fresh process: ONNX Runtime writes to fd 2 itself
     assert result.returncode == 0, result.stderr
     return result, out
 
@@ -149,8 +144,8 @@ def test_int8_export_writes_only_our_lines_to_stderr(int8_export):
 
 
 def test_onnx_export_writes_only_our_lines_to_stderr(checkpoint, sorted_folder, tmp_path):
-    result = cli("export", "--checkpoint", checkpoint, "--output", tmp_path / "m.onnx", "--dataset", "imagenet",
-                 "--data-path", sorted_folder)
+    result = run_cli("export", "--checkpoint", checkpoint, "--output", tmp_path / "m.onnx", "--dataset", "imagenet",
+                     "--data-path", sorted_folder, process=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
 
@@ -201,7 +196,7 @@ def _writable(folder) -> bool:
 
 
 @pytest.mark.parametrize("where", ["read-only folder", "under a file"])
-def test_export_to_an_unwritable_place_names_the_output(where, checkpoint, tmp_path, request, run_cli):
+def test_export_to_an_unwritable_place_names_the_output(where, checkpoint, tmp_path, request):
     if where == "under a file":
         (tmp_path / "file").write_text("")
         out = tmp_path / "file" / "sub.onnx"  # NotADirectoryError, root or not
@@ -214,7 +209,7 @@ def test_export_to_an_unwritable_place_names_the_output(where, checkpoint, tmp_p
     assert ".tmp" not in lines[0]
 
 
-def test_a_failed_write_names_the_output_and_leaves_no_temporary_file(checkpoint, tmp_path, monkeypatch, run_cli):
+def test_a_failed_write_names_the_output_and_leaves_no_temporary_file(checkpoint, tmp_path, monkeypatch):
     def disk_full(obj, path, **kwargs):
         raise OSError(28, "No space left on device", path)
 
@@ -237,7 +232,7 @@ def test_export_image_size_is_read_as_a_setting(checkpoint, tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------------------------------- predict
-def test_predict_says_how_many_files_it_skipped(checkpoint, sorted_folder, tmp_path, run_cli):
+def test_predict_says_how_many_files_it_skipped(checkpoint, sorted_folder, tmp_path):
     shutil.copy(sorted_folder / "val" / "c0" / "00.png", tmp_path / "a.png")
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "sub").mkdir()
@@ -248,7 +243,7 @@ def test_predict_says_how_many_files_it_skipped(checkpoint, sorted_folder, tmp_p
     assert result.stderr.splitlines() == [f"skipped 2 file(s) without an image extension in {tmp_path}"]
 
 
-def test_predict_says_when_topk_is_capped_at_the_class_count(checkpoint, sorted_folder, run_cli):
+def test_predict_says_when_topk_is_capped_at_the_class_count(checkpoint, sorted_folder):
     image = sorted_folder / "val" / "c0" / "00.png"
     result = run_cli("predict", image, "--checkpoint", checkpoint, "--topk", 20, "--json")
     assert result.returncode == 0, result.stderr

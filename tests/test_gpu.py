@@ -8,17 +8,16 @@ checks the tests themselves (the continued run is then bitwise the CPU's) but no
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from builders import tiny_config, tiny_flags
+from conftest import run_cli
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3.models import create_model
 from mobilenetv3.tasks import train
-from test_train import tiny_config, tiny_flags
 
 DEVICE = os.environ.get("MOBILENETV3_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA GPU (MOBILENETV3_TEST_DEVICE=cpu to try on CPU)")
@@ -74,7 +73,7 @@ def test_a_cpu_checkpoint_continues_on_the_device(tmp_path, exact_float32):
     assert travelled > 0 and (flat["got"] - flat["expected"]).norm() <= 0.05 * travelled
 
 
-def test_evaluation_on_the_device_agrees_with_the_cpu(tmp_path, exact_float32, run_cli):
+def test_evaluation_on_the_device_agrees_with_the_cpu(tmp_path, exact_float32):
     model = create_model("mobilenetv3_large", num_classes=10).eval()
     images = torch.randn(4, 3, 224, 224)
     with torch.no_grad():
@@ -98,9 +97,8 @@ def test_evaluation_on_the_device_agrees_with_the_cpu(tmp_path, exact_float32, r
 @pytest.mark.skipif(ON_CPU, reason="NCCL needs a GPU; gloo is tested in test_train.py")
 def test_torchrun_on_the_gpu_uses_nccl_and_sync_batchnorm(tmp_path):
     run_dir = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                             "-m", "mobilenetv3", *tiny_flags(run_dir, device="cuda", sync_bn=True, amp="bf16")],
-                            capture_output=True, text=True, env=dict(os.environ, NCCL_DEBUG="INFO"))
+    result = run_cli(*tiny_flags(run_dir, device="cuda", sync_bn=True, amp="bf16"), nproc=1,
+                     env=dict(NCCL_DEBUG="INFO"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "NCCL INFO" in result.stdout + result.stderr  # NCCL's own log: the group ran on NCCL, not gloo
     assert len(epoch_losses(run_dir)) == 2 and ckpt.load_checkpoint(run_dir / "last.pt")["epoch"] == 2

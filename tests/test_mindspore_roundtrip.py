@@ -18,7 +18,7 @@ from mobilenetv3.config import load_config
 from mobilenetv3.convert import from_mindspore, read_ckpt, to_mindspore, to_timm, to_torchvision, write_ckpt
 from mobilenetv3.convert.mindspore import MINDSPORE_KWARGS
 from mobilenetv3.models import count_params, create_model
-from conftest import MINDSPORE_FIXTURES, needs_mindspore_fixture
+from conftest import MINDSPORE_FIXTURES, needs_mindspore_fixture, run_cli
 
 TINY = ["--dataset", "synthetic", "--synthetic-samples", "32", "--image-size", "32", "--batch-size", "8",
         "--model", "mobilenetv3_small", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0", "--no-progress",
@@ -59,7 +59,7 @@ def trained(tmp_path_factory):
     return run_dir / "last.pt"
 
 
-def test_a_model_trained_without_head_bias_goes_to_mindspore_and_back(trained, tmp_path, run_cli):
+def test_a_model_trained_without_head_bias_goes_to_mindspore_and_back(trained, tmp_path):
     ckpt, back = tmp_path / "w.ckpt", tmp_path / "back.pt"
     to_ms = run_cli("convert", trained, ckpt)
     assert to_ms.returncode == 0, to_ms.stderr
@@ -75,7 +75,7 @@ def test_a_model_trained_without_head_bias_goes_to_mindspore_and_back(trained, t
     assert torch.equal(logits(returned), logits(original))
 
 
-def test_a_model_trained_with_the_head_bias_is_refused_with_the_way_out(tmp_path, run_cli):
+def test_a_model_trained_with_the_head_bias_is_refused_with_the_way_out(tmp_path):
     model = randomised(create_model("mobilenetv3_small", num_classes=3))
     weights = wts.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3")
     wts.write_weights(weights, tmp_path / "biased.pt", "mobilenetv3")
@@ -148,7 +148,7 @@ def seed_checkpoint(path, training: bool, crc: bool = False) -> dict:
     return tensors
 
 
-def test_a_seed_training_checkpoint_keeps_its_state_in_a_ckpt(tmp_path, run_cli):
+def test_a_seed_training_checkpoint_keeps_its_state_in_a_ckpt(tmp_path):
     tensors = seed_checkpoint(tmp_path / "mobilenetV3-2_3.ckpt", training=True)
     result = run_cli("convert", tmp_path / "mobilenetV3-2_3.ckpt", tmp_path / "out.ckpt")
     assert result.returncode == 0, result.stderr
@@ -164,7 +164,7 @@ def test_a_seed_training_checkpoint_keeps_its_state_in_a_ckpt(tmp_path, run_cli)
 
 
 @pytest.mark.parametrize("dst, target", [("out.pt", "mobilenetv3"), ("out.safetensors", "safetensors")])
-def test_a_seed_training_checkpoint_says_what_other_formats_drop(dst, target, tmp_path, run_cli):
+def test_a_seed_training_checkpoint_says_what_other_formats_drop(dst, target, tmp_path):
     tensors = seed_checkpoint(tmp_path / "seed.ckpt", training=True)
     result = run_cli("convert", tmp_path / "seed.ckpt", tmp_path / dst)
     assert result.returncode == 0, result.stderr
@@ -176,7 +176,7 @@ def test_a_seed_training_checkpoint_says_what_other_formats_drop(dst, target, tm
     assert result.training_state and not result.training_state_kept  # the Python API says it too
 
 
-def test_a_crc_trailer_round_trips_through_convert(tmp_path, run_cli):
+def test_a_crc_trailer_round_trips_through_convert(tmp_path):
     source = tmp_path / "crc.ckpt"
     seed_checkpoint(source, training=False, crc=True)
     result = run_cli("convert", source, tmp_path / "back.ckpt")
@@ -188,7 +188,7 @@ def test_a_crc_trailer_round_trips_through_convert(tmp_path, run_cli):
     assert (tmp_path / "plain.ckpt").read_bytes() == data[:-17]
 
 
-def test_crc_can_be_asked_for_and_only_for_a_ckpt(tmp_path, run_cli):
+def test_crc_can_be_asked_for_and_only_for_a_ckpt(tmp_path):
     seed_checkpoint(tmp_path / "plain.ckpt", training=False)
     assert run_cli("convert", tmp_path / "plain.ckpt", tmp_path / "ours.pt").returncode == 0
     assert run_cli("convert", tmp_path / "ours.pt", tmp_path / "with.ckpt", "--crc").returncode == 0

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import mobilenetv3
+from conftest import run_cli
 from mobilenetv3.errors import UsageError
 
 TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
@@ -24,7 +25,7 @@ def test_train_returns_what_the_cli_prints(run):
     assert json.loads(Path(run.run_dir, "metrics.jsonl").read_text().splitlines()[-1])["val_top1"] == run.top1
 
 
-def test_evaluate_matches_the_cli_json(run, run_cli, tmp_path):
+def test_evaluate_matches_the_cli_json(run, tmp_path):
     result = mobilenetv3.evaluate(run.checkpoint, out_dir=str(tmp_path / "py"))
     cli = run_cli("eval", "--checkpoint", run.checkpoint, "--out", tmp_path / "cli", "--json")
     assert cli.returncode == 0, cli.stderr

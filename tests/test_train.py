@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import child_pids
+from builders import TINY, tiny_config, tiny_flags
+from conftest import child_pids, cli_command, run_cli
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3 import weights as wts
 from mobilenetv3.config import load_config
@@ -24,32 +25,6 @@ from mobilenetv3.build import build_model
 from mobilenetv3.tasks import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
-            width_mult=0.5, epochs=2, warmup_epochs=1, lr=0.05, workers=0, progress=False, seed=3)
-
-
-def tiny_config(run_dir, **overrides):
-    return load_config(None, dict(TINY, run_dir=str(run_dir), **overrides))
-
-
-def cli(*argv, check=True, **kwargs):
-    result = subprocess.run([sys.executable, "-m", "mobilenetv3", *argv], capture_output=True, text=True,
-                            cwd=kwargs.pop("cwd", None), **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}: {result.stderr}")
-    return result
-
-
-def tiny_flags(run_dir, **overrides):
-    values = dict(TINY, run_dir=str(run_dir), **overrides)
-    flags = ["train"]
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            flags += [flag, str(value)]
-    return flags
 
 
 # ------------------------------------------------------------------------------------ the recipe
@@ -252,7 +227,7 @@ def test_kill_during_save_never_leaves_a_torn_file(tmp_path):
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    result = cli(*tiny_flags(run_dir, lr=1e12, warmup_epochs=0, save_every_steps=1), check=False)
+    result = run_cli(*tiny_flags(run_dir, lr=1e12, warmup_epochs=0, save_every_steps=1))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert re.search(r"the loss is (nan|inf) at step \d+; stopping", lines[-1]) and "Traceback" not in result.stderr
@@ -332,22 +307,6 @@ def test_ema_batchnorm_statistics_are_those_of_the_averaged_weights(tmp_path):
     torch.testing.assert_close(ema.stem.bn.running_mean, stem_out.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
 
 
-def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
-    train(tiny_config(tmp_path / "run", epochs=1))
-    result = cli(*tiny_flags(tmp_path / "run", epochs=1), check=False)
-    assert result.returncode == 2
-    assert "already holds a run (checkpoints); continue it with --resume auto" in result.stderr
-    with ckpt_lock(tmp_path / "busy"):
-        result = cli(*tiny_flags(tmp_path / "busy", epochs=1), check=False)
-    assert result.returncode == 2 and "is in use by a running training (pid" in result.stderr
-
-
-def ckpt_lock(run_dir):
-    from mobilenetv3.tasks.train import run_lock
-
-    return run_lock(run_dir, resuming=False)
-
-
 # -------------------------------------------------------------------------------- resume, signals
 def final_state(run_dir):
     state = ckpt.load_checkpoint(run_dir / "last.pt")
@@ -374,40 +333,50 @@ def wait_for_steps(log: Path, count: int, proc, timeout=120):
     raise AssertionError("training did not reach the step in time")
 
 
-RESUME = dict(epochs=3, save_every_steps=2, deterministic=True, dropout=0.2, ema_decay=0.8)
+# Dropout and EMA: state a resumed run must get back. How often a run saves does not change what it computes,
+# so one run left alone (the fixture `straight`) is the reference of both one-process resume tests.
+RESUME = dict(epochs=3, deterministic=True, dropout=0.2, ema_decay=0.8)
 
 
-def test_kill_and_resume_is_bitwise_identical(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The final state of the RESUME run, left alone (18 steps)."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    result = run_cli(*tiny_flags(run_dir, **RESUME))
+    assert result.returncode == 0, result.stderr
+    return final_state(run_dir)
+
+
+def test_kill_and_resume_is_bitwise_identical(straight, tmp_path):
     """SIGKILL in the middle of an epoch, --resume auto from the last checkpoint (step 2k), same final weights."""
-    cli(*tiny_flags(tmp_path / "straight", **RESUME))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mobilenetv3", *tiny_flags(killed, **RESUME)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli_command(*tiny_flags(killed, save_every_steps=2, **RESUME)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     wait_for_steps(killed / "train.log", 9, proc)  # epoch 2, step 3: last save at global step 8
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = ckpt.load_checkpoint(killed / "last.pt")
     assert 0 < state["step_in_epoch"] < 6 or state["epoch"] >= 1  # a mid-run checkpoint
     assert state["global_step"] < 18
-    cli(*tiny_flags(killed, resume="auto", **RESUME))
-    assert_bitwise_equal(final_state(tmp_path / "straight"), final_state(killed))
+    resumed = run_cli(*tiny_flags(killed, resume="auto", save_every_steps=2, **RESUME))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bitwise_equal(straight, final_state(killed))
 
 
-def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
+def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(straight, tmp_path):
     run_dir = tmp_path / "run"
-    flags = tiny_flags(run_dir, epochs=3, deterministic=True)
-    proc = subprocess.Popen([sys.executable, "-m", "mobilenetv3", *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli_command(*tiny_flags(run_dir, **RESUME)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # no periodic saves: only the stop saves mid-epoch
     wait_for_steps(run_dir / "train.log", 8, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert f"resume with: mobilenetv3 train --resume auto --run-dir {run_dir}" in out
     state = ckpt.load_checkpoint(run_dir / "last.pt")
-    assert state["global_step"] >= 8
-    cli(*tiny_flags(run_dir, epochs=3, deterministic=True, resume="auto"))
-    cli(*tiny_flags(tmp_path / "straight", epochs=3, deterministic=True))
-    assert_bitwise_equal(final_state(tmp_path / "straight"), final_state(run_dir))
+    assert state["global_step"] >= 8  # beyond epoch 1's checkpoint (step 6): the stop saved it
+    resumed = run_cli(*tiny_flags(run_dir, resume="auto", **RESUME))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bitwise_equal(straight, final_state(run_dir))
 
 
 # ------------------------------------------------------------------------------------ DDP on CPU
@@ -425,9 +394,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     amplifies the rounding (2 threads here: ~2e-3 after 4 steps; 1 thread: identical).
     """
     run_dir = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "mobilenetv3", *tiny_flags(run_dir, **DDP_FLAGS)], capture_output=True, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    result = run_cli(*tiny_flags(run_dir, **DDP_FLAGS), nproc=2, env=dict(OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-2000:]
     ddp = ckpt.load_checkpoint(run_dir / "last.pt")
 
@@ -450,23 +417,18 @@ DDP_RESUME = dict(epochs=2, batch_size=4, synthetic_samples=128, save_every_step
                   eval_every=0)
 
 
-def torchrun(run_dir, **flags):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mobilenetv3",
-            *tiny_flags(run_dir, **flags)]
-
-
 def test_two_gloo_processes_killed_and_resumed_end_bitwise_identical(tmp_path):
     """The whole torchrun group SIGKILLed in epoch 2, resumed: the same weights and epoch loss as a run left alone.
 
     Dropout and the random crop/flip draw from each process's own generators, so this holds only when every rank
     gets back its own RNG state (not rank 0's) and the partial epoch loss counts every rank's share.
     """
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    straight = subprocess.run(torchrun(tmp_path / "straight", **DDP_RESUME), capture_output=True, text=True, env=env)
+    one_thread = dict(OMP_NUM_THREADS="1")
+    straight = run_cli(*tiny_flags(tmp_path / "straight", **DDP_RESUME), nproc=2, env=one_thread)
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(torchrun(killed, **DDP_RESUME), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(cli_command(*tiny_flags(killed, **DDP_RESUME), nproc=2), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **one_thread))
     wait_for_steps(killed / "train.log", 21, proc)  # 16 steps per epoch: epoch 2, step 5
     for pid in [*child_pids(proc.pid), proc.pid]:  # the workers first: torchrun would restart them
         os.kill(pid, signal.SIGKILL)
@@ -475,7 +437,7 @@ def test_two_gloo_processes_killed_and_resumed_end_bitwise_identical(tmp_path):
     assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < 16, (state["epoch"], state["step_in_epoch"])
     assert len(state["rng_ranks"]) == 2
     assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])
-    resumed = subprocess.run(torchrun(killed, resume="auto", **DDP_RESUME), capture_output=True, text=True, env=env)
+    resumed = run_cli(*tiny_flags(killed, resume="auto", **DDP_RESUME), nproc=2, env=one_thread)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at epoch 2, step {state['step_in_epoch']}" in resumed.stderr
     assert_bitwise_equal(final_state(tmp_path / "straight"), final_state(killed))
@@ -590,28 +552,3 @@ def test_presets_hold_the_seed_recipes():
     assert (cpu.data.batch_size, cpu.optim.epochs, cpu.optim.lr, cpu.optim.warmup_epochs) == (32, 120, 0.1, 5)
     assert (cpu.optim.weight_decay, cpu.data.image_size, cpu.data.transform) == (1e-4, 224, "seed-cifar10")
     assert load_config("fashion-mnist", dict(epochs=7)).optim.epochs == 7  # flags override the preset
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--lr", "-1"], "lr must be positive, got -1.0"),
-    (["--epochs", "0"], "epochs must be at least 1, got 0"),
-    (["--batch-size", "x"], "flag: batch_size must be an integer, got 'x'"),
-    (["--optimizer", "lamb"], "optimizer must be one of sgd, rmsprop, adamw"),
-    (["--config", "nope"], "unknown config 'nope'; presets: cifar10-cpu, fashion-mnist"),
-    (["--ema-decay", "1.5"], "ema_decay must be in (0, 1), got 1.5"),
-    (["--momentum", "1.5"], "momentum must be in [0, 1), got 1.5"),
-    (["--weight-decay=-1e-4"], "weight_decay must be 0 or more"),
-])
-def test_bad_training_settings_are_one_line_and_exit_2(flags, message, tmp_path, run_cli):
-    result = run_cli("train", "--dataset", "synthetic", "--run-dir", str(tmp_path / "r"), *flags)
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "r").exists()  # nothing half-made
-
-
-def test_bad_yaml_config(tmp_path, run_cli):
-    (tmp_path / "bad.yaml").write_text("optim:\n  lr: [1, 2\n")
-    (tmp_path / "typo.yaml").write_text("optim:\n  lrr: 0.1\n")
-    for name, message in (("bad.yaml", "is not valid YAML"), ("typo.yaml", "unknown setting optim.lrr")):
-        result = run_cli("train", "--config", str(tmp_path / name))
-        assert result.returncode == 2 and message in result.stderr

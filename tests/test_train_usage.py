@@ -5,7 +5,6 @@ import os
 import pickle
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,11 @@ import mobilenetv3
 from mobilenetv3.config import Config, load_config
 from mobilenetv3.convert import to_mindspore, write_ckpt
 from mobilenetv3.models import create_model
+from conftest import run_cli
 
 TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
             width_mult=0.5, workers=0, progress=False, transform="none")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_process(*argv, **env):
-    """``python -m mobilenetv3 ARGV`` in a real process (stderr is a pipe, not a terminal)."""
-    return subprocess.run([sys.executable, "-m", "mobilenetv3", *map(str, argv)], capture_output=True, text=True,
-                          env=dict(os.environ, **env), timeout=600)
 
 
 # ------------------------------------------------------------------------------- defaults and help
@@ -37,7 +31,7 @@ def test_the_defaults_are_the_embedded_default_recipe():
         assert defaults[section] == preset[section], section
 
 
-def test_train_help_shows_the_defaults_and_eval_offers_no_training_flags(run_cli):
+def test_train_help_shows_the_defaults_and_eval_offers_no_training_flags():
     train = " ".join(run_cli("train", "--help").stdout.split())  # argparse wraps at the terminal's width
     assert "--epochs INT training epochs (default: 3)" in train
     assert "--lr FLOAT peak learning rate at --lr-reference-batch (default: 0.2)" in train
@@ -66,8 +60,9 @@ def test_max_steps_ends_the_run_early_as_a_finished_run(tmp_path, caplog):
 
 
 def test_progress_is_a_line_per_tenth_of_an_epoch_when_not_on_a_terminal(tmp_path):
-    result = run_process("train", "--dataset", "synthetic", "--synthetic-samples", "160", "--batch-size", "8",
-                         "--epochs", "1", "--width-mult", "0.5", "--workers", "0", "--run-dir", tmp_path / "run")
+    result = run_cli("train", "--dataset", "synthetic", "--synthetic-samples", "160", "--batch-size", "8",
+                     "--epochs", "1", "--width-mult", "0.5", "--workers", "0", "--run-dir", tmp_path / "run",
+                     process=True)
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "it/s" not in result.stderr and "step/s" not in result.stderr
     steps = re.findall(r"^epoch 1/1 step (\d+)/20: loss", result.stderr, re.MULTILINE)
@@ -103,8 +98,8 @@ def _folder_with_a_broken_image(root: Path) -> Path:
 
 def test_a_run_that_fails_in_its_first_epoch_leaves_nothing(tmp_path):
     data = _folder_with_a_broken_image(tmp_path / "data")
-    result = run_process("train", "--dataset", "imagenet", "--data-path", data, "--batch-size", "4", "--epochs", "1",
-                         "--width-mult", "0.5", "--workers", "0", "--run-dir", tmp_path / "run")
+    result = run_cli("train", "--dataset", "imagenet", "--data-path", data, "--batch-size", "4", "--epochs", "1",
+                     "--width-mult", "0.5", "--workers", "0", "--run-dir", tmp_path / "run", process=True)
     assert result.returncode == 2 and "unreadable image" in result.stderr
     assert not (tmp_path / "run").exists()  # no .lock, config.yaml, empty metrics.jsonl or train.log left behind
 
@@ -137,7 +132,7 @@ class _System:
 def test_hostile_and_malformed_files_are_one_line_exit_2(make, argv, message, tmp_path):
     path = tmp_path / ("w.safetensors" if "resume" in argv[-1] else "w.pt")
     make(path)
-    result = run_process(*argv, path, "--run-dir" if argv[0] == "train" else "--out", tmp_path / "out")
+    result = run_cli(*argv, path, "--run-dir" if argv[0] == "train" else "--out", tmp_path / "out", process=True)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr), result.stderr
     assert "pwned" not in result.stdout

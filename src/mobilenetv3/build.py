@@ -24,7 +24,8 @@ from .weights import Weights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_model", "pretrained_kwargs", "record_architecture", "build_dataset_split", "build_datasets", "recipe_for", "preprocessing_for",
+__all__ = ["build_model", "pretrained_kwargs", "record_architecture", "build_dataset_split", "build_datasets",
+           "recipe_for", "preprocessing_for",
            "build_train_loader", "build_eval_loader", "pick_device", "device_type"]
 
 

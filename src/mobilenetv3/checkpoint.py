@@ -63,7 +63,7 @@ def link_checkpoint(source: Path, target: Path) -> None:
 
 
 def load_file(path) -> Any:
-    """``torch.load`` with ``weights_only=True``; one clear ``UsageError`` for anything that is not a safe checkpoint."""
+    """``torch.load`` with ``weights_only=True``; one clear ``UsageError`` for anything not a safe checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
@@ -77,7 +77,7 @@ def load_file(path) -> Any:
             raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format)") from None
         raise UsageError(f"{path}: refused to load: it holds Python objects that could run code (global "
                          f"{refused}); only tensors and plain data are loaded") from None
-    except Exception as err:  # noqa: BLE001 - torch (and safetensors, which torch.load hands .safetensors to) raise many
+    except Exception as err:  # noqa: BLE001 - torch (and safetensors, which torch.load hands .safetensors) raise many
         raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format: "
                          f"{type(err).__name__}: {first_line(err)})") from None
 

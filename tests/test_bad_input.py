@@ -1,0 +1,429 @@
+"""Bad input of every kind, through the command line: one clear line on stderr, exit code 2 for the user's
+mistake (1 for a fault of the run itself), and nothing half-written left behind.
+
+One table, one test. Each case gets a folder of its own: its files are made there, its command runs there,
+and afterwards the folder must hold what it held before (no run directory, no output, no temporary file,
+every file as it was), except what a run that had started leaves (its log), and never what ``absent`` names.
+"""
+import gzip
+import hashlib
+import os
+import re
+import struct
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from builders import (IDX_COUNTS, CodeRunningPayload, idx_bytes, tiny_config, tiny_flags, truncate, write_cifar_bin,
+                      write_cifar_records, write_crc_ckpt, write_idx, write_image, write_image_folder,
+                      write_random_bytes, write_weights)
+from conftest import mindspore_fixture, run_cli
+
+# how the error line starts, by exit code ("mobilenetv3: error: ..." when no command was recognised)
+ERROR_LINE = {2: r"mobilenetv3( [a-z]+)?: error: ", 1: r"mobilenetv3 [a-z]+: failed: "}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: list  # after `mobilenetv3`; "{d}" stands for the case's folder
+    says: Union[str, tuple]  # what the error line holds ("{d}" as in argv)
+    make: Union[Callable, tuple] = ()  # writers of the case's files: each takes the folder; one may return a
+    #                                    context manager, held while the command runs (a lock, a read-only folder)
+    code: int = 2  # 2: the user's mistake; 1: a fault of the run
+    absent: tuple = ()  # what must not exist afterwards, relative to the folder
+    mid_run: bool = False  # found once training has started: the run's log lines come first, the error line last
+    whole_line: bool = False  # ``says`` is the whole error line
+    process: bool = False  # needs a real process: DataLoader workers, a fresh interpreter
+
+
+def tiny(run_dir: Optional[str] = "{d}/run", **overrides) -> list:
+    """The flags of a one-epoch tiny training run (``None``: no --run-dir)."""
+    return tiny_flags(run_dir, **{"epochs": 1, **overrides})
+
+
+# ------------------------------------------------------------------------------------ the case's files
+def weights(d: Path) -> None:
+    write_weights(d / "weights.pt", num_classes=3)  # a 3-class MobileNetV3-Small, no EMA
+
+
+def weights_10(d: Path) -> None:
+    write_weights(d / "weights10.pt", num_classes=10)
+
+
+def truncated_weights(d: Path) -> None:
+    path = write_weights(d / "truncated.pt", num_classes=3)
+    path.write_bytes(path.read_bytes()[:20000])
+
+
+def random_pt(d: Path) -> None:
+    write_random_bytes(d / "random.pt", 5000, seed=1)
+
+
+def random_ckpt(d: Path) -> None:
+    write_random_bytes(d / "random.ckpt", 5000, seed=1)
+
+
+def not_a_jpeg(d: Path) -> None:
+    (d / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+
+
+def not_a_png(d: Path) -> None:
+    (d / "bad.png").write_bytes(b"not an image")
+
+
+def plain_file(d: Path) -> None:
+    (d / "plain_file").write_text("x")
+
+
+def yaml_files(d: Path) -> None:
+    (d / "bad.yaml").write_text("optim:\n  lr: [1, 2\n")
+    (d / "typo.yaml").write_text("optim:\n  lrr: 0.1\n")
+    (d / "batchsize.yaml").write_text("data:\n  batchsize: 4\n")
+
+
+def no_class_folders(d: Path) -> None:
+    (d / "empty_folder").mkdir()
+    (d / "empty_folder" / "readme.txt").write_text("no class folders here")
+
+
+def loose_images(d: Path) -> None:  # images right under train/ and val/, no class folders
+    write_image(d / "loose" / "train" / "a.png")
+    write_image(d / "loose" / "val" / "b.png")
+
+
+def class_folders_without_images(d: Path) -> None:
+    for split in ("train", "val"):
+        (d / "empty" / split / "cat").mkdir(parents=True)
+        (d / "empty" / split / "cat" / "notes.txt").write_text("no images here")
+
+
+def truncated_image(d: Path) -> None:
+    write_image_folder(d / "data", {"train": 4, "val": 2})
+    truncate(d / "data" / "train" / "cat" / "0_RGB.jpg")
+
+
+def cifar(d: Path) -> None:
+    write_cifar_bin(d / "cifar")
+
+
+def cifar_batch_cut_short(d: Path) -> None:
+    write_cifar_bin(d / "cifar")
+    short = d / "cifar" / "cifar-10-batches-bin" / "data_batch_3.bin"
+    short.write_bytes(short.read_bytes()[:-100])
+
+
+def cifar_label_10(d: Path) -> None:
+    write_cifar_bin(d / "cifar")
+    test_batch = d / "cifar" / "cifar-10-batches-bin" / "test_batch.bin"
+    records = bytearray(test_batch.read_bytes())
+    records[3073] = 10  # the second record's label
+    test_batch.write_bytes(bytes(records))
+
+
+def cifar_test_batch_cut_short(d: Path) -> None:
+    write_cifar_records(d / "cifar", bytes(3073 * 2), bytes(3073 * 2 - 100))
+
+
+def cifar_label_7(d: Path) -> None:  # label 7: beyond a 3-class model
+    write_cifar_records(d / "cifar_ok", (bytes([7]) + bytes(3072)) * 3)
+
+
+def idx_wrong_magic(d: Path) -> None:
+    write_idx(d / "idx", gz=True)
+    magic = d / "idx" / "train-images-idx3-ubyte.gz"
+    magic.write_bytes(gzip.compress(b"\x08\x03\x00\x00" + gzip.decompress(magic.read_bytes())[4:]))
+
+
+def idx_wrong_magic_in_val(d: Path) -> None:  # a good training split, a val split with magic 0x999
+    idx = d / "idx"
+    idx.mkdir()
+    (idx / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((2, 28, 28)))))
+    (idx / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(2))))
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (idx / f"{stem}.gz").write_bytes(gzip.compress(struct.pack(">II", 0x00000999, 2) + bytes(10)))
+
+
+def idx_one_label_short(d: Path) -> None:
+    write_idx(d / "idx", gz=False)
+    (d / "idx" / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(IDX_COUNTS["train"] - 1)))
+
+
+def idx_label_12(d: Path) -> None:
+    write_idx(d / "idx", gz=False)
+    (d / "idx" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([1, 12, 3, 4, 5])))
+
+
+def code_running_pickle(d: Path) -> None:
+    """``evil.pt``: loading it with pickle would create ``pwned``; and an image to predict."""
+    from mobilenetv3 import checkpoint as ckpt
+
+    torch.save({"model": CodeRunningPayload(d / "pwned"), "format": ckpt.FORMAT}, d / "evil.pt")
+    Image.new("RGB", (8, 8)).save(d / "image.png")
+
+
+def a_finished_run(d: Path) -> None:
+    from mobilenetv3.tasks import train
+
+    train(tiny_config(d / "run", epochs=1))
+
+
+def a_run_in_progress(d: Path):
+    from mobilenetv3.tasks.train import run_lock
+
+    return run_lock(d / "busy", resuming=False)  # what a training in another process holds
+
+
+@contextmanager
+def read_only_run_dir(d: Path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    (d / "ro").mkdir()
+    (d / "ro").chmod(0o500)
+    try:
+        yield
+    finally:
+        (d / "ro").chmod(0o700)
+
+
+def malformed_ckpt(kind: str) -> Callable:
+    """A writer of ``bad.ckpt``, malformed as ``kind`` says."""
+    def make(d: Path) -> None:
+        path = d / "bad.ckpt"
+        if kind == "random":
+            write_random_bytes(path, 4096, seed=0)
+        elif kind == "truncated":
+            body = mindspore_fixture("small_10_calib.ckpt").read_bytes()
+            path.write_bytes(body[: len(body) // 3])
+        elif kind == "empty":
+            path.write_bytes(b"")
+        elif kind == "wrong-crc":
+            write_crc_ckpt(path, mindspore_fixture("small_10_calib.ckpt").read_bytes(), wrong=True)
+        elif kind == "other-model":
+            from mobilenetv3.convert import write_ckpt
+
+            write_ckpt({"fc.weight": torch.zeros(3, 4), "fc.bias": torch.zeros(3)}, path)
+        elif kind == "pickle-as-ckpt":
+            torch.save({"a": 1}, path)
+    return make
+
+
+# ----------------------------------------------------------------------------------------------- the table
+SYNTHETIC = ["--dataset", "synthetic", "--synthetic-samples", "86", "--image-size", "32", "--seed", "5"]
+REFUSED = "refused to load: it holds Python objects that could run code"
+
+CASES = [
+    # ---- the command and its flags
+    Case("unknown command", ["fly"], "invalid choice: 'fly'"),
+    Case("unknown flag", ["info", "mobilenetv3_large", "--colour"], "unrecognized arguments: --colour"),
+    Case("unknown training flag", ["train", "--learning-rate", "0.1"], "unrecognized arguments: --learning-rate"),
+    Case("a prefix of a flag is not the flag", ["train", "--epoch", "1"], "unrecognized arguments: --epoch 1"),
+    Case("a prefix of an eval flag is not the flag", ["eval", "--check", "x.pt"],  # once taken as --checkpoint
+         "unrecognized arguments: --check x.pt"),
+    # ---- info
+    Case("info: no model named", ["info"], "name a model: one of mobilenetv3_large, mobilenetv3_small"),
+    Case("info: unknown model", ["info", "mobilenetv3_huge"],
+         "unknown model 'mobilenetv3_huge'; choose one of: mobilenetv3_large"),
+    Case("info: unknown model, another one", ["info", "mobilenetv4"], "unknown model 'mobilenetv4'"),
+    Case("info: unknown model in a real process", ["info", "nope"], process=True, whole_line=True,
+         says="mobilenetv3 info: error: unknown model 'nope'; choose one of: mobilenetv3_large, mobilenetv3_small"),
+    Case("info: negative width", ["info", "mobilenetv3_large", "--width-mult", "-0.5"],
+         "width_mult must be a positive number, got -0.5"),
+    Case("info: zero classes", ["info", "mobilenetv3_large", "--num-classes", "0"],
+         "num_classes must be a positive integer, got 0"),
+    Case("info: width that is no number", ["info", "mobilenetv3_large", "--width-mult", "wide"],
+         "argument --width-mult: invalid float value"),
+    Case("info: image too small, old flag spelling", ["info", "mobilenetv3_large", "--img-size", "8"],
+         "--image-size must be at least 32"),
+    # ---- train: settings
+    *[Case(f"train: {flags[0]} {' '.join(flags[1:])}".strip(),
+           ["train", "--dataset", "synthetic", "--run-dir", "{d}/r", *flags], says, absent=("r",))
+      for flags, says in [
+          (["--lr", "-1"], "lr must be positive, got -1.0"),
+          (["--epochs", "0"], "epochs must be at least 1, got 0"),
+          (["--batch-size", "x"], "flag: batch_size must be an integer, got 'x'"),
+          (["--optimizer", "lamb"], "optimizer must be one of sgd, rmsprop, adamw"),
+          (["--config", "nope"], "unknown config 'nope'; presets: cifar10-cpu, fashion-mnist"),
+          (["--ema-decay", "1.5"], "ema_decay must be in (0, 1), got 1.5"),
+          (["--momentum", "1.5"], "momentum must be in [0, 1), got 1.5"),
+          (["--weight-decay=-1e-4"], "weight_decay must be 0 or more"),
+      ]],
+    Case("train: negative learning rate", [*tiny("{d}/r3"), "--lr", "-0.1"], "lr must be positive", absent=("r3",)),
+    Case("train: epochs that are no number", [*tiny("{d}/r4"), "--epochs", "two"],
+         "epochs must be an integer, got 'two'", absent=("r4",)),
+    Case("train: zero classes", [*tiny("{d}/r7"), "--num-classes", "0"], "num_classes must be at least 1",
+         absent=("r7",)),
+    Case("train: unknown preset", ["train", "--config", "imagenet-tpu"], "unknown config 'imagenet-tpu'"),
+    Case("train: YAML that does not parse", ["train", "--config", "{d}/bad.yaml"], "is not valid YAML",
+         make=yaml_files),
+    Case("train: unknown YAML key", ["train", "--config", "{d}/typo.yaml"], "unknown setting optim.lrr",
+         make=yaml_files),
+    Case("train: unknown YAML key in data", ["train", "--config", "{d}/batchsize.yaml"],
+         "unknown setting data.batchsize", make=yaml_files),
+    # ---- train: the run directory
+    Case("train: run directory under a file", tiny("{d}/plain_file/run"), "plain_file", make=plain_file),
+    Case("train: a second run into the same directory", tiny(), make=a_finished_run,
+         says="already holds a run (checkpoints); continue it with --resume auto"),
+    Case("train: the run directory is in use", tiny("{d}/busy"), "is in use by a running training (pid",
+         make=a_run_in_progress),
+    Case("train: read-only run directory", tiny("{d}/ro"), "Permission denied", make=read_only_run_dir),
+    # ---- train: weights to start from or resume
+    Case("train: weights of another architecture", tiny("{d}/r2", model="mobilenetv3_large",
+                                                          pretrained="{d}/weights.pt"),
+         "holds mobilenetv3_small weights, but --model is mobilenetv3_large", make=weights, absent=("r2",)),
+    Case("train: resume from a missing file", tiny(None, resume="{d}/gone.pt"), "gone.pt does not exist"),
+    Case("train: resume from weights only", tiny("{d}/r6", resume="{d}/weights.pt"),
+         "holds weights only, not a training state", make=weights, absent=("r6",)),
+    Case("train: pretrained weights that would run code", tiny("{d}/a", pretrained="{d}/evil.pt"), REFUSED,
+         make=code_running_pickle, absent=("pwned", "a")),
+    Case("train: resume from a checkpoint that would run code", tiny("{d}/b", resume="{d}/evil.pt"), REFUSED,
+         make=code_running_pickle, absent=("pwned", "b")),
+    # ---- train: the data
+    Case("train: data path that does not exist", [*tiny(), "--dataset", "imagenet", "--data-path", "{d}/nowhere"],
+         ("{d}/nowhere", "does not exist"), absent=("run",)),
+    Case("train: data path is a file", [*tiny("{d}/r5"), "--dataset", "imagenet", "--data-path", "{d}/plain_file"],
+         "plain_file is not a folder", make=plain_file, absent=("r5",)),
+    Case("train: folder without class folders", [*tiny("{d}/r1"), "--dataset", "imagenet", "--data-path",
+                                                 "{d}/empty_folder"], "has no class folders",
+         make=no_class_folders, absent=("r1",)),
+    Case("train: images without class folders", [*tiny(), "--dataset", "imagenet", "--data-path", "{d}/loose"],
+         ("{d}/loose/train", "no class folders"), make=loose_images, absent=("run",)),
+    Case("train: class folders without images", [*tiny(), "--dataset", "imagenet", "--data-path", "{d}/empty"],
+         ("{d}/empty/train", "no images"), make=class_folders_without_images, absent=("run",)),
+    Case("train: truncated image", [*tiny(), "--dataset", "imagenet", "--data-path", "{d}/data"],
+         ("{d}/data/train/cat/0_RGB.jpg", "unreadable image", "truncated"), make=truncated_image, mid_run=True),
+    Case("train: truncated image read by a worker process", [*tiny(workers=1), "--dataset", "imagenet",
+                                                             "--data-path", "{d}/data"],
+         ("{d}/data/train/cat/0_RGB.jpg", "unreadable image", "truncated"), make=truncated_image, mid_run=True,
+         process=True),
+    Case("train: CIFAR batch cut short", [*tiny(), "--dataset", "cifar10", "--data-path", "{d}/cifar"],
+         ("{d}/cifar/cifar-10-batches-bin/data_batch_3.bin", "3073"), make=cifar_batch_cut_short, absent=("run",)),
+    Case("train: CIFAR label out of range", [*tiny(), "--dataset", "cifar10", "--data-path", "{d}/cifar"],
+         ("{d}/cifar/cifar-10-batches-bin/test_batch.bin", "label 10", "out of range"), make=cifar_label_10,
+         absent=("run",)),
+    Case("train: labels beyond --num-classes", [*tiny(), "--dataset", "cifar10", "--data-path", "{d}/cifar",
+                                                "--num-classes", "3"],
+         ("{d}/cifar", "out of range for num_classes=3"), make=cifar, absent=("run",)),
+    Case("train: IDX with a wrong magic number", [*tiny(), "--dataset", "fashion-mnist", "--data-path", "{d}/idx"],
+         ("{d}/idx/train-images-idx3-ubyte.gz", "magic number"), make=idx_wrong_magic, absent=("run",)),
+    Case("train: IDX images and labels that do not pair", [*tiny(), "--dataset", "mnist", "--data-path", "{d}/idx"],
+         ("{d}/idx/train-images-idx3-ubyte", "{d}/idx/train-labels-idx1-ubyte", f"{IDX_COUNTS['train']} images",
+          f"{IDX_COUNTS['train'] - 1} labels"), make=idx_one_label_short, absent=("run",)),
+    Case("train: IDX label out of range", [*tiny(), "--dataset", "mnist", "--data-path", "{d}/idx"],
+         ("{d}/idx/t10k-labels-idx1-ubyte", "label 12", "out of range"), make=idx_label_12, absent=("run",)),
+    # ---- train: faults of the run itself
+    Case("train: a learning rate that makes the loss NaN", tiny("{d}/r8", lr=1e12, warmup_epochs=0), "the loss is",
+         code=1, mid_run=True),
+    # ---- eval
+    Case("eval: no checkpoint given", ["eval", *SYNTHETIC], "give --checkpoint PATH"),
+    Case("eval: the checkpoint does not exist", ["eval", "--checkpoint", "{d}/none.pt", *SYNTHETIC],
+         "mobilenetv3 eval: error: {d}/none.pt does not exist", whole_line=True),
+    Case("eval: --ema of weights without EMA", ["eval", "--checkpoint", "{d}/weights10.pt", "--ema", *SYNTHETIC],
+         "has no EMA weights", make=weights_10),
+    Case("eval: random bytes as checkpoint", ["eval", "--checkpoint", "{d}/random.pt", "--dataset", "synthetic"],
+         "not a readable PyTorch checkpoint", make=random_pt),
+    Case("eval: a checkpoint that would run code", ["eval", "--checkpoint", "{d}/evil.pt", "--dataset", "synthetic"],
+         REFUSED, make=code_running_pickle, absent=("pwned",)),
+    Case("eval: CIFAR test batch cut short", ["eval", "--checkpoint", "{d}/weights.pt", "--dataset", "cifar10",
+                                              "--data-path", "{d}/cifar"],
+         "is not a whole number of 3073-byte", make=(weights, cifar_test_batch_cut_short)),
+    Case("eval: labels beyond the model's classes", ["eval", "--checkpoint", "{d}/weights.pt", "--dataset", "cifar10",
+                                                     "--data-path", "{d}/cifar_ok"],
+         "out of range for num_classes=3", make=(weights, cifar_label_7)),
+    Case("eval: missing dataset folder", ["eval", "--checkpoint", "{d}/weights.pt", "--dataset", "cifar10",
+                                          "--data-path", "{d}/nowhere"], "nowhere does not exist", make=weights),
+    Case("eval: IDX with a wrong magic number", ["eval", "--checkpoint", "{d}/weights.pt", "--dataset", "mnist",
+                                                 "--data-path", "{d}/idx"],
+         "wrong magic number", make=(weights, idx_wrong_magic_in_val)),
+    # ---- export
+    Case("export: truncated checkpoint", ["export", "--checkpoint", "{d}/truncated.pt", "--output", "{d}/m.onnx"],
+         "not a readable PyTorch checkpoint", make=truncated_weights, absent=("m.onnx",)),
+    Case("export: output next to a file", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset", "--output",
+                                           "{d}/plain_file/m.onnx"], "plain_file", make=(weights, plain_file)),
+    Case("export: --ema of weights without EMA", ["export", "--checkpoint", "{d}/weights.pt", "--ema",
+                                                  "--no-dataset"], "EMA", make=weights),
+    # ---- predict
+    Case("predict: not an image", ["predict", "{d}/photo.jpg", "--checkpoint", "{d}/weights.pt"],
+         "photo.jpg: unreadable image", make=(weights, not_a_jpeg)),
+    Case("predict: not an image, named .png", ["predict", "{d}/bad.png", "--checkpoint", "{d}/weights.pt"],
+         "{d}/bad.png: unreadable image", make=(weights, not_a_png)),
+    Case("predict: no file matches", ["predict", "{d}/*.jpg", "--checkpoint", "{d}/weights.pt"], "no file matches",
+         make=weights),
+    Case("predict: no weights given", ["predict", "{d}/photo.jpg"], "give exactly one of --checkpoint",
+         make=not_a_jpeg),
+    Case("predict: a checkpoint that would run code", ["predict", "{d}/image.png", "--checkpoint", "{d}/evil.pt"],
+         REFUSED, make=code_running_pickle, absent=("pwned",)),
+    # ---- convert
+    Case("convert: to an unknown format", ["convert", "{d}/weights.pt", "{d}/w.bin"], "add --to", make=weights,
+         absent=("w.bin",)),
+    Case("convert: to .pth, which could be torchvision's or timm's", ["convert", "{d}/weights.pt", "{d}/x.pth"],
+         "add --to", make=weights, absent=("x.pth",)),
+    Case("convert: random bytes as a MindSpore ckpt", ["convert", "{d}/random.ckpt", "{d}/o.pt"],
+         "not a MindSpore checkpoint", make=random_ckpt, absent=("o.pt",)),
+    Case("convert: a checkpoint that would run code", ["convert", "{d}/evil.pt", "{d}/out.safetensors"], REFUSED,
+         make=code_running_pickle, absent=("pwned", "out.safetensors")),
+    *[Case(f"{command}: malformed .ckpt ({kind})", argv, "{d}/bad.ckpt", make=malformed_ckpt(kind),
+           absent=("out.pt",))
+      for kind in ("random", "truncated", "empty", "wrong-crc", "other-model", "pickle-as-ckpt")
+      for command, argv in (("convert", ["convert", "{d}/bad.ckpt", "{d}/out.pt"]),
+                            ("eval", ["eval", "--checkpoint", "{d}/bad.ckpt", "--dataset", "synthetic"]))],
+]
+
+
+# ------------------------------------------------------------------------------------------------ the test
+def contents(folder: Path) -> dict:
+    """Every path under ``folder`` -> the SHA-256 of its bytes (None for a folder)."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+            for path in sorted(folder.rglob("*"))}
+
+
+def fill(template: Union[str, tuple, list], folder: Path):
+    """``template`` with the case's folder in place of "{d}"."""
+    if isinstance(template, str):
+        return template.replace("{d}", str(folder))
+    return [fill(part, folder) for part in template]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_is_one_line_and_leaves_nothing_half_written(case, tmp_path):
+    with ExitStack() as held:
+        for make in case.make if isinstance(case.make, tuple) else (case.make,):
+            during = make(tmp_path)
+            if during is not None:
+                held.enter_context(during)
+        before = contents(tmp_path)
+        result = run_cli(*fill(case.argv, tmp_path), process=case.process, cwd=tmp_path)
+        after = contents(tmp_path)
+
+    assert result.returncode == case.code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    error = lines[-1] if lines else ""
+    assert re.match(ERROR_LINE[case.code], error), result.stderr
+    says = fill((case.says,) if isinstance(case.says, str) else case.says, tmp_path)
+    if case.whole_line:
+        assert error == says[0]
+    for text in says:
+        assert text in error, (text, error)
+    if case.mid_run:  # the run's log lines, then the one line that ends it
+        assert not any("error" in line for line in lines[:-1]), result.stderr
+    else:
+        assert len(lines) == 1 and result.stdout == "", (result.stdout, result.stderr)
+
+    for name in case.absent:
+        assert not (tmp_path / name).exists(), name
+    assert not [name for name in after if ".tmp" in Path(name).name], after
+    if case.mid_run:  # what was there is as it was; the run may have left its log
+        assert {name: after.get(name) for name in before} == before
+    else:  # nothing made, nothing changed
+        assert after == before
+
+
+def test_the_table_keeps_every_case():
+    assert len(CASES) == len({case.name for case in CASES}) >= 84
