@@ -61,3 +61,9 @@ def test_mistakes_raise_usage_error_in_python():
         mobilenetv3.evaluate()
     with pytest.raises(UsageError, match="unknown format 'tflite'"):
         mobilenetv3.export_model("x.pt", format="tflite")
+
+
+def test_a_deterministic_run_gives_the_process_back_as_it_was(tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    mobilenetv3.train(None, run_dir=str(tmp_path / "run"), max_steps=1, deterministic=True, **TINY)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -139,6 +139,7 @@ def train(config: Union[Config, str, None] = None, **settings) -> TrainResult:
     else:
         config, resume = prepare_config(config, settings)
     info = init_distributed(device_type(config.run.device))
+    deterministic = torch.are_deterministic_algorithms_enabled()  # a Python caller gets its process back as it was
     try:
         run_dir = _run_dir(config, resume)
         if info.enabled:
@@ -150,6 +151,7 @@ def train(config: Union[Config, str, None] = None, **settings) -> TrainResult:
         with run_lock(run_dir, resuming=resume is not None):
             return _Run(config, info, run_dir, resume).fit()
     finally:
+        torch.use_deterministic_algorithms(deterministic)
         destroy_distributed()
 
 
