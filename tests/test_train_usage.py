@@ -49,7 +49,7 @@ def test_warmup_keeps_its_share_of_the_run_when_only_epochs_is_given():
 
 
 # ------------------------------------------------------------------------------- smoke runs, progress
-def test_max_steps_ends_the_run_early_as_a_finished_run(tmp_path, caplog):
+def test_max_steps_ends_the_run_early_and_a_resume_with_more_continues_it(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="mobilenetv3"):  # 6 steps an epoch
         run = mobilenetv3.train(None, run_dir=str(tmp_path / "run"), epochs=2, max_steps=4, **TINY)
     assert "warmup 0.5 of 3 epochs scaled to the run: 0.333333 of 2 epochs (--warmup-epochs sets it)" in caplog.text
@@ -57,6 +57,11 @@ def test_max_steps_ends_the_run_early_as_a_finished_run(tmp_path, caplog):
     assert run.global_step == 4 and len(lines) == 4 and not run.stopped
     assert run.val_count == 12 and (tmp_path / "run" / "model.safetensors").is_file()
     assert lines[0].startswith("epoch: [  0/  1], step:[    0/    6]")
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["best.pt", "last.pt"]  # no epoch file: unfinished
+    resumed = mobilenetv3.train(None, run_dir=str(tmp_path / "run"), resume="auto", epochs=2, max_steps=9, **TINY)
+    assert resumed.global_step == 9 and (resumed.epoch, resumed.step_in_epoch) == (1, 3)  # epoch 1 finished first
+    with pytest.raises(ValueError, match="--max-steps 9: .* is at step 9 already; give more steps to continue it"):
+        mobilenetv3.train(None, run_dir=str(tmp_path / "run"), resume="auto", epochs=2, max_steps=9, **TINY)
 
 
 def test_progress_is_a_line_per_tenth_of_an_epoch_when_not_on_a_terminal(tmp_path):
@@ -109,6 +114,7 @@ def test_a_new_run_starts_a_fresh_log_where_an_earlier_one_died_without_a_checkp
     run_dir.mkdir()
     (run_dir / "train.log").write_text("epoch: [  0/  3], step:[    0/  468], from a killed run\n")
     (run_dir / "metrics.jsonl").write_text("")
+    (run_dir / ".lock").write_text("pid 1 on a killed host")  # what a killed run leaves: the file, not the flock
     with caplog.at_level(logging.INFO, logger="mobilenetv3"):
         mobilenetv3.train(None, run_dir=str(run_dir), epochs=1, max_steps=2, **TINY)
     assert "from a killed run" not in (run_dir / "train.log").read_text()

@@ -130,8 +130,8 @@ class Config:
         return self._sources.get(key)
 
     def given(self, section: str) -> set[str]:
-        """The fields of ``section`` set by a preset or a flag (the rest are defaults)."""
-        return {f.name for f in fields(getattr(self, section)) if f.name in self._sources}
+        """The fields of ``section`` the user gave: flags, or keyword settings in Python (not a preset's)."""
+        return {f.name for f in fields(getattr(self, section)) if self._sources.get(f.name) == "flag"}
 
     def update(self, values: dict, source: str = "config") -> None:
         """Set fields from ``{"section": {"field": value}}`` or flat ``{"field": value}``; unknown keys are errors."""

@@ -7,7 +7,6 @@ once (``prepare_config``), whatever it is: our ``last.pt`` or the seed's trainin
 """
 from __future__ import annotations
 
-import fcntl
 import itertools
 import logging
 import os
@@ -35,6 +34,7 @@ from ..dist import DistInfo, all_gather_object, all_reduce_sum, barrier, destroy
 from ..engine import EpochResult, StepInfo, TrainOptions, evaluate, train_one_epoch
 from ..errors import RunError, UsageError
 from ..files import remove_stale_temporaries
+from ..models import create_model
 from ..optim import build_optimizer, param_groups, scaled_lr, smoothed_cross_entropy, warmup_cosine_lr
 from ..runlog import RunLog
 from ..weights import read_weights
@@ -132,7 +132,7 @@ def train(config: Union[Config, str, None] = None, **settings) -> TrainResult:
     ``Config`` is used as given and only the training state is resumed.
     """
     if isinstance(config, Config):
-        config = replace(config, **settings) if settings else config
+        config = replace(config, **settings)  # a copy: the run writes what it built into its config
         validate(config)
         path = resolve_resume(config.run, config.name)
         resume = Resume.read(path) if path is not None else None
@@ -148,7 +148,7 @@ def train(config: Union[Config, str, None] = None, **settings) -> TrainResult:
             run_dir = Path(broadcast_object(str(run_dir)))
         if not info.is_main:
             return _Run(config, info, run_dir, resume).fit()
-        with run_lock(run_dir, resuming=resume is not None):
+        with run_lock(run_dir, resuming=resume is not None and resume.checkpoint is not None):
             return _Run(config, info, run_dir, resume).fit()
     finally:
         torch.use_deterministic_algorithms(deterministic)
@@ -178,25 +178,29 @@ def run_lock(run_dir: Path, resuming: bool):
     if not resuming and _holds_checkpoints(run_dir):
         raise UsageError(f"{run_dir} already holds a run (checkpoints); continue it with --resume auto, "
                          "or choose another --run-dir")
+    dead_run = (run_dir / ".lock").exists()  # a run of ours left it: one that ended lets go of it, not of the file
     handle = _lock(run_dir)
     remove_stale_temporaries(run_dir)
-    if not resuming:
+    if not resuming and dead_run:
         _remove_run_files(run_dir, "found the files of an earlier run that saved no checkpoint")
     before = set(os.listdir(run_dir))
     try:
         yield
     except BaseException:
-        handle.close()
-        if not resuming and not _holds_checkpoints(run_dir):  # failed before its first checkpoint: leave no trace
+        clean_up = not resuming and not _holds_checkpoints(run_dir)  # failed before its first checkpoint
+        if clean_up:  # leave no trace, while still holding the lock: no other run can be in there
             _remove_run_files(run_dir, "", keep=before)
             (run_dir / ".lock").unlink(missing_ok=True)
-            if created and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+        handle.close()
+        if clean_up and created and not any(run_dir.iterdir()):
+            run_dir.rmdir()
         raise
     handle.close()
 
 
 def _lock(run_dir: Path):
+    import fcntl  # POSIX; imported here so that the package imports elsewhere too
+
     handle = open(run_dir / ".lock", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -335,8 +339,6 @@ def recompute_batchnorm(model: nn.Module, data: Dataset, preprocessing: Preproce
                         device: torch.device, batches: int = EMA_BN_BATCHES) -> None:
     """BatchNorm running statistics for ``model``'s own weights, from the first ``batches`` training batches
     (eval preprocessing, the same images in every process and every run: deterministic)."""
-    import itertools
-
     from torch.optim.swa_utils import update_bn
 
     loader = eval_loader(data, preprocessing, batch_size=batch_size)
@@ -384,13 +386,8 @@ class _Run:
         self.config, self.info, self.run_dir = config, info, run_dir
         self.device = pick_device(config.run.device, info)
         seed_everything(config.run.seed + info.rank, config.run.deterministic)
-        m = config.model
-        weights = read_weights(m.pretrained) if m.pretrained else None
-        in_chans = m.in_chans or (weights.model_kwargs.get("in_chans", 3) if weights else None)
-        self.data = build_data(config, info, self.device, in_chans)
-        model = build_model(m, self.data.num_classes, self.data.preprocessing.in_chans, weights,
-                            given=config.given("model"))
-        record_architecture(m, model)
+        self.data, model = self._data_and_model(resume)
+        record_architecture(config.model, model)
         model = model.to(self.device)
         if config.run.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -398,6 +395,9 @@ class _Run:
                                        stored_rates(config, resume))
         self.trainable = build_trainable(config, model, self.schedule.lr_max, self.device)
         self.state = self._restore(resume) if resume is not None else ckpt.TrainState()
+        if self.state.global_step >= self.schedule.total_steps and config.run.max_steps:
+            raise UsageError(f"--max-steps {config.run.max_steps}: {resume.path} is at step {self.state.global_step} "
+                             "already; give more steps to continue it")
         self.train_model = self._wrap(model)
         o, run = config.optim, config.run
         self.options = TrainOptions(
@@ -409,6 +409,23 @@ class _Run:
                                     self.data.preprocessing.to_dict())
         self.runlog = RunLog(run_dir, info.is_main, run.progress, self.schedule.epochs, self.schedule.steps_per_epoch)
         self.last_metrics: dict = {}
+
+    def _data_and_model(self, resume: Optional[Resume]) -> tuple[RunData, nn.Module]:
+        """The data, and the model: a resumed run of ours rebuilds the model it had (its checkpoint's
+        constructor arguments), a fresh one builds the configured model, from ``pretrained`` weights if given."""
+        m = self.config.model
+        if resume is not None and resume.checkpoint is not None:
+            kwargs = resume.checkpoint.model_kwargs
+            data = build_data(self.config, self.info, self.device, kwargs.get("in_chans"))
+            model = create_model(resume.checkpoint.model_name, **kwargs)
+            if m.freeze_backbone:
+                model.freeze_backbone()
+            return data, model
+        weights = read_weights(m.pretrained) if m.pretrained else None
+        in_chans = m.in_chans or (weights.model_kwargs.get("in_chans", 3) if weights else None)
+        data = build_data(self.config, self.info, self.device, in_chans)
+        model = build_model(m, data.num_classes, data.preprocessing.in_chans, weights, given=self.config.given("model"))
+        return data, model
 
     def _restore(self, resume: Resume) -> ckpt.TrainState:
         if resume.seed is not None:
@@ -434,7 +451,7 @@ class _Run:
         self.started = time.perf_counter()
         try:
             with StopSignal() as stop:
-                while self.state.epoch < self.schedule.epochs:
+                while self.state.epoch < self.schedule.epochs and self.state.global_step < self.schedule.total_steps:
                     if self._epoch(stop):
                         return self._result(stopped=True)
         finally:
@@ -462,8 +479,10 @@ class _Run:
             self.save(epoch_file=False)
             return True
         record = self._epoch_record(epoch, result)
-        self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
-        self.state.epoch_loss_sum, self.state.epoch_loss_steps = 0.0, 0
+        finished = self.state.step_in_epoch >= self.schedule.steps_per_epoch  # else max_steps cut it: it stays open
+        if finished:
+            self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+            self.state.epoch_loss_sum, self.state.epoch_loss_steps = 0.0, 0
         if self.trainable.ema is not None:
             recompute_batchnorm(self.trainable.ema.module, self.data.train, self.data.preprocessing,
                                 self.config.data.batch_size, self.device)
@@ -471,9 +490,8 @@ class _Run:
         record["wall_time"] = time.perf_counter() - self.started  # this process's, resumed runs restart it
         self.runlog.end_epoch(record)
         self.state.history.append(record)
-        run = self.config.run
-        self.save(epoch_file=self.state.epoch % run.save_every == 0 or self.state.epoch == self.schedule.epochs,
-                  metrics=self.last_metrics)
+        run, last = self.config.run, self.state.epoch == self.schedule.epochs
+        self.save(epoch_file=finished and (self.state.epoch % run.save_every == 0 or last), metrics=self.last_metrics)
         return result.stopped
 
     def _advance(self, start: ckpt.TrainState, global_step: int, steps: int, loss_sum: float,
@@ -509,7 +527,8 @@ class _Run:
     def _validate(self, record: dict) -> dict:
         """Validate on this epoch's cadence (and after the last epoch); fills ``record`` in place."""
         run, epochs, epoch = self.config.run, self.schedule.epochs, self.state.epoch
-        if not (epoch == epochs or (run.eval_every and epoch % run.eval_every == 0)):
+        final = epoch == epochs or self.state.global_step >= self.schedule.total_steps
+        if not (final or (run.eval_every and epoch % run.eval_every == 0)):
             return {}
         metrics = self._score(self.trainable.model)
         record.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"],
