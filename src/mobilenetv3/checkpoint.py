@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .files import fsync_dir, temporary_path, write_atomic
+from .files import atomic_output, fsync_dir, write_atomic
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,12 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 def link_checkpoint(source: Path, target: Path) -> None:
     """Make ``target`` the same file as ``source`` (a hard link, else a copy), atomically."""
-    tmp = temporary_path(target)
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_output(target) as tmp:
+        tmp.unlink(missing_ok=True)
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     fsync_dir(target.parent)
 
 

@@ -1,6 +1,7 @@
 """Files, written safely: one atomic writer for checkpoints, weights, reports; content hashes."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -8,6 +9,8 @@ import os
 import re
 from pathlib import Path
 from typing import Union
+
+from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +34,43 @@ def write_atomic(path: Union[str, Path], data: Union[bytes, bytearray, memoryvie
     path = Path(path)
     if isinstance(data, str):
         data = data.encode()
-    tmp = temporary_path(path)
-    try:
+    with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, tag: str = ""):
+    """The temporary path to write ``path``'s content to: renamed over ``path`` when the block succeeds, removed
+    when it fails. An ``OSError`` about the temporary file (a full disk) is raised about ``path``."""
+    tmp = temporary_path(path, tag)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.filename in (str(tmp), tmp):
+            raise type(err)(err.errno, err.strerror, str(path)) from err
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, in one line naming ``path``, if it cannot be written (a read-only or missing folder, a file in
+    the way): before the export's work, and before a writer's error names its temporary file instead."""
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder")
+    probe = temporary_path(path, "probe.")
+    try:
+        probe.open("wb").close()
+    except FileNotFoundError:
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist") from None
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+    probe.unlink()
 
 
 def save_figure(figure, path: Union[str, Path]) -> None:

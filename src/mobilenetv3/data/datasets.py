@@ -15,7 +15,7 @@ import math
 import pickle
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -369,3 +369,11 @@ def check_labels(dataset: Dataset, num_classes: int) -> None:
     if len(labels) and int(labels.max()) >= num_classes:
         raise UsageError(f"{dataset.source}: label {int(labels.max())} is out of range for num_classes={num_classes} "
                          "(raise --num-classes, or leave it out to use the dataset's class count)")
+
+
+def draw_sample(data: Dataset, count: int, seed: int) -> Dataset:
+    """``count`` samples of ``data`` drawn at random without replacement with ``seed`` (all, shuffled, if fewer)."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    if isinstance(data, InMemoryImages):
+        return replace(data, images=data.images[order], labels=data.labels[order])
+    return replace(data, samples=[data.samples[i] for i in order.tolist()])

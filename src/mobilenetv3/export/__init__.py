@@ -6,11 +6,11 @@ preprocessing) and whether a softmax is appended, so ``predict`` and ``eval --on
 """
 from __future__ import annotations
 
-from .common import CALIBRATION_KEY, METADATA_KEY, WithSoftmax, check_writable, describe
+from .common import CALIBRATION_KEY, METADATA_KEY, WithSoftmax, describe
 from .onnx import OPSET, OnnxModule, export_onnx, quantize_onnx
 from .torch_formats import export_pt2, export_torchscript
 from .verify import FORMATS, SUFFIXES, compare, export_verified, load_exported
 
 __all__ = ["FORMATS", "SUFFIXES", "OPSET", "METADATA_KEY", "CALIBRATION_KEY", "WithSoftmax", "describe",
-           "check_writable", "OnnxModule", "export_onnx", "quantize_onnx", "export_torchscript", "export_pt2",
+           "OnnxModule", "export_onnx", "quantize_onnx", "export_torchscript", "export_pt2",
            "load_exported", "compare", "export_verified"]

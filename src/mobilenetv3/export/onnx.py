@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..files import temporary_path
-from .common import CALIBRATION_KEY, METADATA_KEY, WithSoftmax, atomic_output, describe
+from ..files import atomic_output, temporary_path
+from .common import CALIBRATION_KEY, METADATA_KEY, WithSoftmax, describe
 
 OPSET = 18
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .common import WithSoftmax, atomic_output, describe
+from ..files import atomic_output
+from .common import WithSoftmax, describe
 
 
 def export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, softmax: bool = False) -> Path:

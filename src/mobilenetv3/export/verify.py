@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .common import WithSoftmax, check_writable
+from .common import WithSoftmax
 from .onnx import OnnxModule, export_onnx, quantize_onnx
 from .torch_formats import export_pt2, export_torchscript
 
@@ -50,7 +50,6 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
     ``calibration`` images are) in the file. Returns the comparison figures and paths."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    check_writable(path)
     model = model.eval()
     reference = WithSoftmax(model).eval() if softmax else model
     paths = dict(path=str(path))

@@ -40,8 +40,7 @@ def convert_weights(src: str, dst: str, *, to: Optional[str] = None, from_format
     if Path(dst).resolve() == Path(src).resolve():
         raise UsageError("SRC and DST are the same file")
     weights = read_weights(src, ema=ema)
-    ours = weights.source in ("mobilenetv3", "safetensors") and Path(src).suffix != ".safetensors"
-    source_format = "mobilenetv3" if ours else weights.source
+    source_format = weights.source
     if from_format and from_format != source_format:
         raise UsageError(f"{src} holds {source_format} weights, not {from_format}")
     with_crc = writes_crc(weights, target, crc)

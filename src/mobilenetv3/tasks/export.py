@@ -7,7 +7,7 @@ images are all one class.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -15,11 +15,12 @@ import torch
 
 from ..build import build_dataset_split
 from ..config import Config, DataConfig
-from ..data import Dataset, InMemoryImages, check_labels, eval_loader
+from ..data import Dataset, check_labels, draw_sample, eval_loader
 from ..data.transforms import Preprocessing
 from ..engine import evaluate
 from ..errors import UsageError
-from ..export import FORMATS, SUFFIXES, OnnxModule, check_writable, export_verified
+from ..export import FORMATS, SUFFIXES, OnnxModule, export_verified
+from ..files import check_writable
 from ..weights import model_from_weights, read_weights
 
 SPLIT_NAMES = {"train": "training", "val": "validation"}
@@ -134,14 +135,6 @@ def _sample_batches(split: Dataset, name: str, count: int, seed: int, d: DataCon
     sample = draw_sample(split, count, seed)
     batches = [b.images for b in eval_loader(sample, pre, batch_size=min(d.batch_size, 64))]
     return batches, ImageSample(d.dataset, split.source, name, len(sample), len(split), seed)
-
-
-def draw_sample(data: Dataset, count: int, seed: int) -> Dataset:
-    """``count`` samples of ``data`` drawn at random without replacement with ``seed`` (all, shuffled, if fewer)."""
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
-    if isinstance(data, InMemoryImages):
-        return replace(data, images=data.images[order], labels=data.labels[order])
-    return replace(data, samples=[data.samples[i] for i in order.tolist()])
 
 
 def _int8_accuracy(result: ExportResult, val, pre: Preprocessing, config: Config) -> dict:
