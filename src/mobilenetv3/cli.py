@@ -33,6 +33,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Help lines end in their default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 # ------------------------------------------------------------------------------------------- info
 def _add_info(subparsers) -> None:
     p = subparsers.add_parser("info", help="parameters, MAdds and the per-layer table of a model",
@@ -279,6 +288,56 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ serve
+def _add_serve(subparsers) -> None:
+    from .server import RUNTIMES
+    from .server.uploads import MAX_PIXELS
+
+    p = subparsers.add_parser("serve", help="serve a model over HTTP: KServe v2, /predict, /metrics, a web page",
+                              description="Serve a model over HTTP with dynamic batching: the Open Inference "
+                                          "Protocol (KServe v2) under /v2, POST /predict for image files, GET /metrics "
+                                          "for Prometheus and a web page at /. Needs the serve extra "
+                                          "(pip install 'mobilenetv3[serve]'). SIGTERM or Ctrl-C stops it after "
+                                          "the requests in flight.",
+                              formatter_class=_DefaultsShown)
+    p.add_argument("model", help="a checkpoint or weights in any format the project reads, or an exported .onnx")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than loopback: set --api-key)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="auto: ONNX Runtime for .onnx files, PyTorch for weights; onnxruntime exports weights first")
+    p.add_argument("--max-batch", type=int, default=32, help="most images in one model run (1: no batching)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0,
+                   help="longest a request waits for others to batch with")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with the model and its batcher")
+    p.add_argument("--threads", type=int, help="threads of the runtime (default: its own choice)")
+    p.add_argument("--name", help="the model's name in /v2/models/NAME (default: its architecture)")
+    p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${{{_api_key_variable()}}})")
+    p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest request body (larger: 413)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image (width x height) decoded")
+    p.add_argument("--topk", type=int, default=5, help="classes per image in /predict (?topk= overrides)")
+    p.add_argument("--decode-threads", type=int, default=2, help="threads decoding uploaded images")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(handler=_cmd_serve)
+
+
+def _api_key_variable() -> str:
+    from .tasks.serve import API_KEY_VARIABLE
+
+    return API_KEY_VARIABLE
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .tasks import serve
+
+    settings = dict(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_upload_mb=args.max_upload_mb,
+                    max_pixels=args.max_pixels, topk=args.topk, decode_threads=args.decode_threads)
+    if args.api_key is not None:
+        settings["api_key"] = args.api_key
+    serve(args.model, host=args.host, port=args.port, runtime=args.runtime, workers=args.workers, name=args.name,
+          threads=args.threads, access_log=args.access_log, **settings)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- convert
 def _add_convert(subparsers) -> None:
     from .weights import FORMATS
@@ -352,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train, evaluate, export and serve MobileNetV3 image classifiers.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_eval, _add_export, _add_predict, _add_convert, _add_bench, _add_info):
+    for add in (_add_train, _add_eval, _add_export, _add_predict, _add_serve, _add_convert, _add_bench,
+                _add_info):
         add(subparsers)
     return parser
 

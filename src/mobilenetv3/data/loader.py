@@ -125,13 +125,18 @@ def load_image(path: str, channels: int):
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("P", "PA", "LA", "RGBA", "I;16", "I", "F") and channels == 3:
-                image = image.convert("RGBA").convert("RGB") if "A" in image.mode or image.mode == "P" \
-                    else image.convert("RGB")
-            mode = "RGB" if channels == 3 else "L"
-            return image if image.mode == mode else image.convert(mode)  # no copy for the usual RGB JPEG
+            return to_mode(image, channels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
         raise UsageError(f"{path}: unreadable image ({' '.join(str(err).split())})") from None
+
+
+def to_mode(image, channels: int):
+    """A decoded PIL image as RGB (``channels`` 3) or L (1): palette, alpha and 16-bit modes converted."""
+    if image.mode in ("P", "PA", "LA", "RGBA", "I;16", "I", "F") and channels == 3:
+        image = image.convert("RGBA").convert("RGB") if "A" in image.mode or image.mode == "P" \
+            else image.convert("RGB")
+    mode = "RGB" if channels == 3 else "L"
+    return image if image.mode == mode else image.convert(mode)  # no copy for the usual RGB JPEG
 
 
 class FileBatches(TorchDataset):

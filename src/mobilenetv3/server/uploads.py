@@ -1,0 +1,87 @@
+"""Untrusted uploads -> model inputs: image bytes decoded safely, v2 tensors checked.
+
+Every refusal is a ``BadRequest`` with the HTTP status it deserves and one line saying what is wrong. An
+image is opened from its header first: its format must be one of ``FORMATS`` and its size at most
+``max_pixels``, so a decompression bomb (a small file whose header claims hundreds of megapixels) is
+refused before a single pixel is decoded.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+
+from ..data.loader import to_mode
+from ..data.transforms import Preprocessing, image_transform, normalize_batch
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo; a decoded RGB image of that size is 120 MB
+
+
+class BadRequest(Exception):
+    """A request the server refuses: ``status`` (4xx) and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS,
+                 name: str = "upload") -> torch.Tensor:
+    """Image file bytes -> uint8 (C, crop, crop) after the eval protocol's resize and center crop: what
+    ``mobilenetv3 predict`` feeds the model for the same file (normalisation follows on the batch)."""
+    from PIL import Image
+
+    if not data:
+        raise BadRequest(400, f"{name}: empty body (send the image file's bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise BadRequest(413, f"{name}: image too large to decode ({err})") from None
+        except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+            raise BadRequest(400, f"{name}: not an image in a supported format ({', '.join(FORMATS)})") from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadRequest(413, f"{name}: {width}x{height} image is {width * height / 1e6:.0f} megapixels, "
+                                  f"more than the limit of {max_pixels / 1e6:g}")
+        try:
+            image.load()
+            decoded = to_mode(image, preprocessing.in_chans)
+        except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated or corrupt pixel data
+            raise BadRequest(400, f"{name}: truncated or corrupt image ({' '.join(str(err).split())})") from None
+    return image_transform(None, preprocessing, train=False)(decoded)
+
+
+def batch_images(images: list[torch.Tensor], preprocessing: Preprocessing) -> torch.Tensor:
+    """Decoded uint8 images -> the normalised float32 (B, C, crop, crop) batch."""
+    return normalize_batch(torch.stack(images), preprocessing)
+
+
+def read_v2_tensor(request: dict, shape: tuple[int, ...]) -> torch.Tensor:
+    """The one FP32 input of an Open Inference Protocol (KServe v2) request body as a (B, *shape) tensor;
+    ``data`` may be flat (row-major) or nested."""
+    inputs = request.get("inputs") if isinstance(request, dict) else None
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BadRequest(400, "the request needs \"inputs\": a list holding one tensor")
+    tensor = inputs[0]
+    if tensor.get("datatype") != "FP32":
+        raise BadRequest(400, f"input datatype must be FP32, not {tensor.get('datatype')!r}")
+    declared = tensor.get("shape")
+    if not (isinstance(declared, list) and len(declared) == len(shape) + 1 and
+            all(isinstance(d, int) and not isinstance(d, bool) for d in declared) and list(declared[1:]) == list(shape)
+            and declared[0] >= 1):
+        raise BadRequest(400, f"input shape must be [N, {', '.join(map(str, shape))}], not {declared}")
+    try:
+        values = np.asarray(tensor.get("data"), dtype=np.float32)
+    except (TypeError, ValueError):
+        raise BadRequest(400, "input data must be numbers (a flat or nested list)") from None
+    if values.size != int(np.prod(declared)):
+        raise BadRequest(400, f"input data holds {values.size} values; shape {declared} needs {int(np.prod(declared))}")
+    if not np.isfinite(values).all():
+        raise BadRequest(400, "input data holds NaN or infinite values")
+    return torch.from_numpy(values.reshape(declared))

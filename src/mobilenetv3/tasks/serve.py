@@ -1,0 +1,101 @@
+"""The serving task: load a model, build the HTTP app and run it under uvicorn until SIGTERM or Ctrl-C.
+
+``serve("runs/demo/last.pt")`` is ``mobilenetv3 serve runs/demo/last.pt``. With ``workers`` above 1,
+uvicorn starts that many processes, each loading the model (``app_from_environment``) and batching on its own;
+``/metrics`` then describes the worker that answered.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import socket
+from dataclasses import asdict
+from typing import Optional
+
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
+
+ENVIRONMENT_KEY = "MOBILENETV3_SERVE"  # the settings handed to worker processes
+API_KEY_VARIABLE = "MOBILENETV3_API_KEY"
+EXTRA_HINT = "pip install 'mobilenetv3[serve]'"
+
+
+def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto", workers: int = 1,
+          name: Optional[str] = None, threads: Optional[int] = None, access_log: bool = False, **settings) -> None:
+    """Serve ``model`` (any file the project loads) on ``host:port``. ``settings`` are ``ServerSettings`` fields
+    (``max_batch``, ``max_delay_ms``, ``max_upload_mb``, ``max_pixels``, ``topk``, ``api_key``, ``decode_threads``);
+    ``api_key`` defaults to the ``MOBILENETV3_API_KEY`` environment variable. Returns when the server stops."""
+    uvicorn, ServerSettings, create_app = _serve_extra()
+    from ..server import load_served_model
+
+    settings.setdefault("api_key", os.environ.get(API_KEY_VARIABLE) or None)
+    options = ServerSettings(**settings)
+    _check_settings(options, port, workers)
+    served = load_served_model(model, runtime, name, threads)  # in the parent too: a bad file is one line here
+    _check_listening(host, port, options.api_key)
+    log.info("serving %s on http://%s:%d/ (page at /, KServe v2 at /v2/models/%s)", served.describe(),
+             f"[{host}]" if ":" in host else host, port, served.name)
+    common = dict(host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=30)
+    if workers == 1:
+        uvicorn.run(create_app(served, options), **common)
+        return
+    os.environ[ENVIRONMENT_KEY] = json.dumps(dict(model=model, runtime=runtime, name=name, threads=threads,
+                                                  settings=asdict(options)))
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **common)
+
+
+def app_from_environment():
+    """The app of one worker process, from the settings ``serve`` left in ``MOBILENETV3_SERVE``."""
+    from ..server import ServerSettings, create_app, load_served_model
+
+    values = json.loads(os.environ[ENVIRONMENT_KEY])
+    served = load_served_model(values["model"], values["runtime"], values["name"], values["threads"])
+    return create_app(served, ServerSettings(**values["settings"]))
+
+
+def _serve_extra():
+    try:
+        import multipart  # noqa: F401 - python-multipart, for uploads
+        import prometheus_client  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn
+
+        from ..server import ServerSettings, create_app
+    except ImportError as err:
+        raise UsageError(f"serving needs the serve extra ({err.name} is missing): {EXTRA_HINT}") from None
+    return uvicorn, ServerSettings, create_app
+
+
+def _check_settings(options, port: int, workers: int) -> None:
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, not {port}")
+    if workers < 1 or options.max_batch < 1 or options.decode_threads < 1 or options.topk < 1:
+        raise UsageError("--workers, --max-batch, --decode-threads and --topk must be at least 1")
+    if options.max_delay_ms < 0 or options.max_upload_mb <= 0 or options.max_pixels < 1:
+        raise UsageError("--max-delay-ms must be at least 0, --max-upload-mb and --max-pixels above 0")
+
+
+def _check_listening(host: str, port: int, api_key: Optional[str]) -> None:
+    """One line if ``host:port`` cannot be listened on; a warning when it is reachable from other machines
+    without an API key."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    if not _is_loopback(host) and api_key is None:
+        log.warning("listening on %s without an API key: anyone who can reach this machine can use the model "
+                    "(set --api-key or %s)", host, API_KEY_VARIABLE)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
