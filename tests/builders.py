@@ -126,16 +126,21 @@ def write_idx(root: Path, gz: bool, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------- weights files
-def write_weights(path: Path, num_classes: int = 3, bias=None, preprocessing: dict = None) -> Path:
+def write_weights(path: Path, num_classes: int = 3, bias=None, preprocessing: dict = None,
+                  responsive: bool = False) -> Path:
     """Our weights file (format ``mobilenetv3``) of a fresh MobileNetV3-Small at width 0.5; with ``bias``
     (one number per class) a model that ignores its input: zero classifier weights, that bias. With
-    ``preprocessing`` (resize=..., crop=..., mean=...) the file names its classes c0, c1, ... too."""
+    ``preprocessing`` (resize=..., crop=..., mean=...) the file names its classes c0, c1, ... too. ``responsive``: batch-norm
+    statistics measured on random images and a unit-variance classifier, seeded, so that the outputs differ from
+    image to image (a fresh network's hardly do)."""
     import torch
 
     from mobilenetv3 import weights as wts
     from mobilenetv3.models import create_model
 
     model = create_model("mobilenetv3_small", num_classes=num_classes, width_mult=0.5)
+    if responsive:
+        _make_responsive(model, torch.Generator().manual_seed(0))
     if bias is not None:
         with torch.no_grad():
             model.classifier.weight.zero_()
@@ -145,6 +150,23 @@ def write_weights(path: Path, num_classes: int = 3, bias=None, preprocessing: di
     path.parent.mkdir(parents=True, exist_ok=True)
     wts.write_weights(weights, path, "mobilenetv3")
     return path
+
+
+def _make_responsive(model, generator) -> None:
+    import torch
+
+    images = torch.rand(64, 3, 64, 64, generator=generator) * torch.rand(64, 3, 1, 1, generator=generator) * 4 - 2
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = None  # a plain average over the one batch
+        norm.reset_running_stats()
+    with torch.no_grad():
+        model.train()(images)
+        model.classifier.weight.normal_(0, 1, generator=generator)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
 
 
 def write_random_bytes(path: Path, count: int, seed: int) -> Path:

@@ -216,6 +216,36 @@ def malformed_ckpt(kind: str) -> Callable:
 
 # ----------------------------------------------------------------------------------------------- the table
 SYNTHETIC = ["--dataset", "synthetic", "--synthetic-samples", "86", "--image-size", "32", "--seed", "5"]
+BUSY_PORT = 47391  # held by the case's context manager (if another program holds it, the error is the same)
+
+
+@contextmanager
+def port_in_use(d: Path):
+    import socket
+
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        try:
+            held.bind(("127.0.0.1", BUSY_PORT))
+            held.listen()
+        except OSError:
+            pass  # busy already
+        yield
+
+
+def onnx_named_file(d: Path) -> None:
+    write_random_bytes(d / "model.onnx", 3000, seed=2)
+
+
+@contextmanager
+def serve_extra_missing(d: Path):
+    import sys
+    from unittest import mock
+
+    with mock.patch.dict(sys.modules, {"uvicorn": None}):  # `import uvicorn` fails as if it were not installed
+        yield
+
+
 REFUSED = "refused to load: it holds Python objects that could run code"
 
 CASES = [
@@ -359,6 +389,24 @@ CASES = [
          make=not_a_jpeg),
     Case("predict: a checkpoint that would run code", ["predict", "{d}/image.png", "--checkpoint", "{d}/evil.pt"],
          REFUSED, make=code_running_pickle, absent=("pwned",)),
+    # ---- serve
+    Case("serve: no such model file", ["serve", "{d}/nothing.pt"], "{d}/nothing.pt does not exist"),
+    Case("serve: random bytes as a checkpoint", ["serve", "{d}/random.pt"], "not a readable PyTorch checkpoint",
+         make=random_pt),
+    Case("serve: random bytes as ONNX", ["serve", "{d}/model.onnx"], "not a loadable ONNX model", make=onnx_named_file),
+    Case("serve: an ONNX file with --runtime torch", ["serve", "{d}/model.onnx", "--runtime", "torch"],
+         "--runtime onnxruntime", make=onnx_named_file),
+    Case("serve: a checkpoint that would run code", ["serve", "{d}/evil.pt"], REFUSED, make=code_running_pickle,
+         absent=("pwned",)),
+    Case("serve: the port is taken", ["serve", "{d}/weights.pt", "--port", str(BUSY_PORT)],
+         f"cannot listen on 127.0.0.1:{BUSY_PORT}", make=(weights, port_in_use)),
+    Case("serve: port out of range", ["serve", "{d}/weights.pt", "--port", "70000"], "--port must be between",
+         make=weights),
+    Case("serve: --max-batch 0", ["serve", "{d}/weights.pt", "--max-batch", "0"], "must be at least 1", make=weights),
+    Case("serve: an unknown host", ["serve", "{d}/weights.pt", "--host", "no-such-host.invalid"],
+         "cannot listen on no-such-host.invalid", make=weights),
+    Case("serve: the serve extra is not installed", ["serve", "{d}/weights.pt"],
+         "pip install 'mobilenetv3[serve]'", make=(weights, serve_extra_missing)),
     # ---- convert
     Case("convert: to an unknown format", ["convert", "{d}/weights.pt", "{d}/w.bin"], "add --to", make=weights,
          absent=("w.bin",)),
@@ -426,4 +474,4 @@ def test_bad_input_is_one_line_and_leaves_nothing_half_written(case, tmp_path):
 
 
 def test_the_table_keeps_every_case():
-    assert len(CASES) == len({case.name for case in CASES}) >= 84
+    assert len(CASES) == len({case.name for case in CASES}) >= 94

@@ -48,7 +48,7 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MA
         width, height = image.size
         if width * height > max_pixels:
             raise BadRequest(413, f"{name}: {width}x{height} image is {width * height / 1e6:.0f} megapixels, "
-                                  f"more than the limit of {max_pixels / 1e6:g}")
+                                  f"more than the limit of {max_pixels / 1e6:g} megapixels")
         try:
             image.load()
             decoded = to_mode(image, preprocessing.in_chans)

@@ -10,7 +10,10 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Optional
 
@@ -39,12 +42,13 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, runtime: str
     log.info("serving %s on http://%s:%d/ (page at /, KServe v2 at /v2/models/%s)", served.describe(),
              f"[{host}]" if ":" in host else host, port, served.name)
     common = dict(host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=30)
-    if workers == 1:
-        uvicorn.run(create_app(served, options), **common)
-        return
-    os.environ[ENVIRONMENT_KEY] = json.dumps(dict(model=model, runtime=runtime, name=name, threads=threads,
-                                                  settings=asdict(options)))
-    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **common)
+    with _sigterm_ends_quietly():
+        if workers == 1:
+            uvicorn.run(create_app(served, options), **common)
+            return
+        os.environ[ENVIRONMENT_KEY] = json.dumps(dict(model=model, runtime=runtime, name=name, threads=threads,
+                                                      settings=asdict(options)))
+        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **common)
 
 
 def app_from_environment():
@@ -56,10 +60,24 @@ def app_from_environment():
     return create_app(served, ServerSettings(**values["settings"]))
 
 
+@contextmanager
+def _sigterm_ends_quietly():
+    """uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it found: with
+    this no-op handler the process then exits 0 (a stop asked for is a success), not killed by the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _serve_extra():
     try:
-        import multipart  # noqa: F401 - python-multipart, for uploads
         import prometheus_client  # noqa: F401
+        import python_multipart  # noqa: F401 - for uploads
         import starlette  # noqa: F401
         import uvicorn
 
