@@ -1,5 +1,6 @@
 """``mobilenetv3 serve`` as a user starts it: a real process that answers, and on SIGTERM finishes the
 requests in flight and exits 0."""
+import os
 import signal
 import subprocess
 import threading
@@ -14,9 +15,9 @@ from serving import free_port, write_images, write_served_model
 pytest.importorskip("uvicorn")
 
 
-def start(model, port: int, *flags) -> subprocess.Popen:
+def start(model, port: int, *flags, env=None) -> subprocess.Popen:
     process = subprocess.Popen(cli_command("serve", model, "--port", port, *flags), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -31,7 +32,7 @@ def start(model, port: int, *flags) -> subprocess.Popen:
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
     model, image = write_served_model(tmp_path), write_images(tmp_path)[0]
     port = free_port()
-    process = start(model, port, "--max-delay-ms", "3000", "--max-batch", "8")  # a request waits 3 s for company
+    process = start(model, port, "--max-delay-ms", "3000", "--max-batch", "8", "--host", "0.0.0.0")  # 3 s for company
     answers = []
     sender = threading.Thread(target=lambda: answers.append(httpx.post(
         f"http://127.0.0.1:{port}/predict", content=image.read_bytes(), headers={"Content-Type": "image/jpeg"},
@@ -45,6 +46,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
     assert answers and answers[0].status_code == 200, answers
     assert answers[0].json()["predictions"][0]["top"][0]["class"] in ("c0", "c1", "c2")
     assert "serving mobilenetv3_small" in err and "Traceback" not in err
+    assert "listening on 0.0.0.0 without an API key" in err  # reachable from other machines: said
     with pytest.raises(httpx.TransportError):  # it no longer listens
         httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
 
@@ -52,14 +54,14 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
 def test_a_server_started_from_the_command_line_answers_curl(tmp_path):
     model, images = write_served_model(tmp_path), write_images(tmp_path)
     port = free_port()
-    process = start(model, port, "--name", "fashion", "--workers", "2")
+    process = start(model, port, "--name", "fashion", "--workers", "2", env={"MOBILENETV3_API_KEY": "k3y"})
     try:
         for image in images[:2]:
-            done = subprocess.run(["curl", "-sS", "-F", f"file=@{image}", f"http://127.0.0.1:{port}/predict"],
-                                  capture_output=True, text=True, timeout=30)
+            done = subprocess.run(["curl", "-sS", "-H", "Authorization: Bearer k3y", "-F", f"file=@{image}",
+                                   f"http://127.0.0.1:{port}/predict"], capture_output=True, text=True, timeout=30)
             assert '"model":"fashion"' in done.stdout, done
-        assert httpx.get(f"http://127.0.0.1:{port}/v2/models/fashion/ready").json()["ready"] is True
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/models/fashion/ready").status_code == 401  # the key is needed
     finally:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-    assert process.returncode == 0
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "without an API key" not in err

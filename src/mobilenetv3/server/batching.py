@@ -19,6 +19,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
+_STOP = object()  # queued by ``stop``: everything before it is served, then the thread ends
+
 
 @dataclass
 class _Request:
@@ -38,8 +40,8 @@ class DynamicBatcher:
         if max_batch < 1 or max_delay < 0:
             raise ValueError("max_batch must be at least 1 and max_delay at least 0")
         self.run, self.max_batch, self.max_delay, self.on_batch = run, max_batch, max_delay, on_batch
-        self._queue: queue.Queue[Optional[_Request]] = queue.Queue()
-        self._held: Optional[_Request] = None  # a request that did not fit in the last batch: the next one's first
+        self._queue: queue.Queue = queue.Queue()  # _Request or _STOP
+        self._held = None  # what did not fit in the last batch (a request, or the stop): the next batch's first
         self._thread = threading.Thread(target=self._serve_forever, name="mobilenetv3-batcher", daemon=True)
 
     def start(self) -> None:
@@ -48,7 +50,7 @@ class DynamicBatcher:
     def stop(self) -> None:
         """Finish every request already submitted, then end the inference thread."""
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._queue.put(_STOP)
             self._thread.join()
 
     async def submit(self, images: torch.Tensor) -> torch.Tensor:
@@ -66,9 +68,9 @@ class DynamicBatcher:
 
     def _gather(self) -> Optional[list[_Request]]:
         """The next batch: the oldest request plus those that arrive before its deadline and fit; ``None`` at stop."""
-        first = self._held or self._queue.get()
+        first = self._held if self._held is not None else self._queue.get()
         self._held = None
-        if first is None:
+        if first is _STOP:
             return None
         batch, count = [first], len(first.images)
         deadline = first.arrived + self.max_delay
@@ -78,7 +80,7 @@ class DynamicBatcher:
                 request = self._queue.get(timeout=waiting) if waiting > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if request is None or count + len(request.images) > self.max_batch:
+            if request is _STOP or count + len(request.images) > self.max_batch:
                 self._held = request  # a stop, or a request for the next batch: it goes first there
                 break
             batch.append(request)
