@@ -22,7 +22,7 @@ import torch
 from .batching import DynamicBatcher
 from .metrics import Metrics
 from .runtime import ServedModel
-from .uploads import MAX_PIXELS, BadRequest, batch_images, decode_image, read_v2_tensor
+from .uploads import MAX_PIXELS, BadRequest, prepare_image, read_v2_tensor
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,6 @@ class _Endpoints:
     async def in_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self.decoders, function, *args)
 
-    async def classify(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
-        return await self.batcher.submit(batch_images(images, self.model.preprocessing))
-
     # ----------------------------------------------------------------------------------- for people
     @_endpoint("page", authenticated=False)
     async def page(self, request):
@@ -173,9 +170,9 @@ class _Endpoints:
         started = time.perf_counter()
         topk = _topk(request.query_params.get("topk"), self.settings.topk, len(self.model.classes))
         uploads = await self.uploads(request)
-        images = await asyncio.gather(*(self.in_thread(decode_image, data, self.model.preprocessing,
+        images = await asyncio.gather(*(self.in_thread(prepare_image, data, self.model.preprocessing,
                                                        self.settings.max_pixels, name) for name, data in uploads))
-        probabilities, batch = await self.classify(list(images))
+        probabilities, batch = await self.batcher.submit(torch.cat(images))
         values, indices = probabilities.topk(topk, dim=1)
         predictions = [dict(file=name, top=[{"class": self.model.classes[i], "index": i, "probability": p}
                                             for p, i in zip(row_values, row_indices)])

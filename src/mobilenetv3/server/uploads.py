@@ -57,9 +57,11 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MA
     return image_transform(None, preprocessing, train=False)(decoded)
 
 
-def batch_images(images: list[torch.Tensor], preprocessing: Preprocessing) -> torch.Tensor:
-    """Decoded uint8 images -> the normalised float32 (B, C, crop, crop) batch."""
-    return normalize_batch(torch.stack(images), preprocessing)
+def prepare_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS,
+                  name: str = "upload") -> torch.Tensor:
+    """Image file bytes -> the normalised float32 (1, C, crop, crop) model input (``decode_image``, then the
+    protocol's mean and std): one upload's whole preparation, for a decoding thread."""
+    return normalize_batch(decode_image(data, preprocessing, max_pixels, name).unsqueeze(0), preprocessing)
 
 
 def read_v2_tensor(request: dict, shape: tuple[int, ...]) -> torch.Tensor:
