@@ -155,6 +155,41 @@ def loader_section(result: dict) -> list[str]:
     return lines
 
 
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def serve_section(result: dict) -> list[str]:
+    s, t = result["settings"], result["targets"]
+    quick = " (a `--quick` smoke run)" if result.get("quick") else ""
+    lines = ["## Serving (`mobilenetv3 serve` on loopback)", "", f"Machine: {machine_line(result['machine'])}.", "",
+             f"{s['clients']} concurrent clients, one keep-alive connection each, POST a 256x256 JPEG to `/predict`: "
+             f"{s['requests']} requests per mode in {s['rounds']} interleaved rounds, after {s['warmup']} warm-up "
+             f"requests to each server{quick}; model {s['model']}; batching on is `--max-batch {s['max_batch']} "
+             f"--max-delay-ms {s['max_delay_ms']:g}`, off is `--max-batch 1`.", "",
+             "| mode | requests | failed | images/s | p50 ms | p99 ms | p99/p50 | mean batch | RSS first / last MB "
+             "| RSS growth |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["modes"]:
+        lines.append(f"| {r['mode']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.1f} | "
+                     f"{_number(r['p50_ms'], '.1f')} | {_number(r['p99_ms'], '.1f')} | "
+                     f"{_number(r['p99_over_p50'], '.2f')} | {_number(r['mean_batch'], '.1f')} | "
+                     f"{_number(r['rss_first_mb'], '.0f')} / {_number(r['rss_last_mb'], '.0f')} | "
+                     f"{_number(r['rss_growth_pct'], '+.1f')}% |")
+    failed, rss_every = t["failed"], result["modes"][0]["rss_every"]
+    fewer = ", over fewer requests" if failed["requests"] < failed["target_requests"] else ""
+    lines += ["", "Targets:", "",
+              f"- images/s batching on / off: {t['speedup']['value']:.2f}x (target >= {t['speedup']['target']:g}x: "
+              f"{_verdict(t['speedup']['met'])})",
+              f"- p99 / p50 latency with batching on: {_number(t['p99_over_p50']['value'], '.2f')}x (target < "
+              f"{t['p99_over_p50']['target']:g}x: {_verdict(t['p99_over_p50']['met'])})",
+              f"- failed requests: {failed['value']} over {failed['requests']} per mode (target 0 over "
+              f"{failed['target_requests']}: {_verdict(failed['met'])}{fewer})",
+              f"- server RSS growth, read after every {rss_every} requests, first reading to last (the worse mode): "
+              f"{_number(t['rss_growth_pct']['value'], '+.1f')}% (target < {t['rss_growth_pct']['target']:g}%: "
+              f"{_verdict(t['rss_growth_pct']['met'])})"]
+    return lines
+
+
 def accuracy_section(result: dict) -> list[str]:
     reached = result["reached"]
     lines = ["## Time to accuracy", ""]
@@ -227,6 +262,7 @@ bash benchmarks/run_all.sh RUN_DIR   # RUN_DIR: a finished fashion-mnist-95 run,
 .venv/bin/python benchmarks/inference.py --int8-checkpoint RUN_DIR/best.pt
 .venv/bin/python benchmarks/training.py
 .venv/bin/python benchmarks/loader.py
+.venv/bin/python benchmarks/serve.py
 .venv/bin/python benchmarks/time_to_accuracy.py RUN_DIR
 .venv/bin/python benchmarks/report.py
 ```"""
@@ -245,7 +281,7 @@ def main(argv=None) -> int:
     if args.note:
         lines += [f"This run: {args.note}", ""]
     sections = [("inference", inference_section), ("training", training_section), ("loader", loader_section),
-                ("time_to_accuracy", accuracy_section)]
+                ("serve", serve_section), ("time_to_accuracy", accuracy_section)]
     for name, render in sections:
         result = _load(name)
         if result is None:

@@ -13,4 +13,5 @@ else
 fi
 "$PY" benchmarks/training.py
 "$PY" benchmarks/loader.py
+"$PY" benchmarks/serve.py
 "$PY" benchmarks/report.py
