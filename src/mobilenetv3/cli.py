@@ -316,6 +316,7 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image (width x height) decoded")
     p.add_argument("--topk", type=int, default=5, help="classes per image in /predict (?topk= overrides)")
     p.add_argument("--decode-threads", type=int, default=2, help="threads decoding uploaded images")
+    p.add_argument("--keep-alive-s", type=int, default=5, help="seconds an idle keep-alive connection stays open")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(handler=_cmd_serve)
 
@@ -334,7 +335,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.api_key is not None:
         settings["api_key"] = args.api_key
     serve(args.model, host=args.host, port=args.port, runtime=args.runtime, workers=args.workers, name=args.name,
-          threads=args.threads, access_log=args.access_log, **settings)
+          threads=args.threads, access_log=args.access_log, keep_alive_s=args.keep_alive_s, **settings)
     return 0
 
 

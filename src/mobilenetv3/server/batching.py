@@ -8,6 +8,8 @@ before). ``max_batch=1`` switches batching off: each request runs alone, in arri
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import itertools
 import logging
 import queue
 import threading
@@ -20,6 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _STOP = object()  # queued by ``stop``: everything before it is served, then the thread ends
+TRIM_EVERY = 64  # model runs between two returns of freed heap memory to the system (glibc's malloc_trim)
 
 
 @dataclass
@@ -60,11 +63,14 @@ class DynamicBatcher:
         return await request.future
 
     def _serve_forever(self) -> None:
-        while True:
+        trim = _heap_trimmer()
+        for runs in itertools.count(1):
             batch = self._gather()
             if batch is None:
                 return
             self._run(batch)
+            if runs % TRIM_EVERY == 0:
+                trim()
 
     def _gather(self) -> Optional[list[_Request]]:
         """The next batch: the oldest request plus those that arrive before its deadline and fit; ``None`` at stop."""
@@ -101,6 +107,17 @@ class DynamicBatcher:
             self.on_batch(len(images), time.perf_counter() - started)
         for request, rows in zip(batch, outputs.split([len(request.images) for request in batch])):
             request.loop.call_soon_threadsafe(_answer, request.future, (rows, len(images)))
+
+
+def _heap_trimmer() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)`` (a no-op elsewhere). Batches of every size from 1 to ``max_batch`` leave the
+    heap fragmented, and glibc keeps the freed pages: without this the server's memory crept up by about 10%
+    over a few thousand requests with batching on, and stayed flat with batching off."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return lambda: None
 
 
 def _answer(future: asyncio.Future, result) -> None:

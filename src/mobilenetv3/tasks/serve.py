@@ -6,6 +6,7 @@ uvicorn starts that many processes, each loading the model (``app_from_environme
 """
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import json
 import logging
@@ -27,21 +28,24 @@ EXTRA_HINT = "pip install 'mobilenetv3[serve]'"
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto", workers: int = 1,
-          name: Optional[str] = None, threads: Optional[int] = None, access_log: bool = False, **settings) -> None:
+          name: Optional[str] = None, threads: Optional[int] = None, access_log: bool = False, keep_alive_s: int = 5,
+          **settings) -> None:
     """Serve ``model`` (any file the project loads) on ``host:port``. ``settings`` are ``ServerSettings`` fields
     (``max_batch``, ``max_delay_ms``, ``max_upload_mb``, ``max_pixels``, ``topk``, ``api_key``, ``decode_threads``);
-    ``api_key`` defaults to the ``MOBILENETV3_API_KEY`` environment variable. Returns when the server stops."""
+    ``api_key`` defaults to the ``MOBILENETV3_API_KEY`` environment variable; an idle keep-alive connection is
+    closed after ``keep_alive_s`` seconds. Returns when the server stops."""
     uvicorn, ServerSettings, create_app = _serve_extra()
     from ..server import load_served_model
 
     settings.setdefault("api_key", os.environ.get(API_KEY_VARIABLE) or None)
     options = ServerSettings(**settings)
-    _check_settings(options, port, workers)
+    _check_settings(options, port, workers, keep_alive_s)
     served = load_served_model(model, runtime, name, threads)  # in the parent too: a bad file is one line here
     _check_listening(host, port, options.api_key)
     log.info("serving %s on http://%s:%d/ (page at /, KServe v2 at /v2/models/%s)", served.describe(),
              f"[{host}]" if ":" in host else host, port, served.name)
-    common = dict(host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=30)
+    common = dict(host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=30,
+                  timeout_keep_alive=keep_alive_s)
     with _sigterm_ends_quietly():
         if workers == 1:
             uvicorn.run(create_app(served, options), **common)
@@ -76,9 +80,8 @@ def _sigterm_ends_quietly():
 
 def _serve_extra():
     try:
-        import prometheus_client  # noqa: F401
-        import python_multipart  # noqa: F401 - for uploads
-        import starlette  # noqa: F401
+        for module in ("starlette", "python_multipart", "prometheus_client"):  # python-multipart: for uploads
+            importlib.import_module(module)
         import uvicorn
 
         from ..server import ServerSettings, create_app
@@ -87,11 +90,11 @@ def _serve_extra():
     return uvicorn, ServerSettings, create_app
 
 
-def _check_settings(options, port: int, workers: int) -> None:
+def _check_settings(options, port: int, workers: int, keep_alive_s: int) -> None:
     if not 0 < port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {port}")
-    if workers < 1 or options.max_batch < 1 or options.decode_threads < 1 or options.topk < 1:
-        raise UsageError("--workers, --max-batch, --decode-threads and --topk must be at least 1")
+    if workers < 1 or options.max_batch < 1 or options.decode_threads < 1 or options.topk < 1 or keep_alive_s < 1:
+        raise UsageError("--workers, --max-batch, --decode-threads, --topk and --keep-alive-s must be at least 1")
     if options.max_delay_ms < 0 or options.max_upload_mb <= 0 or options.max_pixels < 1:
         raise UsageError("--max-delay-ms must be at least 0, --max-upload-mb and --max-pixels above 0")
 
