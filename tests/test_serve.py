@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from conftest import mindspore_fixture, needs_mindspore_fixture
 from serving import PREPROCESSING, jpeg_bytes, live_server, png_header_only, write_images, write_served_model
 from mobilenetv3 import predict
 from mobilenetv3.server import ServerSettings, create_app, load_served_model
@@ -117,6 +118,22 @@ def test_v2_infer_gives_the_cli_predict_probabilities(served, files, expected):
         rows = np.asarray(output["data"]).reshape(output["shape"])
         for image, row in zip(images, rows):
             assert_close({f"c{i}": float(v) for i, v in enumerate(row)}, expected[str(image)])
+
+
+@needs_mindspore_fixture
+def test_a_mindspore_checkpoint_served_gives_mindspores_probabilities():
+    """The seed's own ``.ckpt``, served as it is: v2 inference gives the softmax of the logits MindSpore computed."""
+    ckpt = mindspore_fixture("small_10_calib.ckpt")
+    inputs = np.load(mindspore_fixture("input_2x3x224x224.npy"))
+    expected = torch.from_numpy(np.load(mindspore_fixture("small_10_calib_logits.npy"))).softmax(dim=1)
+    with client(ckpt, max_delay_ms=0) as seed_client:
+        name = seed_client.get("/v2/models/mobilenetv3_small").json()["name"]
+        answer = seed_client.post(f"/v2/models/{name}/infer", json=dict(inputs=[dict(
+            name="input", shape=list(inputs.shape), datatype="FP32", data=inputs.flatten().tolist())]))
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["outputs"][0]
+    actual = torch.tensor(output["data"]).view(output["shape"])
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)  # logits within 1e-3, as tests/test_mindspore.py
 
 
 def test_onnx_runtime_serves_the_same_answers(files, expected):
