@@ -76,9 +76,9 @@ def images_per_second(make_batches, warmup: int, batches: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def ours(data, recipe, preprocessing, batch_size: int, workers: int, seed: int):
+def ours(data, recipe, preprocessing, batch_size: int, workers: int, seed: int, decode_device=None):
     loader = build_loader(data, recipe, preprocessing, train=True, batch_size=batch_size, workers=workers,
-                          seed=seed)
+                          seed=seed, decode_device=decode_device)
 
     epochs = itertools.count(1)
 

@@ -208,6 +208,30 @@ def accuracy_section(result: dict) -> list[str]:
     return lines
 
 
+def gpu_section(result) -> list[str]:
+    """``benchmarks/gpu_check.sh``'s table, or the plain statement that it has not run on a GPU."""
+    lines = ["## On a GPU", "", "`bash benchmarks/gpu_check.sh` on one GPU (under 8 minutes): `tests/test_gpu.py`, "
+             "training and inference images/s of MobileNetV3-Large at 224 px (bf16 autocast, channels_last; "
+             "training also torch.compile) next to torchvision's `mobilenet_v3_large` in the same run, and JPEG "
+             "loading with `--decode gpu` next to the CPU loader.", ""]
+    if result is None or result.get("dry_run"):
+        return lines + ["The GPU check has not yet run on a GPU: no figures here. (`--dry-run` runs the same code "
+                        "paths on the CPU at tiny sizes; the default test suite runs it.)"]
+    m, s, tests = result["machine"], result["settings"], result.get("tests") or {}
+    train = {row["variant"]: row["images_per_s"] for row in result["training"]}
+    infer, jpeg = result["inference"], result["jpeg"]
+    rows = [("tests/test_gpu.py", tests.get("summary", "not run"), ""),
+            (f"training, batch {s['train_batch']}", f"{train['mobilenetv3 train step']:.0f}",
+             f"torchvision loop {train['torchvision + SGD loop']:.0f}"),
+            (f"inference, batch {s['infer_batch']}", f"{infer['mobilenetv3']:.0f}",
+             f"torchvision {infer['torchvision']:.0f}"),
+            (f"JPEG loading, batch {jpeg['batch']}", f"--decode gpu {jpeg['gpu']:.0f}",
+             f"--decode cpu {jpeg['cpu']:.0f} ({jpeg['workers']} workers)")]
+    return lines + [f"Machine: {m['gpu']}, torch {m['torch']}, CUDA {m['cuda']} ({result['time']}).", "",
+                    "| check | ours (images/s) | reference (images/s) |", "|---|---|---|"] + [
+        f"| {name} | {ours} | {reference} |" for name, ours, reference in rows]
+
+
 def chart(inference: dict, path: Path) -> None:
     import matplotlib
 
@@ -294,9 +318,7 @@ def main(argv=None) -> int:
         if name == "loader":
             loader_chart(result, RESULTS / "loader.png")
             lines += ["![loader throughput](benchmarks/results/loader.png)", ""]
-    lines += ["## On a GPU", "", "Not yet measured: no GPU machine has been available to this project's sessions, "
-              "and the suite times CPU paths only (bf16/fp16 autocast, channels_last and CUDA graphs on a GPU are "
-              "still to be added to it).", ""]
+    lines += gpu_section(_load("gpu_check")) + [""]
     args.out.write_text("\n".join(lines))
     print(f"written: {args.out}")
     return 0

@@ -94,7 +94,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
-def _torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
+def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
+    """torchvision's counterpart of our model ``name``, freshly initialised, in eval mode."""
     import torchvision
 
     return getattr(torchvision.models, TORCHVISION_NAMES[name])(num_classes=num_classes).eval()
@@ -129,10 +130,10 @@ def inference_callables(name: str, batch: int, size: int, variants, folder: Path
     fns: dict[str, Callable] = {}
     for variant in variants:
         if variant == "torchvision eager":
-            reference = _torchvision_model(name)
+            reference = torchvision_model(name)
             fns[variant] = lambda m=reference: m(x)
         elif variant == "torchvision onnxruntime":
-            fns[variant] = lambda s=_onnx_session(_torchvision_model(name), x, folder, f"tv_{name}"): s(x)
+            fns[variant] = lambda s=_onnx_session(torchvision_model(name), x, folder, f"tv_{name}"): s(x)
         elif variant == "eager":
             fns[variant] = lambda: ours(x)
         elif variant == "eager channels_last":
@@ -162,19 +163,28 @@ def inference_callables(name: str, batch: int, size: int, variants, folder: Path
     return fns
 
 
-def time_interleaved(fns: dict[str, Callable], warmup: int = 3, repeats: int = 10) -> dict[str, list[float]]:
+def time_interleaved(fns: dict[str, Callable], warmup: int = 3, repeats: int = 10,
+                     sync: Callable = lambda: None) -> dict[str, list[float]]:
     """Seconds per call of each function, timed in rounds (one call of each per round), so that a machine
-    whose speed drifts (shared cores, frequency changes) affects every variant alike."""
+    whose speed drifts (shared cores, frequency changes) affects every variant alike. ``sync`` waits for
+    the device (``torch.cuda.synchronize`` on a GPU) before each clock reading."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    sync()
     runs: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
+            sync()
             runs[name].append(time.perf_counter() - start)
     return runs
+
+
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """What waits for ``device``'s queued work: ``torch.cuda.synchronize`` on a GPU, nothing on the CPU."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 @torch.inference_mode()
@@ -204,60 +214,87 @@ def _batches(count: int, batch: int, size: int, num_classes: int, in_chans: int 
 
 
 def bench_training(name: str, batch: int, size: int, steps: int = 6, warmup: int = 2, num_classes: int = 10,
-                   channels_last: bool = True) -> list[dict]:
+                   channels_last: bool = True, device: str = "cpu", amp_dtype: Optional[torch.dtype] = None,
+                   compile: bool = False, reference_channels_last: bool = False) -> list[dict]:
     """Images/s of the project's training step (``engine.train_one_epoch`` with the run's loss, optimizer,
-    schedule and log) against a bare torchvision model + SGD + cross-entropy loop, on the same tensors."""
-    import torch.nn.functional as F
+    schedule and log) against a bare torchvision model + SGD + cross-entropy loop, on the same tensors.
 
+    ``device``, ``amp_dtype`` (autocast) and ``compile`` (``torch.compile``) apply to both sides;
+    ``channels_last`` to ours, ``reference_channels_last`` to torchvision's."""
     from .build import build_model
     from .config import ModelConfig
     from .engine import TrainOptions, train_one_epoch
     from .optim import build_optimizer, param_groups, smoothed_cross_entropy, warmup_cosine_lr
     from .runlog import RunLog
 
-    batches = _batches(steps + warmup, batch, size, num_classes)
+    device = torch.device(device)
+    batches = [b._replace(images=b.images.to(device), labels=b.labels.to(device))
+               for b in _batches(steps + warmup, batch, size, num_classes)]
     torch.manual_seed(0)
-    reference = _torchvision_model(name, num_classes).train()
-    reference_opt = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-
-    def bare(items):
-        for b in items:
-            loss = F.cross_entropy(reference(b.images), b.labels)
-            reference_opt.zero_grad()
-            loss.backward()
-            reference_opt.step()
-
-    ours = build_model(ModelConfig(model=name, dropout=0.2), num_classes, 3)
+    bare = _bare_loop(torchvision_model(name, num_classes).train().to(device), device, amp_dtype, compile,
+                      reference_channels_last)
+    ours = build_model(ModelConfig(model=name, dropout=0.2), num_classes, 3).to(device)
     if channels_last:
         ours = ours.to(memory_format=torch.channels_last)
     optimizer = build_optimizer("sgd", param_groups(ours, 1e-4), 0.01)
+    step_model = torch.compile(ours) if compile else ours  # as a run with --compile wraps it
     with tempfile.TemporaryDirectory() as folder:
         runlog = RunLog(Path(folder), True, False, 1, steps + warmup)
 
         options = TrainOptions(loss_fn=lambda lo, t: smoothed_cross_entropy(lo, t, 0.1),
-                               lr_at=lambda s: warmup_cosine_lr(s, 1000, 10, 0.01), channels_last=channels_last)
+                               lr_at=lambda s: warmup_cosine_lr(s, 1000, 10, 0.01), device=device,
+                               amp_dtype=amp_dtype, channels_last=channels_last)
 
         def project(items):
-            train_one_epoch(ours, items, optimizer, options, global_step=0,
+            train_one_epoch(step_model, items, optimizer, options, global_step=0,
                             on_step=lambda step: runlog.step(0, 0, dict(vars(step), mean_loss=step.loss_sum
                                                                         / step.loss_steps)))
 
-        rows = []
-        for label, fn in (("torchvision + SGD loop", bare), ("mobilenetv3 train step", project)):
-            fn(batches[:warmup])
-            start = time.perf_counter()
-            per_step = []
-            for b in batches[warmup:]:
-                step_start = time.perf_counter()
-                fn([b])
-                per_step.append(time.perf_counter() - step_start)
-            median = statistics.median(per_step)
-            rows.append(dict(kind="training", model=name, batch=batch, size=size, variant=label,
-                             ms=1000 * median, images_per_s=batch / median, total_s=time.perf_counter() - start))
+        rows = [_timed_steps(fn, batches, warmup, device, dict(kind="training", model=name, batch=batch, size=size,
+                                                                variant=label))
+                for label, fn in (("torchvision + SGD loop", bare), ("mobilenetv3 train step", project))]
         runlog.close()
     rows[1]["speedup_vs_torchvision_loop"] = rows[1]["images_per_s"] / rows[0]["images_per_s"]
     rows[0]["speedup_vs_torchvision_loop"] = 1.0
     return rows
+
+
+def _bare_loop(reference: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype], compile: bool,
+               channels_last: bool) -> Callable:
+    """torchvision's model in the plainest training loop: SGD, cross-entropy, nothing else."""
+    import torch.nn.functional as F
+
+    if channels_last:
+        reference = reference.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    forward = torch.compile(reference) if compile else reference
+
+    def bare(items):
+        for b in items:
+            images = b.images.contiguous(memory_format=torch.channels_last) if channels_last else b.images
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(forward(images), b.labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return bare
+
+
+def _timed_steps(fn: Callable, batches: list, warmup: int, device: torch.device, row: dict) -> dict:
+    """``row`` with the median step time of ``fn`` over ``batches[warmup:]``, one step a call, after warm-up."""
+    sync = device_sync(device)
+    fn(batches[:warmup])
+    sync()
+    start = time.perf_counter()
+    per_step = []
+    for b in batches[warmup:]:
+        step_start = time.perf_counter()
+        fn([b])
+        sync()
+        per_step.append(time.perf_counter() - step_start)
+    median = statistics.median(per_step)
+    return dict(row, ms=1000 * median, images_per_s=row["batch"] / median, total_s=time.perf_counter() - start)
 
 
 def physical_floor(name: str, batch: int, size: int, peak: dict) -> dict:

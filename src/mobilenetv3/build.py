@@ -15,7 +15,7 @@ from torch import nn
 from .config import DataConfig, ModelConfig
 from .convert import check_shapes
 from .data import STATS, build_dataset, build_loader, build_preset, eval_loader
-from .data.datasets import Dataset
+from .data.datasets import Dataset, ImageFiles, draw_holdout, split_holdout
 from .data.transforms import Preprocessing, Recipe
 from .dist import DistInfo
 from .errors import UsageError
@@ -25,8 +25,8 @@ from .weights import Weights
 log = logging.getLogger(__name__)
 
 __all__ = ["build_model", "pretrained_kwargs", "record_architecture", "build_dataset_split", "build_datasets",
-           "recipe_for", "preprocessing_for",
-           "build_train_loader", "build_eval_loader", "pick_device", "device_type"]
+           "hold_out", "recipe_for", "preprocessing_for",
+           "decode_device", "build_train_loader", "build_eval_loader", "pick_device", "device_type"]
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -123,6 +123,19 @@ def build_datasets(d: DataConfig, seed: int, num_classes: Optional[int] = None) 
     return build_dataset_split(d, "train", seed, num_classes), build_dataset_split(d, "val", seed, num_classes)
 
 
+def hold_out(d: DataConfig, train: Dataset, seed: int,
+             indices: Optional[list[int]] = None) -> tuple[Dataset, Dataset, list[int]]:
+    """``--val-split``: the training images left to train on, the ``d.val_split`` held out to validate on, and
+    their indices in ``train`` (drawn with ``seed``, or ``indices`` as a run saved them)."""
+    if indices is None:
+        indices = draw_holdout(len(train), d.val_split, seed)
+    elif len(indices) != d.val_split:
+        raise UsageError(f"--val-split {d.val_split}, but the run held out {len(indices)} images; a run keeps its "
+                         "validation set (start a new run to change it)")
+    rest, val = split_holdout(train, indices)
+    return rest, val, list(indices)
+
+
 # ---------------------------------------------------------------------------------- preprocessing
 def recipe_for(d: DataConfig, dataset: Dataset, in_chans: int) -> tuple[Recipe, Preprocessing]:
     """The configured augmentation recipe and eval protocol for ``dataset`` (its native size sets the padding)."""
@@ -139,21 +152,37 @@ def preprocessing_for(d: DataConfig, dataset: Dataset, in_chans: int) -> Preproc
 
 
 # ------------------------------------------------------------------------------------------ loaders
+def decode_device(d: DataConfig, dataset: Dataset, device: Optional[torch.device]) -> Optional[torch.device]:
+    """Where the loader decodes images: ``None`` for the CPU loader (``--decode cpu``), the run's GPU for
+    ``--decode gpu``, which needs image files and a CUDA device."""
+    if d.decode == "cpu":
+        return None
+    if not isinstance(dataset, ImageFiles):
+        raise UsageError(f"--decode gpu decodes the files of an ImageFolder (--dataset imagenet); {d.dataset} is "
+                         "read into memory, leave --decode at cpu")
+    if device is None or device.type != "cuda":
+        raise UsageError("--decode gpu needs a CUDA device" + (f" (the run's device is {device})" if device else ""))
+    return device
+
+
 def build_train_loader(d: DataConfig, dataset: Dataset, recipe: Recipe, preprocessing: Preprocessing,
-                       num_classes: int, info: DistInfo, seed: int, pin_memory: bool = False):
-    """Shuffled, augmented batches of this process's share of ``dataset``."""
+                       num_classes: int, info: DistInfo, seed: int, pin_memory: bool = False,
+                       device: Optional[torch.device] = None):
+    """Shuffled, augmented batches of this process's share of ``dataset`` (decoded on ``device`` with
+    ``--decode gpu``)."""
     return build_loader(dataset, recipe, preprocessing, train=True, batch_size=d.batch_size,
                         mixup_alpha=d.mixup_alpha, cutmix_alpha=d.cutmix_alpha, num_classes=num_classes,
                         rank=info.rank, world_size=info.world_size, seed=seed, workers=d.workers,
-                        pin_memory=pin_memory, skip_bad_images=d.skip_bad_images)
+                        pin_memory=pin_memory, skip_bad_images=d.skip_bad_images,
+                        decode_device=decode_device(d, dataset, device))
 
 
 def build_eval_loader(d: DataConfig, dataset: Dataset, preprocessing: Preprocessing,
-                      info: DistInfo = DistInfo(), pin_memory: bool = False):
+                      info: DistInfo = DistInfo(), pin_memory: bool = False, device: Optional[torch.device] = None):
     """Every sample of ``dataset`` once (this process's shard), at the configured eval batch size."""
     return eval_loader(dataset, preprocessing, batch_size=d.eval_batch_size or 2 * d.batch_size, rank=info.rank,
                        world_size=info.world_size, workers=d.workers, pin_memory=pin_memory,
-                       skip_bad_images=d.skip_bad_images)
+                       skip_bad_images=d.skip_bad_images, decode_device=decode_device(d, dataset, device))
 
 
 # ------------------------------------------------------------------------------------------- device

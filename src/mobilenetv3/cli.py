@@ -157,6 +157,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.top1 is not None:
         print(f"final accuracy: top-1 {100 * result.top1:.2f}%, top-5 {100 * result.top5:.2f}% "
               f"on {result.val_count} validation images")
+    if result.test_top1 is not None:
+        print(f"test split (scored once, at the end): top-1 {100 * result.test_top1:.2f}%, "
+              f"top-5 {100 * result.test_top5:.2f}% on {result.test_count} images")
     print(f"checkpoint: {result.checkpoint}")
     print(f"log: {result.log}")
     print(f"run directory: {result.run_dir} ({result.time / 60:.1f} min)")

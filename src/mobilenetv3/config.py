@@ -62,6 +62,10 @@ class DataConfig:
     workers: Optional[int] = _f(None, "data-loading worker processes (default: from the CPU count)")
     skip_bad_images: bool = _f(False, "skip unreadable images (counted in the log) instead of stopping")
     synthetic_samples: int = _f(512, "synthetic dataset: images per split (train; eval gets a quarter)")
+    val_split: int = _f(0, "hold out N training images (drawn with --seed, saved as val_indices.json) to validate "
+                           "on each epoch; the test split is then scored once, at the end (0: validate on it)")
+    decode: str = _f("cpu", "where ImageFolder JPEGs are decoded: cpu (PIL, in the workers) or gpu (batched "
+                            "torchvision.io.decode_jpeg on the run's GPU)", ("cpu", "gpu"))
 
 
 @dataclass
@@ -273,6 +277,7 @@ def validate(config: Config) -> None:
         (0 <= d.random_erasing <= 1, "random_erasing must be a probability in [0, 1]"),
         (d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "mixup_alpha and cutmix_alpha must be 0 or more"),
         (d.synthetic_samples >= 1, "synthetic_samples must be at least 1"),
+        (d.val_split >= 0, f"val_split must be 0 or more, got {d.val_split}"),
         (o.lr > 0, f"lr must be positive, got {o.lr}"),
         (o.lr_init >= 0 and o.lr_end >= 0, "lr_init and lr_end must be 0 or more"),
         (o.epochs >= 1, f"epochs must be at least 1, got {o.epochs}"),

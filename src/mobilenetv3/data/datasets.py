@@ -374,6 +374,32 @@ def check_labels(dataset: Dataset, num_classes: int) -> None:
 def draw_sample(data: Dataset, count: int, seed: int) -> Dataset:
     """``count`` samples of ``data`` drawn at random without replacement with ``seed`` (all, shuffled, if fewer)."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    return subset(data, order.tolist())
+
+
+def subset(data: Dataset, indices: list[int]) -> Dataset:
+    """The samples of ``data`` at ``indices``, in that order: a dataset of the same kind, so every loader and
+    sampler (which see only its length) takes it as it takes a whole split."""
     if isinstance(data, InMemoryImages):
-        return replace(data, images=data.images[order], labels=data.labels[order])
-    return replace(data, samples=[data.samples[i] for i in order.tolist()])
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return replace(data, images=data.images[index], labels=data.labels[index])
+    return replace(data, samples=[data.samples[i] for i in indices])
+
+
+def draw_holdout(size: int, count: int, seed: int) -> list[int]:
+    """``count`` of the indices ``0 .. size - 1``, drawn without replacement with ``seed``, sorted."""
+    if not 0 < count < size:
+        raise UsageError(f"--val-split {count} must hold out fewer images than the training set has ({size}) "
+                         "and at least one")
+    return sorted(torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count].tolist())
+
+
+def split_holdout(data: Dataset, held_out: list[int]) -> tuple[Dataset, Dataset]:
+    """``data`` without the samples at ``held_out``, and those samples (the validation set), each in
+    ``data``'s order."""
+    if len(set(held_out)) != len(held_out) or any(not 0 <= i < len(data) for i in held_out):
+        raise UsageError(f"the held-out indices do not fit {data.source} ({len(data)} images): "
+                         "repeated or out of range")
+    held = set(held_out)
+    rest = [i for i in range(len(data)) if i not in held]
+    return subset(data, rest), subset(data, sorted(held_out))

@@ -96,7 +96,7 @@ class MixCut:
 
     def __call__(self, images, labels, generator: torch.Generator):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            torch.default_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
             return self.op(images, labels)
 
 
@@ -185,13 +185,21 @@ def default_workers(world_size: int = 1) -> int:
 def build_loader(data: Dataset, recipe: Optional[Recipe], preprocessing: Preprocessing, *, train: bool, batch_size: int,
                  rank: int = 0, world_size: int = 1, seed: int = 0, workers: Optional[int] = None,
                  pin_memory: bool = False, skip_bad_images: bool = False, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, num_classes: int = 0) -> DataLoader:
+                 cutmix_alpha: float = 0.0, num_classes: int = 0, decode_device: Optional[torch.device] = None):
     """A DataLoader of ``Batch`` for training (shuffled, drop_last, augmented by ``recipe``) or evaluation
-    (every sample once, ``preprocessing`` only; ``recipe`` may be ``None``)."""
+    (every sample once, ``preprocessing`` only; ``recipe`` may be ``None``). With ``decode_device``, image
+    files are read by the workers and decoded and transformed on that device (``gpu_decode``)."""
     augment = BatchAugment(recipe, preprocessing, train=train)
     mix = MixCut(mixup_alpha, cutmix_alpha, num_classes) if train and (mixup_alpha or cutmix_alpha) else None
+    if decode_device is not None and not isinstance(data, ImageFiles):
+        raise UsageError(f"--decode gpu decodes image files (an ImageFolder: --dataset imagenet); {data.source} "
+                         "is held in memory")
     if isinstance(data, InMemoryImages):
         batches: TorchDataset = InMemoryBatches(data, augment, mix)
+    elif decode_device is not None:
+        from .gpu_decode import FileBytes
+
+        batches = FileBytes(data, preprocessing.in_chans, skip_bad_images)
     else:
         batches = FileBatches(data, ImageGeometry(recipe, preprocessing, train), augment, preprocessing.in_chans,
                               skip_bad_images, mix)
@@ -204,17 +212,24 @@ def build_loader(data: Dataset, recipe: Optional[Recipe], preprocessing: Preproc
         # process would only compete with the training step for cores. Files need decoding in workers.
         in_memory_on_cpu = isinstance(data, InMemoryImages) and not pin_memory
         workers = 0 if in_memory_on_cpu else default_workers(world_size)
-    return BatchLoader(batches, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, worker_init_fn=_seed_worker,
-                      generator=torch.Generator().manual_seed(seed))
+    loader = BatchLoader(batches, batch_size=None, sampler=sampler, num_workers=workers,
+                         pin_memory=pin_memory and decode_device is None, persistent_workers=workers > 0,
+                         worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(seed))
+    if decode_device is None:
+        return loader
+    from .gpu_decode import DeviceDecodedBatches
+
+    return DeviceDecodedBatches(loader, ImageGeometry(recipe, preprocessing, train), augment, preprocessing.in_chans,
+                                decode_device, skip_bad_images, mix)
 
 
 def eval_loader(data: Dataset, preprocessing: Preprocessing, *, batch_size: int, rank: int = 0, world_size: int = 1,
-                workers: Optional[int] = 0, pin_memory: bool = False, skip_bad_images: bool = False) -> DataLoader:
+                workers: Optional[int] = 0, pin_memory: bool = False, skip_bad_images: bool = False,
+                decode_device: Optional[torch.device] = None):
     """Every sample of ``data`` once, in order (this process's shard under torchrun), with the eval protocol."""
     return build_loader(data, None, preprocessing, train=False, batch_size=batch_size, rank=rank,
                         world_size=world_size, workers=workers, pin_memory=pin_memory,
-                        skip_bad_images=skip_bad_images)
+                        skip_bad_images=skip_bad_images, decode_device=decode_device)
 
 
 class BatchLoader(DataLoader):

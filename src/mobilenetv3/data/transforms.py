@@ -200,6 +200,7 @@ def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generat
     Float images in [0, 1]; modified in place and returned: whole-batch in-place passes are what make this
     cheaper than per-image PIL enhancement."""
     factors = torch.empty(3, images.shape[0]).uniform_(1 - strength, 1 + strength, generator=generator)
+    factors = factors.to(images.device)  # drawn on the CPU: the same draws wherever the images are
     return adjust_colour(images, factors[0], factors[1], factors[2])
 
 
@@ -222,7 +223,7 @@ def _gray(images: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) luma with weights 0.299, 0.587, 0.114 (PIL's; torchvision's tensor ops use 0.2989)."""
     if images.shape[1] == 1:
         return images
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images * weights).sum(1, keepdim=True)
 
 
@@ -239,8 +240,8 @@ def _box_masks(height: int, width: int, boxes: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) bool: the pixels inside each sample's box ((B, 4) (left, top, right, bottom), right and
     bottom excluded)."""
     left, top, right, bottom = (edge.view(-1, 1, 1) for edge in boxes.unbind(1))
-    rows = torch.arange(height).view(1, -1, 1)
-    cols = torch.arange(width).view(1, 1, -1)
+    rows = torch.arange(height, device=boxes.device).view(1, -1, 1)
+    cols = torch.arange(width, device=boxes.device).view(1, 1, -1)
     inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
     return inside[:, None]
 
@@ -249,7 +250,7 @@ def erase_boxes(images: torch.Tensor, boxes: torch.Tensor, value: float = 0.0) -
     """torchvision's ``erase`` per sample: each sample's box ((B, 4) (left, top, right, bottom) in pixels)
     set to ``value`` in every channel; an empty box erases nothing."""
     height, width = images.shape[-2:]
-    return images.masked_fill(_box_masks(height, width, boxes), value)
+    return images.masked_fill(_box_masks(height, width, boxes.to(images.device)), value)
 
 
 def cutout(images: torch.Tensor, hole: int, generator: torch.Generator) -> torch.Tensor:
@@ -302,7 +303,7 @@ def _auto_augment(images: torch.Tensor, name: str, generator: torch.Generator) -
     out = torch.empty_like(images)
     with torch.random.fork_rng(devices=[]):
         for i, seed in enumerate(seeds.tolist()):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             out[i] = op(images[i])
     return out
 
@@ -362,8 +363,9 @@ def normalize_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch
     """uint8 (or float in [0, 1]) (B, C, H, W) at the final size -> float32 normalised with the protocol's
     mean and std: the last step of the eval protocol, for every loader and for ``predict``."""
     images = images.float().div_(255) if images.dtype == torch.uint8 else images.float().clone()
-    mean = torch.tensor(preprocessing.mean, dtype=images.dtype).view(1, -1, 1, 1)
-    return images.sub_(mean).div_(torch.tensor(preprocessing.std, dtype=images.dtype).view(1, -1, 1, 1))
+    mean = torch.tensor(preprocessing.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return images.sub_(mean).div_(std)
 
 
 def image_transform(recipe: Optional[Recipe], preprocessing: Preprocessing, train: bool):
@@ -393,12 +395,14 @@ def image_transform(recipe: Optional[Recipe], preprocessing: Preprocessing, trai
     return v2.Compose(steps)
 
 class ImageGeometry:
-    """Per-image geometry for decoded image files: ``(PIL image, seed) -> uint8 (C, size, size)``.
+    """Per-image geometry for decoded image files: ``(image, seed) -> uint8 (C, size, size)``.
 
-    Training with RandomResizedCrop (the ImageNet recipe) crops and resizes in one PIL ``resize(box=...)``
-    and flips with ``transpose``, drawing from ``random.Random(seed)``: no intermediate copies, no torch RNG.
-    Everything else is torchvision ``transforms.v2`` seeded with ``seed``. Colour jitter, normalisation,
-    cutout and erasing follow on the whole batch (``BatchAugment.finish``).
+    ``image`` is a PIL image (the CPU loader) or a uint8 (C, H, W) tensor on any device (``--decode gpu``);
+    both draw the same crops and flips from ``seed``. Training with RandomResizedCrop (the ImageNet recipe)
+    crops and resizes in one step (PIL ``resize(box=...)``, or ``resized_crop`` on a tensor) and flips,
+    drawing from ``random.Random(seed)``: no intermediate copies, no torch RNG. Everything else is
+    torchvision ``transforms.v2`` seeded with ``seed``. Colour jitter, normalisation, cutout and erasing
+    follow on the whole batch (``BatchAugment.finish``).
     """
 
     def __init__(self, recipe: Optional[Recipe], preprocessing: Preprocessing, train: bool):
@@ -409,11 +413,12 @@ class ImageGeometry:
         self.pipeline = image_transform(recipe, preprocessing, train)
         self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                          "nearest": Image.NEAREST}[preprocessing.interpolation]
+        self.interpolation = preprocessing.interpolation
 
     def __call__(self, image, seed: int) -> torch.Tensor:
         if not self.fast:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with torch.random.fork_rng(devices=[]):  # the CPU generator only: a GPU's (dropout) is the step's
+                torch.default_generator.manual_seed(seed)
                 return self.pipeline(image)
         import random
 
@@ -421,6 +426,8 @@ class ImageGeometry:
         from PIL import Image
 
         rng = random.Random(seed)
+        if isinstance(image, torch.Tensor):
+            return self._tensor_crop(image, rng)
         box = _resized_crop_box(image.width, image.height, rng)
         size = self.recipe.size
         image = image.resize((size, size), self.resample, box=box)
@@ -428,6 +435,17 @@ class ImageGeometry:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.array(image)  # (H, W, C) or (H, W), a writable copy
         return torch.from_numpy(array).permute(2, 0, 1) if array.ndim == 3 else torch.from_numpy(array)[None]
+
+    def _tensor_crop(self, image: torch.Tensor, rng) -> torch.Tensor:
+        """The fast path on a uint8 (C, H, W) tensor: the same box and flip as the PIL path draws."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        left, top, right, bottom = _resized_crop_box(image.shape[-1], image.shape[-2], rng)
+        size = self.recipe.size
+        out = TF.resized_crop(image, top, left, bottom - top, right - left, [size, size],
+                              interpolation=InterpolationMode(self.interpolation), antialias=True)
+        return out.flip(-1) if self.recipe.hflip and rng.random() < 0.5 else out
 
 
 def _resized_crop_box(width: int, height: int, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple:

@@ -174,6 +174,7 @@ def _open(weights: Optional[str], onnx: Optional[str], ema: bool, settings: dict
         source, runtime, classes, preprocessing = str(weights), "pytorch", read.classes, read.preprocessing
     config = Config.from_dict(saved) if saved else Config()
     config.data.skip_bad_images = False  # an evaluation setting: the eval command's own, never the training run's
+    config.data.decode = "cpu"  # the training run's --decode gpu would tie evaluation to a GPU
     config.update(settings, source="flag")
     validate(config)
     return _Scored(model, config, source, runtime, classes, preprocessing, trained_config=bool(saved), ema=ema)

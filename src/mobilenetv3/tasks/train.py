@@ -8,6 +8,7 @@ once (``prepare_config``), whatever it is: our ``last.pt`` or the seed's trainin
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import random
@@ -24,8 +25,8 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
-from ..build import (build_datasets, build_eval_loader, build_model, build_train_loader, device_type, pick_device,
-                     recipe_for, record_architecture)
+from ..build import (build_datasets, build_eval_loader, build_model, build_train_loader, device_type, hold_out,
+                     pick_device, recipe_for, record_architecture)
 from ..config import Config, RunConfig, load_config, replace, validate
 from ..data import check_labels, eval_loader
 from ..data.datasets import Dataset
@@ -33,7 +34,7 @@ from ..data.transforms import Preprocessing
 from ..dist import DistInfo, all_gather_object, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from ..engine import EpochResult, StepInfo, TrainOptions, evaluate, train_one_epoch
 from ..errors import RunError, UsageError
-from ..files import remove_stale_temporaries
+from ..files import remove_stale_temporaries, write_atomic
 from ..models import create_model
 from ..optim import build_optimizer, param_groups, scaled_lr, smoothed_cross_entropy, warmup_cosine_lr
 from ..runlog import RunLog
@@ -64,6 +65,9 @@ class TrainResult:
     stopped: bool  # by a signal, before the last epoch
     time: float  # seconds in this process
     plot: Optional[str]
+    test_top1: Optional[float] = None  # with --val-split: the test split, scored once at the end
+    test_top5: Optional[float] = None
+    test_count: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------------------ resume
@@ -163,7 +167,8 @@ def _run_dir(config: Config, resume: Optional[Resume]) -> Path:
     return Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "tensorboard", "curves.png")  # what a run writes first
+VAL_INDICES = "val_indices.json"  # with --val-split: the held-out training images, beside the checkpoints
+RUN_FILES = ("config.yaml", VAL_INDICES, "train.log", "metrics.jsonl", "tensorboard", "curves.png")  # written first
 
 
 @contextmanager
@@ -247,27 +252,65 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 @dataclass
 class RunData:
     train: Dataset
-    val: Dataset
+    val: Dataset  # validated on each epoch: the test split, or with --val-split the held-out training images
     preprocessing: Preprocessing
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
     num_classes: int
     classes: list[str]
+    test: Optional[Dataset] = None  # with --val-split: the test split, scored once at the end
+    test_loader: Optional[torch.utils.data.DataLoader] = None
+    holdout: Optional[dict] = None  # with --val-split: what val_indices.json holds
 
 
-def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: Optional[int] = None) -> RunData:
-    """Datasets and loaders; ``in_chans`` defaults to the dataset's own channel count."""
-    d = config.data
-    train, val = build_datasets(d, config.run.seed, config.model.num_classes)
+def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: Optional[int] = None,
+               holdout: Optional[dict] = None) -> RunData:
+    """Datasets and loaders; ``in_chans`` defaults to the dataset's own channel count. With ``val_split``, the
+    held-out images are drawn with the run's seed, or taken from ``holdout`` (a resumed run's val_indices.json)."""
+    d, seed = config.data, config.run.seed
+    train, test = build_datasets(d, seed, config.model.num_classes)
     num_classes = config.model.num_classes or len(train.classes)
     check_labels(train, num_classes)
-    check_labels(val, num_classes)
+    check_labels(test, num_classes)
+    val = test
+    if d.val_split:
+        if holdout is not None and holdout["train_images"] != len(train):
+            raise UsageError(f"{VAL_INDICES}: the run held out images of a training set of {holdout['train_images']} "
+                             f"images, {train.source} has {len(train)}; resume it with the data it started with")
+        train_images = len(train)
+        train, val, indices = hold_out(d, train, seed, holdout["indices"] if holdout else None)
+        holdout = dict(val_split=d.val_split, seed=seed, train_images=train_images, indices=indices)
     recipe, preprocessing = recipe_for(d, train, in_chans or train.channels)
     pin = device.type == "cuda"
-    train_loader = build_train_loader(d, train, recipe, preprocessing, num_classes, info, config.run.seed, pin)
-    val_loader = build_eval_loader(d, val, preprocessing, info, pin)
+    train_loader = build_train_loader(d, train, recipe, preprocessing, num_classes, info, seed, pin, device)
+    val_loader = build_eval_loader(d, val, preprocessing, info, pin, device)
+    test_loader = build_eval_loader(d, test, preprocessing, info, pin, device) if d.val_split else None
     classes = train.classes if len(train.classes) == num_classes else [str(i) for i in range(num_classes)]
-    return RunData(train, val, preprocessing, train_loader, val_loader, num_classes, classes)
+    return RunData(train, val, preprocessing, train_loader, val_loader, num_classes, classes,
+                   test if d.val_split else None, test_loader, holdout if d.val_split else None)
+
+
+def saved_holdout(config: Config, resume: Optional[Resume]) -> Optional[dict]:
+    """The held-out images a resumed run of ours validates on: its ``val_indices.json`` (beside the checkpoint).
+    ``None`` for a fresh run, or one that saved none (they are drawn again: the same draw from the same data)."""
+    if resume is None or resume.checkpoint is None:
+        return None
+    before = (resume.checkpoint.config.get("data") or {}).get("val_split", 0)
+    if before != config.data.val_split:
+        raise UsageError(f"--val-split {config.data.val_split}: the run in {resume.path} validated with --val-split "
+                         f"{before}; a run keeps its validation set (start a new run to change it)")
+    if not config.data.val_split:
+        return None
+    path = resume.path.parent / VAL_INDICES
+    if not path.is_file():
+        log.warning("%s has no %s: the held-out images are drawn again with seed %d", resume.path.parent,
+                    VAL_INDICES, config.run.seed)
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return dict(record, indices=[int(i) for i in record["indices"]], train_images=int(record["train_images"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{path}: not the held-out indices of a run ({type(err).__name__}: {err})") from None
 
 
 @dataclass(frozen=True)
@@ -413,17 +456,17 @@ class _Run:
     def _data_and_model(self, resume: Optional[Resume]) -> tuple[RunData, nn.Module]:
         """The data, and the model: a resumed run of ours rebuilds the model it had (its checkpoint's
         constructor arguments), a fresh one builds the configured model, from ``pretrained`` weights if given."""
-        m = self.config.model
+        m, holdout = self.config.model, saved_holdout(self.config, resume)
         if resume is not None and resume.checkpoint is not None:
             kwargs = resume.checkpoint.model_kwargs
-            data = build_data(self.config, self.info, self.device, kwargs.get("in_chans"))
+            data = build_data(self.config, self.info, self.device, kwargs.get("in_chans"), holdout)
             model = create_model(resume.checkpoint.model_name, **kwargs)
             if m.freeze_backbone:
                 model.freeze_backbone()
             return data, model
         weights = read_weights(m.pretrained) if m.pretrained else None
         in_chans = m.in_chans or (weights.model_kwargs.get("in_chans", 3) if weights else None)
-        data = build_data(self.config, self.info, self.device, in_chans)
+        data = build_data(self.config, self.info, self.device, in_chans, holdout)
         model = build_model(m, data.num_classes, data.preprocessing.in_chans, weights, given=self.config.given("model"))
         return data, model
 
@@ -537,17 +580,29 @@ class _Run:
             ema_metrics = self._score(self.trainable.ema.module)
             record.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
             metrics["ema"] = {k: ema_metrics[k] for k in ("top1", "top5", "loss", "count")}
-        expected = len(self.data.val) - metrics["skipped"]
-        if metrics["count"] != expected:
-            raise RunError(f"validation scored {metrics['count']} samples, the set has {expected}")
+        _check_count(metrics, self.data.val, "validation")
         log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% (%d images%s)%s", epoch, epochs,
                  record["train_loss"], 100 * metrics["top1"], 100 * metrics["top5"], metrics["count"],
                  f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else "",
                  f", EMA top-1 {100 * metrics['ema']['top1']:.2f}%" if "ema" in metrics else "")
+        if final and self.data.test_loader is not None:
+            metrics["test"] = self._test(record)
         return metrics
 
-    def _score(self, model: nn.Module) -> dict:
-        return evaluate(model, self.data.val_loader, num_classes=self.data.num_classes, device=self.device,
+    def _test(self, record: dict) -> dict:
+        """``--val-split``: the test split, scored once, after the last epoch; recorded apart from validation."""
+        test = self._score(self.trainable.model, self.data.test_loader)
+        _check_count(test, self.data.test, "the test split")
+        record.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"], test_count=test["count"])
+        if self.trainable.ema is not None:
+            record["test_ema_top1"] = self._score(self.trainable.ema.module, self.data.test_loader)["top1"]
+        log.info("test split, scored once at the end: top-1 %.2f%% top-5 %.2f%% (%d images)%s", 100 * test["top1"],
+                 100 * test["top5"], test["count"],
+                 f", EMA top-1 {100 * record['test_ema_top1']:.2f}%" if "test_ema_top1" in record else "")
+        return {k: test[k] for k in ("top1", "top5", "loss", "count")}
+
+    def _score(self, model: nn.Module, loader=None) -> dict:
+        return evaluate(model, loader or self.data.val_loader, num_classes=self.data.num_classes, device=self.device,
                         amp_dtype=self.options.amp_dtype, channels_last=self.options.channels_last)
 
     def save(self, epoch_file: bool, metrics: Optional[dict] = None) -> None:
@@ -594,10 +649,14 @@ class _Run:
                                     steps_per_epoch=s.steps_per_epoch, num_classes=self.data.num_classes,
                                     preprocessing=self.data.preprocessing.to_dict(), torch=str(torch.__version__))
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        o = self.config.optim
-        log.info("run directory %s; %d train / %d val images, %d classes; global batch %d, peak LR %.4g "
-                 "(%s at batch %s)", self.run_dir, len(self.data.train), len(self.data.val), self.data.num_classes,
-                 s.global_batch, s.lr_max, o.lr, o.lr_reference_batch or s.global_batch)
+        if self.data.holdout is not None:
+            write_atomic(self.run_dir / VAL_INDICES, json.dumps(self.data.holdout) + "\n")
+        o, test = self.config.optim, self.data.test
+        log.info("run directory %s; %d train / %d val images%s, %d classes; global batch %d, peak LR %.4g "
+                 "(%s at batch %s)", self.run_dir, len(self.data.train), len(self.data.val),
+                 f" (held out of the training split, {VAL_INDICES}; {len(test)} test images scored at the end)"
+                 if test is not None else "", self.data.num_classes, s.global_batch, s.lr_max, o.lr,
+                 o.lr_reference_batch or s.global_batch)
 
     def _result(self, stopped: bool) -> TrainResult:
         run_dir, metrics, state = self.run_dir, self.last_metrics, self.state
@@ -608,4 +667,12 @@ class _Run:
             step_in_epoch=state.step_in_epoch, top1=metrics.get("top1"), top5=metrics.get("top5"),
             val_count=metrics.get("count"), best_top1=state.best_top1, stopped=stopped,
             time=time.perf_counter() - self.started,
-            plot=str(run_dir / "curves.png") if (run_dir / "curves.png").exists() else None)
+            plot=str(run_dir / "curves.png") if (run_dir / "curves.png").exists() else None,
+            **{f"test_{k}": metrics.get("test", {}).get(k) for k in ("top1", "top5", "count")})
+
+
+def _check_count(metrics: dict, data: Dataset, what: str) -> None:
+    """Every sample of ``data`` scored once (unreadable ones skipped): else a fault of the loader."""
+    expected = len(data) - metrics["skipped"]
+    if metrics["count"] != expected:
+        raise RunError(f"{what} scored {metrics['count']} samples, the set has {expected}")
