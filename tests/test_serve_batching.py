@@ -6,7 +6,7 @@ import asyncio
 import pytest
 import torch
 
-from mobilenetv3.server.batching import DynamicBatcher
+from mobilenetv3.server.batching import DynamicBatcher, warmup_batches
 
 
 class Recorder:
@@ -117,3 +117,16 @@ def test_settings_out_of_range_are_refused():
         DynamicBatcher(Recorder(), max_batch=0)
     with pytest.raises(ValueError):
         DynamicBatcher(Recorder(), max_delay=-1)
+
+
+def test_the_warm_up_runs_every_batch_size_before_ready_and_a_failure_is_reported():
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch=4)
+    batcher.start(warmup_batches((2, 2, 2), 4))
+    batcher.wait_ready()
+    batcher.stop()
+    assert model.batches == [4, 3, 2, 1]
+    broken = DynamicBatcher(Recorder(fail_on=0), max_batch=2)
+    broken.start(warmup_batches((2, 2, 2), 2))
+    with pytest.raises(RuntimeError, match="failed on a warm-up batch: the model failed"):
+        broken.wait_ready()

@@ -41,7 +41,7 @@ def build_model(m: ModelConfig, num_classes: int, in_chans: int, weights: Option
     if weights is None:
         model = create_model(m.model, num_classes=num_classes, width_mult=m.width_mult, dropout=m.dropout,
                              head_channels=m.head_channels, in_chans=in_chans, bn_eps=m.bn_eps,
-                             bn_momentum=m.bn_momentum, head_bias=m.head_bias)
+                             bn_momentum=m.bn_momentum, head_bias=m.head_bias, stem_stride=m.stem_stride)
     else:
         model = _pretrained_model(m, num_classes, in_chans, weights, given)
     if m.freeze_backbone:
@@ -106,7 +106,8 @@ def record_architecture(m: ModelConfig, model: nn.Module) -> None:
     """Write into ``m`` what the built model really has, so that the run's config says the truth."""
     kwargs = model.model_kwargs
     m.model = model.model_name
-    for key in ("num_classes", "width_mult", "head_channels", "head_bias", "in_chans", "bn_eps", "bn_momentum"):
+    for key in ("num_classes", "width_mult", "head_channels", "head_bias", "stem_stride", "in_chans", "bn_eps",
+                "bn_momentum"):
         if key in kwargs:
             setattr(m, key, kwargs[key])
 

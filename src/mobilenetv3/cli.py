@@ -111,7 +111,7 @@ def _add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str], only:
         kind = field_type(getattr(defaults, section), f.name)
         flag = "--" + f.name.replace("_", "-")
         choices = f.metadata.get("choices")
-        help_text = f.metadata["help"] + (f" ({', '.join(choices)})" if choices else "")
+        help_text = f.metadata["help"] + (f" ({', '.join(map(str, choices))})" if choices else "")
         default = getattr(getattr(defaults, section), f.name)
         if show_defaults and default is not None and "default" not in help_text:
             help_text += f" (default: {('on' if default else 'off') if kind is bool else default})"
@@ -319,6 +319,8 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image (width x height) decoded")
     p.add_argument("--topk", type=int, default=5, help="classes per image in /predict (?topk= overrides)")
     p.add_argument("--decode-threads", type=int, default=2, help="threads decoding uploaded images")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run every batch size once before listening (kernels and memory ready for the first request)")
     p.add_argument("--keep-alive-s", type=int, default=5, help="seconds an idle keep-alive connection stays open")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(handler=_cmd_serve)
@@ -334,7 +336,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .tasks import serve
 
     settings = dict(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_upload_mb=args.max_upload_mb,
-                    max_pixels=args.max_pixels, topk=args.topk, decode_threads=args.decode_threads)
+                    max_pixels=args.max_pixels, topk=args.topk, decode_threads=args.decode_threads, warmup=args.warmup)
     if args.api_key is not None:
         settings["api_key"] = args.api_key
     serve(args.model, host=args.host, port=args.port, runtime=args.runtime, workers=args.workers, name=args.name,

@@ -33,6 +33,8 @@ class ModelConfig:
     head_channels: Optional[int] = _f(None, "hidden head width (default 1280 Large, 1024 Small; the seed: 1280)")
     head_bias: bool = _f(True, "bias in the hidden head, as torchvision and timm; the seed has none: trained with "
                                "--no-head-bias, weights convert back to a MindSpore .ckpt")
+    stem_stride: int = _f(2, "stride of the first convolution: 1 keeps 28-32 px images at full resolution "
+                             "through the stem (4x the compute; such weights stay in our formats)", (1, 2))
     in_chans: Optional[int] = _f(None, "input channels (default: the dataset's, 1 for grayscale)")
     bn_eps: float = _f(1e-5, "BatchNorm eps")
     bn_momentum: float = _f(0.1, "BatchNorm momentum (PyTorch convention; MindSpore's 0.9 is 0.1 here)")
@@ -207,7 +209,7 @@ def coerce(section_obj, key: str, value: Any, source: str) -> Any:
         expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
         raise UsageError(f"{source}: {key} must be {expected}, got {value!r}") from None
     if meta.get("choices") and value not in meta["choices"]:
-        raise UsageError(f"{source}: {key} must be one of {', '.join(meta['choices'])}, got {value!r}")
+        raise UsageError(f"{source}: {key} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
     return value
 
 

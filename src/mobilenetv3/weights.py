@@ -198,6 +198,9 @@ def write_weights(weights: Weights, path: Path, fmt: str, crc: Optional[bool] = 
     if fmt not in FORMATS:
         raise UsageError(f"unknown weights format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     with_crc = writes_crc(weights, fmt, crc)
+    if fmt in ("torchvision", "timm", "mindspore") and weights.model_kwargs.get("stem_stride", 2) != 2:
+        raise UsageError(f"these weights were trained with stem_stride {weights.model_kwargs['stem_stride']}; "
+                         f"{fmt}'s MobileNetV3 has a stride-2 stem: keep them in our formats (.pt, .safetensors)")
     state = {k: v.detach().cpu() for k, v in weights.state_dict.items()}
     eps = weights.model_kwargs.get("bn_eps", 1e-5)
     expected_eps = {"torchvision": 1e-3, "timm": 1e-5, "mindspore": 1e-5}.get(fmt)

@@ -87,6 +87,9 @@ class MobileNetV3(nn.Module):
         head_bias: whether the hidden head ``head_fc`` has a bias (torchvision, timm). The seed's is a
             bias-free 1x1 conv: ``head_bias=False`` is its network exactly, and only such weights (or
             ones whose head bias is zero) have a MindSpore equivalent.
+        stem_stride: the first convolution's stride. The paper's 2; 1 keeps small images (28-32 px) at full
+            resolution through the stem, for 4x the compute and an output stride of 16 (the weights' shapes
+            are the same; torchvision, timm and the seed have 2, so such weights stay in our formats).
     """
 
     def __init__(
@@ -102,10 +105,11 @@ class MobileNetV3(nn.Module):
         bn_momentum: float = 0.1,
         channel_rounding: str = "nearest",
         head_bias: bool = True,
+        stem_stride: int = 2,
     ):
         super().__init__()
         _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels, bn_eps, bn_momentum,
-                    channel_rounding, head_bias)
+                    channel_rounding, head_bias, stem_stride)
         spec = ARCHS[arch]
         round_up = channel_rounding == "ceil"
         stem_channels, blocks = _scaled(spec, width_mult, round_up)
@@ -113,7 +117,7 @@ class MobileNetV3(nn.Module):
             head_channels = make_divisible(spec.head_channels * width_mult, round_up=round_up)
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
 
-        self.stem = ConvBNAct(in_chans, stem_channels, 3, stride=2, act="hswish", **bn)
+        self.stem = ConvBNAct(in_chans, stem_channels, 3, stride=stem_stride, act="hswish", **bn)
         layers, in_channels = [], stem_channels
         for cfg in blocks:
             squeeze_channels = make_divisible(cfg.expand // 4, round_up=round_up)
@@ -139,7 +143,7 @@ class MobileNetV3(nn.Module):
         self.model_kwargs = dict(
             num_classes=num_classes, width_mult=width_mult, dropout=dropout, in_chans=in_chans,
             head_channels=head_channels, bn_eps=bn_eps, bn_momentum=bn_momentum, channel_rounding=channel_rounding,
-            head_bias=head_bias,
+            head_bias=head_bias, stem_stride=stem_stride,
         )
         self.apply(_init_weights)
 
@@ -148,7 +152,7 @@ class MobileNetV3(nn.Module):
         return f"mobilenetv3_{self.arch}"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> (B, num_features, H/32, W/32)."""
+        """(B, in_chans, H, W) -> (B, num_features, H/32, W/32) (H/16, W/16 with ``stem_stride=1``)."""
         return self.final_conv(self.blocks(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -219,7 +223,7 @@ def _check_positive_int(name: str, value) -> None:
 
 
 def _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels, bn_eps, bn_momentum,
-                channel_rounding, head_bias) -> None:
+                channel_rounding, head_bias, stem_stride) -> None:
     if arch not in ARCHS:
         raise UsageError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     _check_positive_int("num_classes", num_classes)
@@ -238,6 +242,8 @@ def _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels,
         raise UsageError(f"channel_rounding must be one of {', '.join(CHANNEL_ROUNDINGS)}, got {channel_rounding!r}")
     if not isinstance(head_bias, bool):
         raise UsageError(f"head_bias must be True or False, got {head_bias!r}")
+    if stem_stride not in (1, 2) or isinstance(stem_stride, bool):
+        raise UsageError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
 
 
 _IMAGENET = dict(

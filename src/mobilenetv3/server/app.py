@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from .batching import DynamicBatcher
+from .batching import DynamicBatcher, warmup_batches
 from .metrics import Metrics
 from .runtime import ServedModel
 from .uploads import MAX_PIXELS, BadRequest, prepare_image, read_v2_tensor
@@ -41,6 +41,7 @@ class ServerSettings:
     topk: int = 5
     api_key: Optional[str] = None
     decode_threads: int = 2
+    warmup: bool = True  # run every batch size once before listening (see batching.warmup_batches)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -61,7 +62,8 @@ def create_app(model: ServedModel, settings: ServerSettings = ServerSettings()):
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.start()
+        batcher.start(warmup_batches(model.input_shape, settings.max_batch) if settings.warmup else ())
+        await asyncio.get_running_loop().run_in_executor(None, batcher.wait_ready)  # listening once warm
         yield
         batcher.stop()
         decoders.shutdown()

@@ -43,7 +43,8 @@ from ..weights import read_weights
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-ARCHITECTURE = ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum", "head_bias")
+ARCHITECTURE = ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum", "head_bias",
+                "stem_stride")
 EMA_BN_BATCHES = 20
 
 
@@ -117,7 +118,8 @@ def prepare_config(preset: Optional[str], overrides: dict) -> tuple[Config, Opti
     resume = Resume.read(path)
     if resume.seed is not None:
         kwargs = resume.seed.model_kwargs
-        config.update(dict(model=resume.seed.model_name, **{k: kwargs[k] for k in ARCHITECTURE}), source=str(path))
+        config.update(dict(model=resume.seed.model_name, **{k: kwargs[k] for k in ARCHITECTURE if k in kwargs}),
+                      source=str(path))
         config.update(overrides, source="flag")
     else:
         config = Config.from_dict(resume.checkpoint.config)
