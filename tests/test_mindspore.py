@@ -70,7 +70,8 @@ def test_fixture_gives_mindspore_logits(fixture_tensors):
     checkpoint = from_mindspore(fixture_tensors)
     assert checkpoint.model_name == "mobilenetv3_small"
     assert checkpoint.model_kwargs == dict(num_classes=10, width_mult=1.0, dropout=0.0, in_chans=3, head_channels=1280,
-                                           bn_eps=1e-5, bn_momentum=0.1, channel_rounding="ceil", head_bias=False)
+                                           bn_eps=1e-5, bn_momentum=0.1, channel_rounding="ceil", head_bias=False,
+                                           stem_stride=2)
     actual, expected = fixture_logits(checkpoint)
     assert expected.abs().max() > 1, "logits too small for the tolerance to mean anything"
     torch.testing.assert_close(actual, expected, atol=1e-3, rtol=0)  # observed: 1.2e-5

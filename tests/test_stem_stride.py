@@ -33,7 +33,7 @@ def test_other_strides_are_refused():
 
 
 def test_a_run_with_stem_stride_1_saves_rebuilds_and_exports_it(tmp_path):
-    result = run_cli("train", *tiny_flags(tmp_path / "run", epochs=1), "--stem-stride", "1")
+    result = run_cli(*tiny_flags(tmp_path / "run", epochs=1), "--stem-stride", "1")
     assert result.returncode == 0, result.stderr
     model = load_model(tmp_path / "run" / "last.pt")
     assert model.stem.conv.stride == (1, 1) and model.model_kwargs["stem_stride"] == 1
