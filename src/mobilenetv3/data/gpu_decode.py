@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from .datasets import ImageFiles
-from .loader import Batch, BatchRequest, MixCut, load_image
+from .loader import Batch, BatchRequest, MixCut, finish_batch, load_image
 from .transforms import BatchAugment, ImageGeometry
 from ..errors import UsageError
 
@@ -167,14 +167,6 @@ class DeviceDecodedBatches:
                 continue
             images.append(self.geometry(image, seed))
             labels.append(label)
-        if not images:
-            size = self.augment.pre.crop
-            return Batch(torch.empty(0, self.channels, size, size, device=self.device),
-                         torch.empty(0, dtype=torch.int64, device=self.device), skipped)
         generator = torch.Generator()
         generator.set_state(encoded.generator_state)
-        batch = self.augment.finish(torch.stack(images), generator if self.augment.train else None)
-        targets = torch.tensor(labels, dtype=torch.int64, device=self.device)
-        if self.mix is not None:
-            batch, targets = self.mix(batch, targets, generator)
-        return Batch(batch, targets, skipped)
+        return finish_batch(images, labels, skipped, self.augment, self.mix, generator, self.channels, self.device)

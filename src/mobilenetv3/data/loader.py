@@ -166,14 +166,22 @@ class FileBatches(TorchDataset):
                 continue
             images.append(self.transform(image, seed))
             labels.append(label)
-        if not images:
-            size = self.augment.pre.crop
-            return Batch(torch.empty(0, self.channels, size, size), torch.empty(0, dtype=torch.int64), skipped)
-        batch = self.augment.finish(torch.stack(images), generator if self.augment.train else None)
-        targets = torch.tensor(labels, dtype=torch.int64)
-        if self.mix is not None:
-            batch, targets = self.mix(batch, targets, generator)
-        return Batch(batch, targets, skipped)
+        return finish_batch(images, labels, skipped, self.augment, self.mix, generator, self.channels)
+
+
+def finish_batch(images: list[torch.Tensor], labels: list[int], skipped: int, augment: BatchAugment,
+                 mix: Optional[MixCut], generator: torch.Generator, channels: int, device=None) -> Batch:
+    """Per-image uint8 tensors (on ``device``) -> the batch: colour, normalisation and erasing on all of them at
+    once, then mixup/cutmix; an empty batch of the right shape when every image was skipped."""
+    if not images:
+        size = augment.pre.crop
+        return Batch(torch.empty(0, channels, size, size, device=device),
+                     torch.empty(0, dtype=torch.int64, device=device), skipped)
+    batch = augment.finish(torch.stack(images), generator if augment.train else None)
+    targets = torch.tensor(labels, dtype=torch.int64, device=device)
+    if mix is not None:
+        batch, targets = mix(batch, targets, generator)
+    return Batch(batch, targets, skipped)
 
 
 def default_workers(world_size: int = 1) -> int:
