@@ -37,8 +37,10 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
     """Help lines end in their default, except where there is none to show."""
 
     def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool):
+        if action.default is None or action.default is False:
             return action.help
+        if action.default is True:
+            return f"{action.help} (default: on)"
         return super()._get_help_string(action)
 
 
