@@ -130,9 +130,9 @@ def write_weights(path: Path, num_classes: int = 3, bias=None, preprocessing: di
                   responsive: bool = False) -> Path:
     """Our weights file (format ``mobilenetv3``) of a fresh MobileNetV3-Small at width 0.5; with ``bias``
     (one number per class) a model that ignores its input: zero classifier weights, that bias. With
-    ``preprocessing`` (resize=..., crop=..., mean=...) the file names its classes c0, c1, ... too. ``responsive``: batch-norm
-    statistics measured on random images and a unit-variance classifier, seeded, so that the outputs differ from
-    image to image (a fresh network's hardly do)."""
+    ``preprocessing`` (resize=..., crop=..., mean=...) the file names its classes c0, c1, ... too.
+    ``responsive``: batch-norm statistics measured on random images and a wider classifier, seeded, so that
+    the outputs differ from image to image (a fresh network's hardly do)."""
     import torch
 
     from mobilenetv3 import weights as wts
@@ -163,7 +163,8 @@ def _make_responsive(model, generator) -> None:
         norm.reset_running_stats()
     with torch.no_grad():
         model.train()(images)
-        model.classifier.weight.normal_(0, 1, generator=generator)
+        fan_in = model.classifier.weight.shape[1]
+        model.classifier.weight.normal_(0, 10 / fan_in**0.5, generator=generator)  # logits of a few units
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.eval()
