@@ -233,6 +233,10 @@ def port_in_use(d: Path):
         yield
 
 
+def tiny_ir_file(d: Path) -> None:
+    (d / "model.xml").write_text("<net/>")
+
+
 def onnx_named_file(d: Path) -> None:
     write_random_bytes(d / "model.onnx", 3000, seed=2)
 
@@ -246,6 +250,55 @@ def serve_extra_missing(d: Path):
         yield
 
 
+@contextmanager
+def openvino_extra_missing(d: Path):
+    import sys
+    from unittest import mock
+
+    with mock.patch.dict(sys.modules, {"openvino": None, "nncf": None}):  # as if the extra were not installed
+        yield
+
+
+def openvino_ir(d: Path) -> None:
+    """``model.xml`` + ``model.bin``: the IR of a 3-class model with its card, and an image to predict."""
+    pytest.importorskip("openvino")
+    from mobilenetv3.export import export_openvino
+    from mobilenetv3.weights import load_model
+
+    path = write_weights(d / "w.pt", num_classes=3, preprocessing=dict(resize=32, crop=32, interpolation="bilinear",
+                                                                       mean=(0.5,) * 3, std=(0.25,) * 3, in_chans=3))
+    export_openvino(load_model(path), d / "model.xml", torch.zeros(1, 3, 32, 32))
+    write_image(d / "image.png")
+
+
+def garbage_ir(d: Path) -> None:
+    openvino_ir(d)
+    (d / "model.xml").write_text("garbage <net> not xml")
+
+
+def ir_bin_cut_short(d: Path) -> None:
+    openvino_ir(d)
+    truncate(d / "model.bin", keep=0.3)
+
+
+def ir_without_bin(d: Path) -> None:
+    openvino_ir(d)
+    (d / "model.bin").unlink()
+
+
+def an_image(d: Path) -> None:
+    write_image(d / "image.png")
+
+
+def a_folder_named_m_bin(d: Path) -> None:
+    (d / "m.bin").mkdir()
+
+
+def weights_named_bin(d: Path) -> None:  # as Hugging Face names them: pytorch_model.bin
+    write_weights(d / "weights.bin", num_classes=3)
+
+
+IR_EXTRA = "OpenVINO needs the openvino extra: pip install 'mobilenetv3[openvino]'"
 REFUSED = "refused to load: it holds Python objects that could run code"
 
 CASES = [
@@ -389,6 +442,62 @@ CASES = [
          make=not_a_jpeg),
     Case("predict: a checkpoint that would run code", ["predict", "{d}/image.png", "--checkpoint", "{d}/evil.pt"],
          REFUSED, make=code_running_pickle, absent=("pwned",)),
+    # ---- OpenVINO
+    Case("export: openvino without the openvino extra", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                         "--format", "openvino", "--output", "{d}/m.xml"],
+         f"mobilenetv3 export: error: {IR_EXTRA}", whole_line=True, make=(weights, openvino_extra_missing),
+         absent=("m.xml", "m.bin")),
+    Case("eval: an IR without the openvino extra", ["eval", "--exported", "{d}/model.xml", *SYNTHETIC],
+         IR_EXTRA, make=(openvino_ir, openvino_extra_missing)),
+    Case("predict: an ONNX file in OpenVINO without the extra", ["predict", "{d}/image.png", "--exported",
+                                                                 "{d}/model.onnx", "--runtime", "openvino"],
+         IR_EXTRA, make=(onnx_named_file, openvino_extra_missing, an_image)),
+    Case("export: openvino to a folder that is not there", ["export", "--checkpoint", "{d}/weights.pt",
+                                                           "--no-dataset", "--format", "openvino", "--output",
+                                                           "{d}/nowhere/m.xml"],
+         "cannot write {d}/nowhere/m.xml: folder {d}/nowhere does not exist", make=weights),
+    Case("export: openvino whose .bin is in the way", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                       "--format", "openvino", "--output", "{d}/m.xml"],
+         "cannot write {d}/m.bin: it is a folder", make=(weights, a_folder_named_m_bin)),
+    Case("export: openvino to a name without .xml", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                     "--format", "openvino", "--output", "{d}/m.onnx"],
+         "an OpenVINO IR is an .xml file", make=weights, absent=("m.onnx",)),
+    Case("export: openvino over the checkpoint's own .bin", ["export", "--checkpoint", "{d}/weights.bin",
+                                                             "--no-dataset", "--format", "openvino"],
+         "would overwrite {d}/weights.bin", make=weights_named_bin),
+    Case("export: openvino-int8 without images", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                  "--format", "openvino-int8", "--output", "{d}/m.int8.xml"],
+         "openvino-int8 needs images to calibrate", make=weights, absent=("m.xml", "m.int8.xml")),
+    Case("export: --keep-fp32 of an unknown layer kind", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                          "--format", "openvino-int8", "--keep-fp32", "se,stem"],
+         "cannot keep stem in fp32; choose from: se, classifier, head", make=weights),
+    Case("export: --keep-fp32 with another format", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                     "--keep-fp32", "se"], "a setting of --format openvino-int8",
+         make=weights),
+    *[Case(f"{command}: {what}", argv, says, make=make)
+      for what, make, says in (("a garbage IR .xml", garbage_ir, "{d}/model.xml: not an OpenVINO IR (not XML"),
+                               ("an IR whose .bin is cut short", ir_bin_cut_short,
+                                "{d}/model.xml: not a loadable OpenVINO IR (Incorrect weights in bin file!)"),
+                               ("an IR without its .bin", ir_without_bin, "{d}/model.xml: not a loadable OpenVINO IR"))
+      for command, argv in (("eval", ["eval", "--exported", "{d}/model.xml", *SYNTHETIC]),
+                            ("predict", ["predict", "{d}/image.png", "--exported", "{d}/model.xml"]))],
+    Case("eval: an IR in ONNX Runtime", ["eval", "--exported", "{d}/model.xml", "--runtime", "onnxruntime",
+                                         *SYNTHETIC], "is an OpenVINO IR: it runs in OpenVINO", make=openvino_ir),
+    Case("predict: --precision bf16 in ONNX Runtime", ["predict", "{d}/image.png", "--onnx", "{d}/model.onnx",
+                                                       "--precision", "bf16"],
+         "--precision bf16 is OpenVINO's: add --runtime openvino",
+         make=(onnx_named_file, an_image)),
+    Case("eval: --runtime openvino with a checkpoint", ["eval", "--checkpoint", "{d}/weights.pt", "--runtime",
+                                                        "openvino", *SYNTHETIC], "export the weights first",
+         make=weights),
+    Case("predict: random bytes as ONNX in OpenVINO", ["predict", "{d}/image.png", "--exported", "{d}/model.onnx",
+                                                       "--runtime", "openvino"], "not a loadable ONNX model",
+         make=(onnx_named_file, an_image)),
+    Case("predict: an exported file of another kind", ["predict", "{d}/image.png", "--exported", "{d}/weights.pt"],
+         "not an exported model (an .onnx file, or an OpenVINO IR .xml)",
+         make=(weights, an_image)),
+    Case("eval: --exported and --onnx both", ["eval", "--exported", "{d}/a.onnx", "--onnx", "{d}/b.onnx",
+                                              *SYNTHETIC], "give --exported FILE or --onnx FILE, not both"),
     # ---- serve
     Case("serve: no such model file", ["serve", "{d}/nothing.pt"], "{d}/nothing.pt does not exist"),
     Case("serve: random bytes as a checkpoint", ["serve", "{d}/random.pt"], "not a readable PyTorch checkpoint",
@@ -396,6 +505,10 @@ CASES = [
     Case("serve: random bytes as ONNX", ["serve", "{d}/model.onnx"], "not a loadable ONNX model", make=onnx_named_file),
     Case("serve: an ONNX file with --runtime torch", ["serve", "{d}/model.onnx", "--runtime", "torch"],
          "--runtime onnxruntime", make=onnx_named_file),
+    Case("serve: an OpenVINO IR with --runtime torch", ["serve", "{d}/model.xml", "--runtime", "torch"],
+         "--runtime openvino", make=tiny_ir_file),
+    Case("serve: bf16 in PyTorch", ["serve", "{d}/weights.pt", "--precision", "bf16"], "--precision bf16",
+         make=weights),
     Case("serve: a checkpoint that would run code", ["serve", "{d}/evil.pt"], REFUSED, make=code_running_pickle,
          absent=("pwned",)),
     Case("serve: the port is taken", ["serve", "{d}/weights.pt", "--port", str(BUSY_PORT)],
@@ -474,4 +587,4 @@ def test_bad_input_is_one_line_and_leaves_nothing_half_written(case, tmp_path):
 
 
 def test_the_table_keeps_every_case():
-    assert len(CASES) == len({case.name for case in CASES}) >= 94
+    assert len(CASES) == len({case.name for case in CASES}) >= 118

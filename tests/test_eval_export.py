@@ -156,7 +156,8 @@ def test_predict_returns_the_right_class(trained, tmp_path):
         assert p["top"][0]["class"] == f"class_{Path(p['path']).stem[-1]}"
         assert sum(t["probability"] for t in p["top"]) == pytest.approx(1.0, abs=1e-5)
     table = run_cli("predict", paths[0], tmp_path / "*.png", "--checkpoint", trained)
-    assert table.returncode == 0 and len(table.stdout.splitlines()) == len(paths)
+    assert table.returncode == 0 and table.stdout.splitlines()[0] == f"model: {trained} (pytorch fp32)"
+    assert len(table.stdout.splitlines()) == 1 + len(paths)
 
 
 def test_predict_with_an_exported_onnx_model(int8_export, tmp_path):
@@ -181,4 +182,4 @@ def test_torch_hub_loads_from_a_local_checkout(trained):
 
 
 def test_export_formats_listed():
-    assert FORMATS == ("onnx", "onnx-int8", "torchscript", "pt2")
+    assert FORMATS == ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8")

@@ -149,7 +149,7 @@ def test_matching_or_index_classes_are_scored(files, tmp_path, folder, names):
     result = eval_cli(files["abc_pt"], "--dataset", "imagenet", "--data-path", files[folder],
                       "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr
-    assert "scored 6 of 6 images, each once (imagenet val, pytorch, 0 unreadable skipped)" in result.stdout
+    assert "scored 6 of 6 images, each once (imagenet val, pytorch fp32, 0 unreadable skipped)" in result.stdout
     assert "note:" not in result.stdout  # same classes, same channels: nothing to say
     assert list(json.loads((tmp_path / "r" / "report.json").read_text())["per_class_accuracy"]) == names
 
@@ -218,7 +218,7 @@ def test_skipping_bad_images_is_the_eval_commands_choice(files, tmp_path):
     assert stopped.returncode == 2 and "broken0.png: unreadable image" in one_line(stopped)
     skipped = eval_cli(files["skipping_run"], "--skip-bad-images", "--out", tmp_path / "b")
     assert skipped.returncode == 0, skipped.stderr
-    assert "scored 6 of 7 images, each once (imagenet val, pytorch, 1 unreadable skipped)" in skipped.stdout
+    assert "scored 6 of 7 images, each once (imagenet val, pytorch fp32, 1 unreadable skipped)" in skipped.stdout
 
 
 # -------------------------------------------------------------------- 14: metrics before the report

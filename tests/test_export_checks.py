@@ -239,7 +239,7 @@ def test_predict_says_how_many_files_it_skipped(checkpoint, sorted_folder, tmp_p
     (tmp_path / "sub" / "labels.json").write_text("{}")
     result = run_cli("predict", tmp_path, "--checkpoint", checkpoint, "--topk", 2)
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 1
+    assert len(result.stdout.splitlines()) == 2  # the model line, then the one image
     assert result.stderr.splitlines() == [f"skipped 2 file(s) without an image extension in {tmp_path}"]
 
 

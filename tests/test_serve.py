@@ -148,6 +148,20 @@ def test_onnx_runtime_serves_the_same_answers(files, expected):
         assert max(abs(actual[k] - wanted[k]) for k in wanted) <= 1e-4  # ONNX Runtime's kernels, not PyTorch's
 
 
+def test_openvino_serves_the_same_answers(files, expected):
+    pytest.importorskip("openvino")
+    _, images = files
+    model = load_served_model(str(files[0]), runtime="openvino")  # exported to an IR first, verified
+    assert (model.runtime, model.precision) == ("openvino", "fp32")
+    with TestClient(create_app(model)) as ov_client:
+        answer = ov_client.post("/predict?topk=3", files=[("f", (i.name, i.read_bytes())) for i in images])
+        assert ov_client.get(f"/v2/models/{NAME}").json()["platform"] == "mobilenetv3_openvino"
+    assert answer.status_code == 200, answer.text
+    for image, prediction in zip(images, answer.json()["predictions"]):
+        actual, wanted = probabilities(prediction), expected[str(image)]
+        assert max(abs(actual[k] - wanted[k]) for k in wanted) <= 1e-4  # OpenVINO's kernels, not PyTorch's
+
+
 # ------------------------------------------------------------------------------ protocol and metadata
 def test_health_metadata_and_readiness(served):
     assert served.get("/v2/health/live").json() == {"live": True}

@@ -171,12 +171,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- eval
 def _add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5 over every sample",
-                              description="Score a checkpoint (any format) or an exported ONNX model on a dataset's "
-                                          "validation split, every sample exactly once; writes a JSON report and the "
-                                          "confusion matrix. Runs under torchrun too. The dataset settings default "
-                                          "to those of the run that trained the checkpoint.")
+                              description="Score a checkpoint (any format) or an exported model (ONNX, OpenVINO IR) "
+                                          "on a dataset's validation split, every sample exactly once; writes a JSON "
+                                          "report and the confusion matrix. Runs under torchrun too. The dataset "
+                                          "settings default to those of the run that trained the checkpoint.")
     p.add_argument("--checkpoint", help="weights: ours, safetensors, torchvision/timm state dict, MindSpore .ckpt")
-    p.add_argument("--onnx", help="evaluate this exported ONNX model with ONNX Runtime instead")
+    _add_exported_flags(p, "evaluate")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     p.add_argument("--by-index", action="store_true",
                    help="score dataset label i as the model's class i even when the classes do not match")
@@ -184,6 +184,23 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_config_flags(p, (), only=EVAL_FIELDS, show_defaults=False)
     p.set_defaults(handler=_cmd_eval)
+
+
+def _add_exported_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    """--exported/--onnx, --runtime and --precision: an exported file and what runs it (eval, predict)."""
+    from .export import PRECISIONS, RUNTIMES
+
+    p.add_argument("--exported", metavar="FILE",
+                   help=f"{verb} an exported model instead: .onnx (ONNX Runtime) or an OpenVINO IR .xml (OpenVINO)")
+    p.add_argument("--onnx", metavar="FILE", help="the same as --exported, for an .onnx file")
+    p.add_argument("--runtime", choices=RUNTIMES,
+                   help="what runs the exported file (default: its own; openvino also runs .onnx files)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="OpenVINO's precision (default fp32; bf16 needs a CPU with native bf16)")
+
+
+def _exported_options(args: argparse.Namespace) -> dict:
+    return dict(onnx=args.onnx, exported=args.exported, runtime=args.runtime, precision=args.precision)
 
 
 # What evaluation reads of the config: the data and its eval protocol, never the training augmentation.
@@ -194,8 +211,8 @@ EVAL_FIELDS = ("dataset", "data_path", "download", "transform", "image_size", "e
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import evaluate, write_report
 
-    result = evaluate(args.checkpoint, onnx=args.onnx, ema=args.ema, out_dir=args.out, by_index=args.by_index,
-                      report=False, **_overrides(args))
+    result = evaluate(args.checkpoint, **_exported_options(args), ema=args.ema, out_dir=args.out,
+                      by_index=args.by_index, report=False, **_overrides(args))
     if result is None:  # not the main process
         return 0
     if args.json:
@@ -205,7 +222,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict(), indent=2))
         return 0
     print(f"scored {result.count} of {result.dataset_size} images, each once "
-          f"({result.dataset} {result.split}, {result.runtime}, {result.skipped} unreadable skipped)")
+          f"({result.dataset} {result.split}, {result.runtime} {result.precision}, "
+          f"{result.skipped} unreadable skipped)")
     p = result.preprocessing
     print(f"preprocessing: {result.preprocessing_source}: resize {p['resize']}, crop {p['crop']}, "
           f"{p['interpolation']}, mean {tuple(round(v, 4) for v in p['mean'])}, "
@@ -224,9 +242,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- export
 def _add_export(subparsers) -> None:
-    from .export import FORMATS
+    from .export import DEFAULT_KEEP_FP32, FORMATS, KEEP_FP32
 
-    p = subparsers.add_parser("export", help="export to ONNX, TorchScript, torch.export or INT8 ONNX, verified",
+    p = subparsers.add_parser("export", help="export to ONNX, OpenVINO, TorchScript or torch.export (INT8: ONNX, "
+                                             "OpenVINO), verified",
                               description="Export weights and verify the file in its runtime against PyTorch.")
     p.add_argument("--checkpoint", required=True, help="weights in any format the project reads")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="output format (default onnx)")
@@ -239,8 +258,16 @@ def _add_export(subparsers) -> None:
                    help="validation images to verify on, drawn at random (default 128; 0: all)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed that draws those images (default 0)")
     p.add_argument("--no-dataset", action="store_true", help="verify on random inputs only")
+    p.add_argument("--keep-fp32", metavar="KINDS", type=_kinds,
+                   help=f"openvino-int8: layer kinds left in fp32, comma-separated, of {', '.join(KEEP_FP32)}; "
+                        f"none for all in INT8 (default {','.join(DEFAULT_KEEP_FP32)})")
     _add_config_flags(p, (), only=("dataset", "data_path", "batch_size", "workers", "image_size"))
     p.set_defaults(handler=_cmd_export)
+
+
+def _kinds(text: str) -> tuple:
+    """``se,classifier`` -> ``("se", "classifier")``; ``none`` -> ``()``."""
+    return () if text.strip() == "none" else tuple(kind.strip() for kind in text.split(",") if kind.strip())
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -248,7 +275,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     result = export_model(args.checkpoint, format=args.format, output=args.output, softmax=args.softmax,
                           ema=args.ema, calibration_images=args.calibration_images, verify_images=args.verify_images,
-                          sample_seed=args.sample_seed, use_dataset=not args.no_dataset, **_overrides(args))
+                          sample_seed=args.sample_seed, use_dataset=not args.no_dataset, keep_fp32=args.keep_fp32,
+                          **_overrides(args))
     print(f"exported {result.format}: {result.path}")
     if result.calibration_sample:
         print(f"  calibrated on {result.calibration_sample.describe()}")
@@ -271,7 +299,7 @@ def _add_predict(subparsers) -> None:
                               description="Top-k classes for image files, folders or globs.")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", help="weights in any format the project reads")
-    p.add_argument("--onnx", help="an exported ONNX model instead of --checkpoint")
+    _add_exported_flags(p, "classify with")
     p.add_argument("--topk", type=int, help="classes per image (default 5, or all when there are fewer)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -281,11 +309,12 @@ def _add_predict(subparsers) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .tasks import predict
 
-    results = predict(args.images, checkpoint=args.checkpoint, onnx=args.onnx, topk=args.topk,
+    results = predict(args.images, checkpoint=args.checkpoint, **_exported_options(args), topk=args.topk,
                       batch_size=args.batch_size)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
+    print(f"model: {args.checkpoint or args.exported or args.onnx} ({results[0].runtime} {results[0].precision})")
     width = min(60, max(len(r.path) for r in results))
     for r in results:
         top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r.top)
@@ -309,7 +338,10 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than loopback: set --api-key)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                   help="auto: ONNX Runtime for .onnx files, PyTorch for weights; onnxruntime exports weights first")
+                   help="auto: ONNX Runtime for .onnx, OpenVINO for .xml, PyTorch for weights; onnxruntime and "
+                        "openvino export weights first")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="OpenVINO's inference precision (default fp32; bf16 "
+                                                               "only on a CPU with native bf16)")
     p.add_argument("--max-batch", type=int, default=32, help="most images in one model run (1: no batching)")
     p.add_argument("--max-delay-ms", type=float, default=5.0,
                    help="longest a request waits for others to batch with")
@@ -342,7 +374,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.api_key is not None:
         settings["api_key"] = args.api_key
     serve(args.model, host=args.host, port=args.port, runtime=args.runtime, workers=args.workers, name=args.name,
-          threads=args.threads, access_log=args.access_log, keep_alive_s=args.keep_alive_s, **settings)
+          threads=args.threads, precision=args.precision, access_log=args.access_log, keep_alive_s=args.keep_alive_s, **settings)
     return 0
 
 

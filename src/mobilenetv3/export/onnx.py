@@ -135,7 +135,10 @@ def _runtime_errors_only():
 
 
 class OnnxModule(nn.Module):
-    """An ONNX file run by ONNX Runtime, usable where a model is expected (``engine.evaluate``, predict)."""
+    """An ONNX file run by ONNX Runtime, usable where a model is expected (``engine.evaluate``, predict).
+    ``precision``: ``int8`` for a quantised file (QDQ nodes), else ``fp32``."""
+
+    runtime = "onnxruntime"
 
     def __init__(self, path, threads: Optional[int] = None, spinning: bool = True):
         """``spinning=False`` stops ONNX Runtime's threads busy-waiting after each run (for a process that
@@ -165,7 +168,17 @@ class OnnxModule(nn.Module):
         self.classes, self.preprocessing = info.get("classes"), info.get("preprocessing")
         self.model_name, self.model_kwargs = info.get("model_name", path.stem), info.get("model_kwargs", {})
         self.softmax = bool(info.get("softmax", False))
+        self.precision = "int8" if _quantized(path) else "fp32"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output = self.session.run(None, {self.input_name: x.detach().float().contiguous().cpu().numpy()})[0]
         return torch.from_numpy(output)
+
+
+def _quantized(path: Path) -> bool:
+    """Whether the ONNX file holds quantised (QDQ or integer) operators."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+               for node in graph.node)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -10,16 +10,22 @@ from torch import nn
 from ..errors import UsageError
 from .common import WithSoftmax
 from .onnx import OnnxModule, export_onnx, quantize_onnx
+from .openvino import DEFAULT_KEEP_FP32, PRECISIONS, OpenVinoModule, export_openvino, quantize_openvino
 from .torch_formats import export_pt2, export_torchscript
 
-FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2")
-SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
+FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8")
+INT8_FORMATS = ("onnx-int8", "openvino-int8")
+SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2",
+            "openvino": ".xml", "openvino-int8": ".int8.xml"}
+RUNTIMES = ("onnxruntime", "openvino")  # what runs an exported file (``open_exported``)
 
 
 def load_exported(path: Path, fmt: str):
-    """A callable (N, C, H, W) -> outputs for an exported file, in its own runtime."""
+    """A callable (N, C, H, W) -> outputs for an exported file, in its own runtime (OpenVINO: in fp32)."""
     if fmt in ("onnx", "onnx-int8"):
         return OnnxModule(path)
+    if fmt in ("openvino", "openvino-int8"):
+        return OpenVinoModule(path, precision="fp32")
     if fmt == "torchscript":
         import warnings
 
@@ -41,28 +47,77 @@ def compare(reference: nn.Module, exported, inputs: Iterable[torch.Tensor]) -> d
     return dict(max_abs_diff=max_diff, top1_agreement=agree / max(1, count), compared=count)
 
 
+def int8_source_path(path: Path) -> Path:
+    """Where an INT8 export writes the fp32 file it is quantised from: ``m.int8.onnx`` -> ``m.onnx``,
+    ``m.int8.xml`` -> ``m.xml``, else ``m.fp32.<suffix>``."""
+    return path.with_name(path.name.replace(".int8.", ".") if ".int8." in path.name
+                          else f"{path.stem}.fp32{path.suffix}")
+
+
+def open_exported(path, runtime: Optional[str] = None, precision: Optional[str] = None,
+                  threads: Optional[int] = None) -> nn.Module:
+    """An exported file run where a model is expected, told apart by its suffix: ``.onnx`` in ONNX Runtime
+    (``runtime="openvino"``: in OpenVINO), an OpenVINO IR ``.xml`` in OpenVINO. ``precision`` is ``fp32``
+    (default) or ``bf16`` (OpenVINO only, on a CPU with native bf16). The module says ``runtime`` and
+    ``precision``."""
+    path = Path(path)
+    kind = {".onnx": "onnx", ".xml": "openvino"}.get(path.suffix.lower())
+    if kind is None:
+        raise UsageError(f"{path}: not an exported model (an .onnx file, or an OpenVINO IR .xml)")
+    if runtime not in (None, *RUNTIMES):
+        raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    if precision not in (None, *PRECISIONS):
+        raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    runtime = runtime or ("onnxruntime" if kind == "onnx" else "openvino")
+    if kind == "openvino" and runtime != "openvino":
+        raise UsageError(f"{path} is an OpenVINO IR: it runs in OpenVINO (--runtime openvino)")
+    if runtime == "onnxruntime":
+        if precision not in (None, "fp32"):
+            raise UsageError(f"--precision {precision} is OpenVINO's: add --runtime openvino")
+        return OnnxModule(path, threads=threads)
+    return OpenVinoModule(path, threads=threads, precision=precision or "fp32")
+
+
+def check_pytorch_options(runtime: Optional[str], precision: Optional[str]) -> None:
+    """Weights run in PyTorch, in fp32: ``runtime`` and ``precision`` are settings of exported files."""
+    if runtime not in (None, "pytorch"):
+        raise UsageError(f"--runtime {runtime} runs an exported file (--exported FILE); export the weights first: "
+                         "mobilenetv3 export --format onnx|openvino")
+    if precision not in (None, "fp32"):
+        raise UsageError(f"--precision {precision} is OpenVINO's: give an exported file (--exported FILE) "
+                         "with --runtime openvino")
+
+
 def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, *, softmax: bool = False,
                     real_inputs: Iterable[torch.Tensor] = (), calibration: Optional[Iterable[torch.Tensor]] = None,
-                    calibration_info: Optional[dict] = None, tolerance: float = 1e-4) -> dict:
+                    calibration_info: Optional[dict] = None, tolerance: float = 1e-4,
+                    keep_fp32: Optional[Sequence[str]] = None) -> dict:
     """Export ``model`` as ``fmt`` to ``path``, then run the file in its runtime on random inputs (batch 1
     and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
     (``ValueError`` otherwise); INT8 reports its agreement and records ``calibration_info`` (what the
-    ``calibration`` images are) in the file. Returns the comparison figures and paths."""
+    ``calibration`` images are) in the file; ``keep_fp32``: the layer kinds ``openvino-int8`` leaves in fp32
+    (default ``DEFAULT_KEEP_FP32``). Returns the comparison figures and paths."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     model = model.eval()
     reference = WithSoftmax(model).eval() if softmax else model
     paths = dict(path=str(path))
-    if fmt == "onnx-int8":
+    if fmt in INT8_FORMATS:
         if calibration is None:
-            raise UsageError("onnx-int8 needs images to calibrate: give --dataset and --data-path")
-        fp32_path = path.with_name(path.name.replace(".int8.onnx", ".onnx") if ".int8." in path.name
-                                   else f"{path.stem}.fp32.onnx")
-        export_onnx(model, fp32_path, example, softmax)
-        quantize_onnx(fp32_path, path, calibration, calibration_info)
+            raise UsageError(f"{fmt} needs images to calibrate: give --dataset and --data-path")
+        fp32_path = int8_source_path(path)
+        if fmt == "onnx-int8":
+            export_onnx(model, fp32_path, example, softmax)
+            quantize_onnx(fp32_path, path, calibration, calibration_info)
+        else:
+            export_openvino(model, fp32_path, example, softmax)
+            quantize_openvino(fp32_path, path, calibration, calibration_info,
+                              DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
         paths["fp32_path"] = str(fp32_path)
     else:
-        {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2}[fmt](model, path, example, softmax)
+        exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2,
+                     "openvino": export_openvino}
+        exporters[fmt](model, path, example, softmax)
     runtime = load_exported(path, fmt)
     generator = torch.Generator().manual_seed(0)
     shape = example.shape[1:]
@@ -71,9 +126,11 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
     real_inputs = list(real_inputs)
     if real_inputs:
         figures["real"] = compare(reference, runtime, real_inputs)
-    if fmt != "onnx-int8":
+    if fmt not in INT8_FORMATS:
         worst = max(f["max_abs_diff"] for f in figures.values())
         if worst > tolerance:
             path.unlink(missing_ok=True)
+            if fmt == "openvino":
+                path.with_suffix(".bin").unlink(missing_ok=True)
             raise RuntimeError(f"{fmt} export disagrees with PyTorch: max abs difference {worst:.3g} > {tolerance}")
     return dict(paths, format=fmt, softmax=softmax, **figures)

@@ -14,7 +14,9 @@ from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "onnxruntime", "torch")
+RUNTIMES = ("auto", "onnxruntime", "openvino", "torch")
+EXPORTED = {".onnx": "onnxruntime", ".xml": "openvino"}  # exported files and the runtime ``auto`` picks for them
+EXPORT_FORMATS = {"onnxruntime": ("onnx", ".onnx"), "openvino": ("openvino", ".xml")}  # weights served by them
 
 
 @dataclass
@@ -28,6 +30,7 @@ class ServedModel:
     classes: list[str]
     preprocessing: Preprocessing
     run: Callable[[torch.Tensor], torch.Tensor]
+    precision: str = "fp32"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -35,43 +38,46 @@ class ServedModel:
 
     def describe(self) -> str:
         p = self.preprocessing
-        return (f"{self.name} from {self.source} in {self.runtime}: {len(self.classes)} classes, "
+        return (f"{self.name} from {self.source} in {self.runtime} {self.precision}: {len(self.classes)} classes, "
                 f"{p.in_chans}x{p.crop}x{p.crop} input (resize {p.resize}, {p.interpolation})")
 
 
-def load_served_model(path: str, runtime: str = "auto", name: Optional[str] = None,
-                      threads: Optional[int] = None) -> ServedModel:
-    """Load ``path`` (a checkpoint or weights of any format ``mobilenetv3.load_model`` reads, or an ONNX file)
-    to run in ``runtime``: ``auto`` is the file's own (ONNX Runtime for ``.onnx``, PyTorch for weights);
-    ``onnxruntime`` with weights exports them to ONNX first. ``threads`` caps the runtime's threads."""
+def load_served_model(path: str, runtime: str = "auto", name: Optional[str] = None, threads: Optional[int] = None,
+                      precision: Optional[str] = None) -> ServedModel:
+    """Load ``path`` (a checkpoint or weights of any format ``mobilenetv3.load_model`` reads, an ONNX file or an
+    OpenVINO IR ``.xml``) to run in ``runtime``: ``auto`` is the file's own (ONNX Runtime for ``.onnx``, OpenVINO
+    for ``.xml``, PyTorch for weights); ONNX Runtime or OpenVINO with weights export them first (verified
+    against PyTorch). ``threads`` caps the runtime's threads; ``precision`` (``fp32``, ``bf16``) is OpenVINO's."""
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     path = Path(path)
-    if path.suffix == ".onnx":
+    if path.suffix.lower() in EXPORTED:
         if runtime == "torch":
-            raise UsageError(f"{path} is an ONNX file: serve it with --runtime onnxruntime (or auto)")
-        return _from_onnx(path, path, name, threads)
+            raise UsageError(f"{path} is an exported file: serve it with --runtime {EXPORTED[path.suffix.lower()]}")
+        return _from_exported(path, path, None if runtime == "auto" else runtime, name, threads, precision)
+    from ..export import check_pytorch_options
     from ..weights import load_model
 
     model = load_model(path)
-    if runtime == "onnxruntime":
-        return _exported_to_onnx(model, path, name or model.model_name, threads)
+    if runtime in EXPORT_FORMATS:
+        return _exported_first(model, path, runtime, name or model.model_name, threads, precision)
+    check_pytorch_options(None, precision)
     if threads:
         torch.set_num_threads(threads)
-    classes = _class_names(model.classes, model.num_classes)
 
     @torch.inference_mode()
     def run(images: torch.Tensor) -> torch.Tensor:
         return model(images).float().softmax(dim=1)
 
-    return ServedModel(name or model.model_name, "torch", str(path), classes,
+    return ServedModel(name or model.model_name, "torch", str(path), _class_names(model.classes, model.num_classes),
                        Preprocessing.from_dict(model.preprocessing), run)
 
 
-def _from_onnx(onnx_path: Path, source: Path, name: Optional[str], threads: Optional[int]) -> ServedModel:
-    from ..export import OnnxModule
+def _from_exported(path: Path, source: Path, runtime: Optional[str], name: Optional[str], threads: Optional[int],
+                   precision: Optional[str]) -> ServedModel:
+    from ..export import open_exported
 
-    module = OnnxModule(onnx_path, threads=threads)
+    module = open_exported(path, runtime=runtime, precision=precision, threads=threads)
     if not module.preprocessing:
         raise UsageError(f"{source} carries no preprocessing metadata (export it with `mobilenetv3 export`)")
 
@@ -79,22 +85,24 @@ def _from_onnx(onnx_path: Path, source: Path, name: Optional[str], threads: Opti
         outputs = module(images)
         return outputs if module.softmax else outputs.softmax(dim=1)
 
-    return ServedModel(name or module.model_name, "onnxruntime", str(source),
+    return ServedModel(name or module.model_name, module.runtime, str(source),
                        _class_names(module.classes, module.num_classes),
-                       Preprocessing.from_dict(module.preprocessing), run)
+                       Preprocessing.from_dict(module.preprocessing), run, module.precision)
 
 
-def _exported_to_onnx(model: torch.nn.Module, source: Path, name: str, threads: Optional[int]) -> ServedModel:
-    """Weights served by ONNX Runtime: exported (and checked against PyTorch) into a temporary file first."""
+def _exported_first(model: torch.nn.Module, source: Path, runtime: str, name: str, threads: Optional[int],
+                    precision: Optional[str]) -> ServedModel:
+    """Weights served by ONNX Runtime or OpenVINO: exported (and checked against PyTorch) into a temporary file."""
     from ..export import export_verified
 
+    fmt, suffix = EXPORT_FORMATS[runtime]
     preprocessing = Preprocessing.from_dict(model.preprocessing)
     example = torch.zeros(1, preprocessing.in_chans, preprocessing.crop, preprocessing.crop)
-    log.info("exporting %s to ONNX for ONNX Runtime", source)
+    log.info("exporting %s to %s for %s", source, fmt, runtime)
     with tempfile.TemporaryDirectory(prefix="mobilenetv3-serve-") as folder:
-        onnx_path = Path(folder) / "model.onnx"
-        export_verified(model, "onnx", onnx_path, example)
-        return _from_onnx(onnx_path, source, name, threads)
+        exported = Path(folder) / f"model{suffix}"
+        export_verified(model, fmt, exported, example)
+        return _from_exported(exported, source, runtime, name, threads, precision)
 
 
 def _class_names(classes: Optional[list[str]], count: int) -> list[str]:

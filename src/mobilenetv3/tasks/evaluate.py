@@ -1,4 +1,4 @@
-"""The evaluation task: score weights (any format) or an exported ONNX model on a validation split.
+"""The evaluation task: score weights (any format) or an exported model (ONNX, OpenVINO IR) on a validation split.
 
 Every sample is scored exactly once, in one process or under ``torchrun`` (the same numbers). The
 dataset's classes are checked against the weights' before anything is scored. ``write_report`` (rank 0)
@@ -48,7 +48,8 @@ class EvalResult:
     weights: str
     weights_sha256: str
     ema: bool
-    runtime: str  # "pytorch" or "onnxruntime"
+    runtime: str  # "pytorch", "onnxruntime" or "openvino"
+    precision: str  # what it ran in: "fp32", "bf16" (OpenVINO), "int8" (a quantised file)
     dataset: str
     data_path: str
     dataset_size: int
@@ -74,19 +75,24 @@ class _Scored:
     config: Config
     source: str
     runtime: str
+    precision: str
+    kind: str  # what the file is: "weights", "ONNX file", "OpenVINO IR"
     classes: Optional[list]  # as the file has them (None: it has none)
     preprocessing: Optional[dict]  # as the file has it (None: it has none; not the registry default)
     trained_config: bool  # the file carries its training run's config
     ema: bool
 
 
-def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, ema: bool = False,
+def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, exported: Optional[str] = None,
+             runtime: Optional[str] = None, precision: Optional[str] = None, ema: bool = False,
              out_dir: Optional[str] = None, by_index: bool = False, report: bool = True,
              **settings) -> Optional[EvalResult]:
-    """Score ``weights`` (any format ``load_model`` reads) or an exported ``onnx`` model on the dataset's
-    validation split. ``settings`` are config fields (``dataset``, ``data_path``, ``batch_size``, ``device``,
-    ...) over the training run's own config when the weights carry one; ``skip_bad_images`` is only ever the
-    one given here.
+    """Score ``weights`` (any format ``load_model`` reads) or an ``exported`` model (``.onnx``, or an OpenVINO
+    IR ``.xml``; ``onnx=`` is the older name) on the dataset's validation split. An exported file runs in its
+    own runtime unless ``runtime="openvino"`` (an ONNX file in OpenVINO); ``precision`` is ``fp32`` (default)
+    or ``bf16`` (OpenVINO, on a CPU with native bf16); the result says which ran. ``settings`` are config
+    fields (``dataset``, ``data_path``, ``batch_size``, ``device``, ...) over the training run's own config when
+    the weights carry one; ``skip_bad_images`` is only ever the one given here.
 
     The dataset's classes must be the weights' (their count, and their names where both have names that
     are more than indices); ``by_index=True`` scores dataset label i as the model's class i anyway. The
@@ -96,7 +102,7 @@ def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, ema: 
     (default ``eval-<dataset>`` beside the weights); ``report=False`` leaves it to ``write_report``.
     Returns ``None`` in the processes other than rank 0.
     """
-    scored = _open(weights, onnx, ema, settings)
+    scored = _open(weights, _exported_file(onnx, exported), ema, settings, runtime, precision)
     report_dir = Path(out_dir) if out_dir else Path(scored.source).parent / f"eval-{scored.config.data.dataset}"
     info = init_distributed(device_type(scored.config.run.device))
     try:
@@ -124,8 +130,8 @@ def write_report(result: EvalResult) -> dict:
     return result.reports
 
 
-_META = ("weights", "weights_sha256", "ema", "runtime", "dataset", "data_path", "dataset_size", "split",
-         "preprocessing", "preprocessing_source", "notes", "world_size")
+_META = ("weights", "weights_sha256", "ema", "runtime", "precision", "dataset", "data_path", "dataset_size",
+         "split", "preprocessing", "preprocessing_source", "notes", "world_size")
 
 
 def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: Path) -> Optional[EvalResult]:
@@ -148,36 +154,51 @@ def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: 
     return EvalResult(**{k: metrics[k] for k in ("top1", "top5", "topk", "loss", "count", "skipped",
                                                  "per_class_accuracy", "time", "confusion")},
                       classes=classes, weights=scored.source, weights_sha256=file_sha256(scored.source),
-                      ema=scored.ema, runtime=scored.runtime, dataset=config.data.dataset, data_path=str(val.source),
-                      dataset_size=len(val), split="val", preprocessing=preprocessing.to_dict(),
+                      ema=scored.ema, runtime=scored.runtime, precision=scored.precision,
+                      dataset=config.data.dataset, data_path=str(val.source), dataset_size=len(val), split="val",
+                      preprocessing=preprocessing.to_dict(),
                       preprocessing_source=source, world_size=info.world_size, report_dir=str(report_dir),
                       notes=notes)
 
 
-def _open(weights: Optional[str], onnx: Optional[str], ema: bool, settings: dict) -> _Scored:
-    """Read the model once; its training config (when it has one) under the settings given now."""
-    if not weights and not onnx:
-        raise UsageError("give --checkpoint PATH (or --onnx FILE)")
-    saved = None
-    if onnx:
-        from ..export import OnnxModule
+def _exported_file(onnx: Optional[str], exported: Optional[str]) -> Optional[str]:
+    if onnx and exported:
+        raise UsageError("give --exported FILE or --onnx FILE, not both")
+    return exported or onnx
 
-        model: nn.Module = OnnxModule(onnx)
-        source, runtime, classes, preprocessing = str(onnx), "onnxruntime", model.classes, model.preprocessing
+
+_KINDS = {".onnx": "ONNX file", ".xml": "OpenVINO IR"}
+
+
+def _open(weights: Optional[str], exported: Optional[str], ema: bool, settings: dict,
+          runtime: Optional[str] = None, precision: Optional[str] = None) -> _Scored:
+    """Read the model once; its training config (when it has one) under the settings given now."""
+    from ..export import check_pytorch_options, open_exported
+
+    if not weights and not exported:
+        raise UsageError("give --checkpoint PATH (or --exported FILE)")
+    saved = None
+    if exported:
+        model: nn.Module = open_exported(exported, runtime, precision)
+        source, classes, preprocessing = str(exported), model.classes, model.preprocessing
+        runtime, precision, kind = model.runtime, model.precision, _KINDS[Path(exported).suffix.lower()]
     else:
+        check_pytorch_options(runtime, precision)
         read = read_weights(weights, ema=ema)
         try:
             model = model_from_weights(read)
         except ValueError as err:
             raise UsageError(f"{weights}: {err}") from None
         saved = read.checkpoint.config if read.checkpoint is not None else None
-        source, runtime, classes, preprocessing = str(weights), "pytorch", read.classes, read.preprocessing
+        source, classes, preprocessing = str(weights), read.classes, read.preprocessing
+        runtime, precision, kind = "pytorch", "fp32", "weights"
     config = Config.from_dict(saved) if saved else Config()
     config.data.skip_bad_images = False  # an evaluation setting: the eval command's own, never the training run's
     config.data.decode = "cpu"  # the training run's --decode gpu would tie evaluation to a GPU
     config.update(settings, source="flag")
     validate(config)
-    return _Scored(model, config, source, runtime, classes, preprocessing, trained_config=bool(saved), ema=ema)
+    return _Scored(model, config, source, runtime, precision, kind, classes, preprocessing,
+                   trained_config=bool(saved), ema=ema)
 
 
 # ------------------------------------------------------------------------------------------ classes
@@ -244,8 +265,8 @@ def _preprocessing(scored: _Scored, d: DataConfig, val, in_chans: int,
                    asked: list[str]) -> tuple[Preprocessing, str]:
     """The eval protocol and where it comes from: the settings ``asked`` for, else the file's own, else the
     training run's config, else the data set's seed protocol, else the config's defaults (said so)."""
-    own, none = ("the ONNX file's own (saved in it)", "the ONNX file carries none") \
-        if scored.runtime == "onnxruntime" else ("the weights' own (saved with them)", "the weights carry none")
+    own, none = (f"the {scored.kind}'s own (saved in it)", f"the {scored.kind} carries none") \
+        if scored.kind != "weights" else ("the weights' own (saved with them)", "the weights carry none")
     if scored.preprocessing and not asked:
         return _checked(Preprocessing.from_dict(scored.preprocessing), in_chans), own
     why = [f"{', '.join('--' + k.replace('_', '-') for k in asked)} given to eval"] if asked else []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -19,7 +19,7 @@ from ..data import Dataset, check_labels, draw_sample, eval_loader
 from ..data.transforms import Preprocessing
 from ..engine import evaluate
 from ..errors import UsageError
-from ..export import FORMATS, SUFFIXES, OnnxModule, export_verified
+from ..export import FORMATS, INT8_FORMATS, KEEP_FP32, SUFFIXES, export_verified, int8_source_path, open_exported
 from ..files import check_writable
 from ..weights import model_from_weights, read_weights
 
@@ -57,10 +57,10 @@ class ExportResult:
     softmax: bool
     random: dict  # on random inputs (batch 1 and 3)
     real: Optional[dict] = None  # on real validation images, when a dataset was at hand
-    fp32_path: Optional[str] = None  # onnx-int8: the fp32 model it was quantised from
-    accuracy: Optional[dict] = None  # onnx-int8: dataset, count, int8_top1, fp32_top1
+    fp32_path: Optional[str] = None  # INT8: the fp32 model it was quantised from
+    accuracy: Optional[dict] = None  # INT8: dataset, count, int8_top1, fp32_top1
     real_sample: Optional[ImageSample] = None  # the validation images behind ``real``
-    calibration_sample: Optional[ImageSample] = None  # onnx-int8: the training images it was calibrated on
+    calibration_sample: Optional[ImageSample] = None  # INT8: the training images it was calibrated on
 
 
 @dataclass
@@ -76,43 +76,64 @@ class ExportData:
 
 def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str] = None, softmax: bool = False,
                  ema: bool = False, calibration_images: int = 300, verify_images: int = 128, sample_seed: int = 0,
-                 use_dataset: bool = True, **settings) -> ExportResult:
+                 use_dataset: bool = True, keep_fp32: Optional[Sequence[str]] = None, **settings) -> ExportResult:
     """Export ``checkpoint`` (any weights format) as ``format`` and verify the file in its runtime.
 
     ``output`` defaults to a file beside the checkpoint. ``settings`` are config fields over the training
     run's own config (``dataset``, ``data_path``, ``batch_size``, ``workers``, ``image_size``): the data used
     to verify on real images and to calibrate INT8 (``use_dataset=False``: random inputs only). The file is
     verified on ``verify_images`` validation images (0: all of them) and INT8 calibrated on
-    ``calibration_images`` training images, each drawn at random with ``sample_seed``.
+    ``calibration_images`` training images, each drawn at random with ``sample_seed``. ``keep_fp32``: the layer
+    kinds ``openvino-int8`` leaves in fp32 (``export.KEEP_FP32``; default ``export.DEFAULT_KEEP_FP32``). An
+    OpenVINO IR is the ``.xml`` path; its weights go to the ``.bin`` beside it.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if calibration_images < 1 or verify_images < 0:
         raise UsageError("--calibration-images must be at least 1 and --verify-images at least 0 (0: all)")
+    if keep_fp32 is not None and format != "openvino-int8":
+        raise UsageError("--keep-fp32 is a setting of --format openvino-int8")
+    unknown = sorted(set(keep_fp32 or ()) - set(KEEP_FP32))
+    if unknown:
+        raise UsageError(f"cannot keep {', '.join(unknown)} in fp32; choose from: {', '.join(KEEP_FP32)} (or none)")
     weights = read_weights(checkpoint, ema=ema)
     model = model_from_weights(weights)
     pre = Preprocessing.from_dict(model.preprocessing)
     source = Path(checkpoint)
     path = Path(output) if output else source.with_name(source.stem + SUFFIXES[format])
     check_writable(path)  # before the data is read and the model exported
+    if format.startswith("openvino"):
+        for ir in (path, int8_source_path(path)) if format in INT8_FORMATS else (path,):
+            _check_ir_output(ir, source)
     config = Config.from_dict(weights.checkpoint.config) if weights.checkpoint and weights.checkpoint.config \
         else Config()
     config.update(settings, source="flag")
     d = config.data
     has_data = use_dataset and (d.dataset in ("fashion-mnist", "synthetic") or d.data_path)
-    data = _export_data(config, model.num_classes, pre, format == "onnx-int8", calibration_images, verify_images,
+    data = _export_data(config, model.num_classes, pre, format in INT8_FORMATS, calibration_images, verify_images,
                         sample_seed) if has_data else ExportData()
     size = d.image_size if "image_size" in settings else pre.crop
     example = torch.randn(2, model.in_chans, size, size)
     calibration_info = data.calibration_sample.to_dict() if data.calibration_sample else None
     figures = export_verified(model, format, path, example, softmax=softmax, real_inputs=data.real,
-                              calibration=data.calibration, calibration_info=calibration_info)
+                              calibration=data.calibration, calibration_info=calibration_info, keep_fp32=keep_fp32)
     result = ExportResult(format, figures["path"], softmax, figures["random"], figures.get("real"),
                           figures.get("fp32_path"), real_sample=data.real_sample,
                           calibration_sample=data.calibration_sample)
-    if format == "onnx-int8" and data.val is not None:
+    if format in INT8_FORMATS and data.val is not None:
         result.accuracy = _int8_accuracy(result, data.val, pre, config)
     return result
+
+
+def _check_ir_output(path: Path, source: Path) -> None:
+    """An IR is an ``.xml`` and the ``.bin`` of the same name, which must be writable and must not be the
+    weights being exported (``pytorch_model.bin`` -> ``pytorch_model.xml`` would overwrite them)."""
+    if path.suffix != ".xml":
+        raise UsageError(f"an OpenVINO IR is an .xml file (and its .bin): {path} does not end in .xml")
+    weights = path.with_suffix(".bin")
+    if weights.resolve() == source.resolve():
+        raise UsageError(f"the IR's weights file {weights} would overwrite {source}: give --output NAME.xml")
+    check_writable(weights)
 
 
 def _export_data(config: Config, num_classes: int, pre: Preprocessing, int8: bool, calibration_images: int,
@@ -141,7 +162,7 @@ def _int8_accuracy(result: ExportResult, val, pre: Preprocessing, config: Config
     """Top-1 of the INT8 file and of the fp32 file it came from, on the whole validation split."""
     scores = {}
     for name, path in (("fp32", result.fp32_path), ("int8", result.path)):
-        model = OnnxModule(path)
+        model = open_exported(path)
         loader = eval_loader(val, pre, batch_size=config.data.batch_size)
         scores[name] = evaluate(model, loader, num_classes=model.num_classes, device=torch.device("cpu"))
     return dict(dataset=config.data.dataset, count=scores["int8"]["count"], int8_top1=scores["int8"]["top1"],

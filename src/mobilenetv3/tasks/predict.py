@@ -20,33 +20,50 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    """One image's top classes: ``top`` is ``[{"class", "index", "probability"}, ...]``, most likely first."""
+    """One image's top classes: ``top`` is ``[{"class", "index", "probability"}, ...]``, most likely first;
+    ``runtime`` and ``precision``: what computed them."""
 
     path: str
     top: list[dict]
+    runtime: str = "pytorch"
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Optional[str] = None,
+            exported: Optional[str] = None, runtime: Optional[str] = None, precision: Optional[str] = None,
             topk: Optional[int] = None, batch_size: int = 32) -> list[Prediction]:
     """Classify ``images`` (files, folders searched recursively, globs) with ``checkpoint`` (any weights format)
-    or an exported ``onnx`` model; class names and preprocessing come from the file. ``topk`` defaults to 5
-    (or all classes, when there are fewer); a ``topk`` above the class count shows them all and says so."""
-    from ..export import OnnxModule
+    or an ``exported`` model (``.onnx``, or an OpenVINO IR ``.xml``; ``onnx=`` is the older name), run in its own
+    runtime unless ``runtime="openvino"`` (an ONNX file in OpenVINO), in ``precision`` ``fp32`` (default) or
+    ``bf16`` (OpenVINO); class names and preprocessing come from the file. ``topk`` defaults to 5 (or all
+    classes, when there are fewer); a ``topk`` above the class count shows them all and says so."""
+    from ..export import check_pytorch_options, open_exported
     from ..weights import load_model
 
-    if bool(checkpoint) == bool(onnx):
-        raise UsageError("give exactly one of --checkpoint PATH or --onnx FILE")
+    if onnx and exported:
+        raise UsageError("give --exported FILE or --onnx FILE, not both")
+    exported = exported or onnx
+    if bool(checkpoint) == bool(exported):
+        raise UsageError("give exactly one of --checkpoint PATH or --exported FILE (--onnx FILE)")
     if (topk is not None and topk < 1) or batch_size < 1:
         raise UsageError("--topk and --batch-size must be at least 1")
     paths = expand_inputs(images)
-    model = OnnxModule(onnx) if onnx else load_model(checkpoint)
+    if exported:
+        model = open_exported(exported, runtime, precision)
+    else:
+        check_pytorch_options(runtime, precision)
+        model = load_model(checkpoint)
     if not model.preprocessing:
-        raise UsageError(f"{onnx} carries no preprocessing metadata (export it with `mobilenetv3 export`)")
-    return classify(model, paths, Preprocessing.from_dict(model.preprocessing), model.classes, topk, batch_size,
-                    outputs_probabilities=getattr(model, "softmax", False))
+        raise UsageError(f"{exported} carries no preprocessing metadata (export it with `mobilenetv3 export`)")
+    predictions = classify(model, paths, Preprocessing.from_dict(model.preprocessing), model.classes, topk,
+                           batch_size, outputs_probabilities=getattr(model, "softmax", False))
+    for prediction in predictions:
+        prediction.runtime = getattr(model, "runtime", "pytorch")
+        prediction.precision = getattr(model, "precision", "fp32")
+    return predictions
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:

@@ -28,8 +28,8 @@ EXTRA_HINT = "pip install 'mobilenetv3[serve]'"
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto", workers: int = 1,
-          name: Optional[str] = None, threads: Optional[int] = None, access_log: bool = False, keep_alive_s: int = 5,
-          **settings) -> None:
+          name: Optional[str] = None, threads: Optional[int] = None, precision: Optional[str] = None,
+          access_log: bool = False, keep_alive_s: int = 5, **settings) -> None:
     """Serve ``model`` (any file the project loads) on ``host:port``. ``settings`` are ``ServerSettings`` fields
     (``max_batch``, ``max_delay_ms``, ``max_upload_mb``, ``max_pixels``, ``topk``, ``api_key``, ``decode_threads``);
     ``api_key`` defaults to the ``MOBILENETV3_API_KEY`` environment variable; an idle keep-alive connection is
@@ -40,7 +40,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, runtime: str
     settings.setdefault("api_key", os.environ.get(API_KEY_VARIABLE) or None)
     options = ServerSettings(**settings)
     _check_settings(options, port, workers, keep_alive_s)
-    served = load_served_model(model, runtime, name, threads)  # in the parent too: a bad file is one line here
+    served = load_served_model(model, runtime, name, threads, precision)  # in the parent too: a bad file is one line
     _check_listening(host, port, options.api_key)
     log.info("serving %s on http://%s:%d/ (page at /, KServe v2 at /v2/models/%s)", served.describe(),
              f"[{host}]" if ":" in host else host, port, served.name)
@@ -51,7 +51,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, runtime: str
             uvicorn.run(create_app(served, options), **common)
             return
         os.environ[ENVIRONMENT_KEY] = json.dumps(dict(model=model, runtime=runtime, name=name, threads=threads,
-                                                      settings=asdict(options)))
+                                                      precision=precision, settings=asdict(options)))
         uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **common)
 
 
@@ -60,7 +60,8 @@ def app_from_environment():
     from ..server import ServerSettings, create_app, load_served_model
 
     values = json.loads(os.environ[ENVIRONMENT_KEY])
-    served = load_served_model(values["model"], values["runtime"], values["name"], values["threads"])
+    served = load_served_model(values["model"], values["runtime"], values["name"], values["threads"],
+                               values["precision"])
     return create_app(served, ServerSettings(**values["settings"]))
 
 
