@@ -164,7 +164,7 @@ def _make_responsive(model, generator) -> None:
     with torch.no_grad():
         model.train()(images)
         fan_in = model.classifier.weight.shape[1]
-        model.classifier.weight.normal_(0, 10 / fan_in**0.5, generator=generator)  # logits of a few units
+        model.classifier.weight.normal_(0, 4 / fan_in**0.5, generator=generator)  # logits of a few units
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.eval()

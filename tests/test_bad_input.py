@@ -242,21 +242,31 @@ def onnx_named_file(d: Path) -> None:
 
 
 @contextmanager
+def modules_missing(*names):
+    """``import NAME`` fails for each of ``names`` as if it were not installed. Only those keys of sys.modules
+    change, and only they are put back: ``mock.patch.dict(sys.modules)`` would also drop every module imported
+    meanwhile (torch's among them), and their second import later crashed the test process."""
+    import sys
+
+    absent = object()
+    saved = {name: sys.modules.get(name, absent) for name in names}
+    sys.modules.update(dict.fromkeys(names))
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is absent:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
 def serve_extra_missing(d: Path):
-    import sys
-    from unittest import mock
-
-    with mock.patch.dict(sys.modules, {"uvicorn": None}):  # `import uvicorn` fails as if it were not installed
-        yield
+    return modules_missing("uvicorn")
 
 
-@contextmanager
 def openvino_extra_missing(d: Path):
-    import sys
-    from unittest import mock
-
-    with mock.patch.dict(sys.modules, {"openvino": None, "nncf": None}):  # as if the extra were not installed
-        yield
+    return modules_missing("openvino", "nncf")
 
 
 def openvino_ir(d: Path) -> None:
