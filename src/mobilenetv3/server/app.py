@@ -1,7 +1,7 @@
 """The HTTP app: the Open Inference Protocol (KServe v2), ``/predict`` for people, ``/metrics`` and a web page.
 
 ``create_app(model, settings)`` returns a Starlette (ASGI) app; ``mobilenetv3.tasks.serve`` runs it under
-uvicorn. Every refusal is a 4xx JSON body ``{"error": "..."}`` naming the problem, and the server goes on.
+uvicorn. Importing this module needs the serve extra (``mobilenetv3.server`` imports it only when asked). Every refusal is a 4xx JSON body ``{"error": "..."}`` naming the problem, and the server goes on.
 """
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ from importlib import resources
 from typing import Optional
 
 import torch
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
 
 from .batching import DynamicBatcher, warmup_batches
 from .metrics import Metrics
@@ -51,10 +57,6 @@ class ServerSettings:
 def create_app(model: ServedModel, settings: ServerSettings = ServerSettings()):
     """The ASGI app serving ``model``. Its batcher and decoding threads start and stop with the app's lifespan
     (stopping finishes the requests already in the batcher)."""
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.routing import Route
-
     metrics = Metrics()
     batcher = DynamicBatcher(model.run, settings.max_batch, settings.max_delay_ms / 1000, metrics.observe_batch)
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mobilenetv3-decode")
@@ -84,8 +86,6 @@ def create_app(model: ServedModel, settings: ServerSettings = ServerSettings()):
 
 async def _http_error(request, exc):
     """Starlette's own refusals (unknown path 404, wrong method 405) as JSON like the rest."""
-    from starlette.responses import JSONResponse
-
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -96,8 +96,6 @@ def _endpoint(name: str, authenticated: bool = True):
     def wrap(handler):
         @wraps(handler)
         async def endpoint(self: "_Endpoints", request):
-            from starlette.responses import JSONResponse
-
             started = time.perf_counter()
             try:
                 if authenticated:
@@ -160,15 +158,11 @@ class _Endpoints:
     # ----------------------------------------------------------------------------------- for people
     @_endpoint("page", authenticated=False)
     async def page(self, request):
-        from starlette.responses import HTMLResponse
-
         return HTMLResponse(self.page_html)
 
     @_endpoint("predict")
     async def predict(self, request):
         """Image files (multipart/form-data) or one image's bytes -> the top-k classes of each."""
-        from starlette.responses import JSONResponse
-
         started = time.perf_counter()
         topk = _topk(request.query_params.get("topk"), self.settings.topk, len(self.model.classes))
         uploads = await self.uploads(request)
@@ -199,43 +193,31 @@ class _Endpoints:
     # ------------------------------------------------------------------ Open Inference Protocol (v2)
     @_endpoint("server_metadata", authenticated=False)
     async def server_metadata(self, request):
-        from starlette.responses import JSONResponse
-
         from .. import __version__
 
         return JSONResponse(dict(name="mobilenetv3", version=__version__, extensions=[]))
 
     @_endpoint("live", authenticated=False)
     async def live(self, request):
-        from starlette.responses import JSONResponse
-
         return JSONResponse(dict(live=True))
 
     @_endpoint("ready", authenticated=False)
     async def ready(self, request):
-        from starlette.responses import JSONResponse
-
         return JSONResponse(dict(ready=True))
 
     @_endpoint("model_ready")
     async def model_ready(self, request):
-        from starlette.responses import JSONResponse
-
         self.check_name(request)
         return JSONResponse(dict(name=self.model.name, ready=True))
 
     @_endpoint("model_metadata")
     async def model_metadata(self, request):
-        from starlette.responses import JSONResponse
-
         self.check_name(request)
         return JSONResponse(_model_metadata(self.model))
 
     @_endpoint("infer")
     async def infer(self, request):
         """A v2 inference request: one FP32 input (N, C, H, W), already preprocessed -> FP32 probabilities."""
-        from starlette.responses import JSONResponse
-
         self.check_name(request)
         if not request.headers.get("content-type", "application/json").startswith("application/json"):
             raise BadRequest(415, "a v2 inference request is JSON: send Content-Type: application/json")
@@ -250,8 +232,6 @@ class _Endpoints:
 
     @_endpoint("metrics")
     async def metrics(self, request):
-        from starlette.responses import Response
-
         content, media_type = self.stats.render()
         return Response(content, media_type=media_type)
 
@@ -283,9 +263,6 @@ def _topk(given: Optional[str], default: int, classes: int) -> int:
 
 
 async def _form_files(headers, body: bytes) -> list[tuple[str, bytes]]:
-    from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
     async def stream():
         yield body
 
