@@ -52,7 +52,9 @@ TRIED = {
 
 
 def machine_line(machine: dict) -> str:
-    parts = [f"{machine['cpu']}, {machine['cores']} cores", f"torch {machine['torch']} "
+    flags = machine.get("cpu_flags")
+    parts = [f"{machine['cpu']} (flags {' '.join(flags) if flags else 'not recorded by this run'})",
+             f"{machine['cores']} cores", f"torch {machine['torch']} "
              f"({machine['torch_threads']} threads)"]
     if machine.get("onnxruntime"):
         parts.append(f"onnxruntime {machine['onnxruntime']}")

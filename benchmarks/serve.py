@@ -39,7 +39,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_OUT = HERE / "results" / "serve.json"
 TARGETS = dict(speedup=2.0, p99_over_p50=4.0, requests=10_000, rss_growth_pct=10.0)
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 JPEGS = 4  # different images the clients send in turn
 SHOWN_ERRORS = 5  # the first errors of each mode are kept (and printed)
 
@@ -87,18 +86,6 @@ def make_jpegs(count: int = 4, size: int = 256, seed: int = 0) -> list[bytes]:
         photo.crop((left, top, left + side, top + side)).resize((size, size)).save(buffer, "JPEG", quality=90)
         jpegs.append(buffer.getvalue())
     return jpegs
-
-
-def machine() -> dict:
-    """The project's machine description plus the CPU's vector-instruction flags."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return dict(machine_info(), cpu_flags=[f for f in CPU_FLAGS if f in present])
-    except OSError:
-        pass
-    return dict(machine_info(), cpu_flags=[])
 
 
 # ------------------------------------------------------------------------------------------ servers
@@ -432,7 +419,7 @@ def describe(args, info: dict, model: str) -> None:
 
 def measure(args, folder: Path) -> dict:
     model = args.model or write_model(folder)
-    info = machine()
+    info = machine_info()
     describe(args, info, str(model) if args.model else "MobileNetV3-Small, random weights, 1000 classes, 224 px")
     jpegs = make_jpegs(JPEGS)
     rss_every = min(1000, max(10, args.requests // 10))

@@ -25,16 +25,22 @@ TORCHVISION_NAMES = {"mobilenetv3_large": "mobilenet_v3_large", "mobilenetv3_sma
 
 
 # ------------------------------------------------------------------------------------ measuring
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
+    """The CPU (model and the vector-instruction flags of ``CPU_FLAGS`` it has), cores, versions, load."""
+    cpuinfo = {}  # the first core's "model name", "flags", ...
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            cpuinfo.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    info = dict(cpu=cpu, cores=os.cpu_count(), torch=str(torch.__version__), torch_threads=torch.get_num_threads(),
+    cpu = cpuinfo.get("model name") or platform.processor() or platform.machine()
+    flags = set(cpuinfo.get("flags", "").split())
+    info = dict(cpu=cpu, cpu_flags=[f for f in CPU_FLAGS if f in flags], cores=os.cpu_count(),
+                torch=str(torch.__version__), torch_threads=torch.get_num_threads(),
                 python=platform.python_version(), load_average_1min=os.getloadavg()[0])
     try:
         import onnxruntime

@@ -437,7 +437,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args.what, args.model, args.batch_size, args.image_size, args.quick,
                        Path(args.out) if args.out else None)
     machine = result["machine"]
-    print(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} ({machine['torch_threads']} threads)"
+    print(f"{machine['cpu']} (flags {' '.join(machine['cpu_flags']) or 'n/a'}), {machine['cores']} cores, "
+          f"torch {machine['torch']} ({machine['torch_threads']} threads)"
           + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else ""))
     key = "speedup_vs_torchvision_eager" if args.what == "inference" else "speedup_vs_torchvision_loop"
     print(format_rows(result["rows"], key))
