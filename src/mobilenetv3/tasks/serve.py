@@ -94,10 +94,14 @@ def _serve_extra():
 def _check_settings(options, port: int, workers: int, keep_alive_s: int) -> None:
     if not 0 < port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {port}")
-    if workers < 1 or options.max_batch < 1 or options.decode_threads < 1 or options.topk < 1 or keep_alive_s < 1:
-        raise UsageError("--workers, --max-batch, --decode-threads, --topk and --keep-alive-s must be at least 1")
-    if options.max_delay_ms < 0 or options.max_upload_mb <= 0 or options.max_pixels < 1:
-        raise UsageError("--max-delay-ms must be at least 0, --max-upload-mb and --max-pixels above 0")
+    at_least = {"--workers": (workers, 1), "--max-batch": (options.max_batch, 1), "--topk": (options.topk, 1),
+                "--decode-threads": (options.decode_threads, 1), "--keep-alive-s": (keep_alive_s, 1),
+                "--max-pixels": (options.max_pixels, 1), "--max-delay-ms": (options.max_delay_ms, 0)}
+    for flag, (value, least) in at_least.items():
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least}, not {value}")
+    if options.max_upload_mb <= 0:
+        raise UsageError(f"--max-upload-mb must be above 0, not {options.max_upload_mb}")
 
 
 def _check_listening(host: str, port: int, api_key: Optional[str]) -> None:
