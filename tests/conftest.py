@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+
+# The suite's process holds many native thread pools (torch, ONNX Runtime, OpenVINO, the servers') when later
+# tests start subprocesses; twice, late in a full run, that process died with SIGSEGV right after a vfork()
+# (gdb: "Detaching after vfork", then the main thread crashed). fork+exec instead, as CPython's documented switch
+# for vfork trouble allows.
+subprocess._USE_VFORK = False
 import torch
 
 
