@@ -346,6 +346,8 @@ CASES = [
           (["--ema-decay", "1.5"], "ema_decay must be in (0, 1), got 1.5"),
           (["--momentum", "1.5"], "momentum must be in [0, 1), got 1.5"),
           (["--weight-decay=-1e-4"], "weight_decay must be 0 or more"),
+          (["--nesterov", "--optimizer", "rmsprop"], "nesterov needs the sgd optimizer with momentum above 0"),
+          (["--nesterov", "--momentum", "0"], "nesterov needs the sgd optimizer with momentum above 0"),
       ]],
     Case("train: negative learning rate", [*tiny("{d}/r3"), "--lr", "-0.1"], "lr must be positive", absent=("r3",)),
     Case("train: epochs that are no number", [*tiny("{d}/r4"), "--epochs", "two"],

@@ -552,3 +552,17 @@ def test_presets_hold_the_seed_recipes():
     assert (cpu.data.batch_size, cpu.optim.epochs, cpu.optim.lr, cpu.optim.warmup_epochs) == (32, 120, 0.1, 5)
     assert (cpu.optim.weight_decay, cpu.data.image_size, cpu.data.transform) == (1e-4, 224, "seed-cifar10")
     assert load_config("fashion-mnist", dict(epochs=7)).optim.epochs == 7  # flags override the preset
+
+
+def test_nesterov_is_passed_to_sgd():
+    """--nesterov builds PyTorch's Nesterov SGD (its update is PyTorch's own, not re-implemented here)."""
+    from mobilenetv3.config import Config
+    from mobilenetv3.tasks.train import build_trainable
+
+    model = torch.nn.Linear(3, 2)
+    for nesterov in (False, True):
+        config = Config()
+        config.optim.nesterov = nesterov
+        optimizer = build_trainable(config, model, 0.1, torch.device("cpu")).optimizer
+        assert isinstance(optimizer, torch.optim.SGD)
+        assert all(group["nesterov"] is nesterov for group in optimizer.param_groups)

@@ -81,6 +81,7 @@ class OptimConfig:
     warmup_epochs: float = _f(0.5, "linear warmup length in epochs (scaled with --epochs when only that is given)")
     epochs: int = _f(3, "training epochs")
     momentum: float = _f(0.9, "SGD/RMSProp momentum")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD only; the seed's Momentum is plain)")
     weight_decay: float = _f(5e-5, "weight decay (never on BatchNorm weights)")
     decay_bias: bool = _f(True, "apply weight decay to biases too, as the seed does")
     label_smoothing: float = _f(0.1, "label smoothing epsilon")
@@ -285,6 +286,8 @@ def validate(config: Config) -> None:
         (o.epochs >= 1, f"epochs must be at least 1, got {o.epochs}"),
         (o.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {o.warmup_epochs}"),
         (0 <= o.momentum < 1, f"momentum must be in [0, 1), got {o.momentum}"),
+        (not o.nesterov or (o.optimizer == "sgd" and o.momentum > 0),
+         f"nesterov needs the sgd optimizer with momentum above 0 (got {o.optimizer}, momentum {o.momentum})"),
         (o.weight_decay >= 0, f"weight_decay must be 0 or more, got {o.weight_decay}"),
         (0 <= o.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {o.label_smoothing}"),
         (o.grad_clip is None or o.grad_clip > 0, "grad_clip must be positive"),

@@ -26,11 +26,15 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias: bool = True)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
-def build_optimizer(name: str, groups: Iterable[dict], lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``sgd``: the seed's Momentum (PyTorch's SGD has the same update, v = m*v + g; w -= lr*v);
+def build_optimizer(name: str, groups: Iterable[dict], lr: float, momentum: float = 0.9,
+                    nesterov: bool = False) -> torch.optim.Optimizer:
+    """``sgd``: the seed's Momentum (PyTorch's SGD has the same update, v = m*v + g; w -= lr*v), or with
+    ``nesterov`` the look-ahead step w -= lr*(g + m*v) (short schedules at high LR gain from it);
     ``rmsprop``: TensorFlow's RMSProp as the paper trained with; ``adamw``: decoupled weight decay."""
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    if nesterov:
+        raise UsageError(f"--nesterov is an SGD option; {name} has no Nesterov variant here")
     if name == "rmsprop":
         return RMSpropTF(groups, lr=lr, momentum=momentum)
     if name == "adamw":

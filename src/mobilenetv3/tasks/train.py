@@ -368,7 +368,8 @@ def stored_rates(config: Config, resume: Optional[Resume]) -> Optional[tuple]:
 def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.device) -> ckpt.Trainable:
     """The optimizer, the fp16 loss scaler and the EMA of the weights, as configured."""
     o, run = config.optim, config.run
-    optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay, o.decay_bias), lr, o.momentum)
+    optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay, o.decay_bias), lr, o.momentum,
+                                o.nesterov)
     scaler = torch.amp.GradScaler(device.type) if run.amp == "fp16" and device.type == "cuda" else None
     ema = None
     if run.ema_decay:
