@@ -15,11 +15,12 @@ SHAPES = [(576, 2, 5, 1), (288, 4, 5, 2), (96, 7, 5, 2), (40, 5, 5, 1), (16, 3, 
           (24, 6, 5, 2)]
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("channels,size,kernel,stride", SHAPES)
-def test_small_map_path_equals_conv2d_forward_and_backward(channels, size, kernel, stride):
+def test_small_map_path_equals_conv2d_forward_and_backward(channels, size, kernel, stride, memory_format):
     torch.manual_seed(0)
     conv = DepthwiseConv2d(channels, channels, kernel, stride, padding=kernel // 2, groups=channels, bias=True).train()
-    x = torch.randn(3, channels, size, size, requires_grad=True)
+    x = torch.randn(3, channels, size, size).contiguous(memory_format=memory_format).requires_grad_()
     with mock.patch.object(DepthwiseConv2d, "_matmul_forward", wraps=conv._matmul_forward) as spy:
         out = conv(x)
     assert spy.called, "the small-map path was not taken"
@@ -28,6 +29,7 @@ def test_small_map_path_equals_conv2d_forward_and_backward(channels, size, kerne
     reference = F.conv2d(x, conv.weight, conv.bias, stride, kernel // 2, groups=channels)
     theirs = torch.autograd.grad(reference, (x, conv.weight, conv.bias), grad)
     assert out.shape == reference.shape
+    assert memory_format != torch.channels_last or out.is_contiguous(memory_format=memory_format) or size == 1
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
