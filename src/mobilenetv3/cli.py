@@ -415,10 +415,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ bench
 def _add_bench(subparsers) -> None:
+    from .bench import CORE_MODES, INFERENCE_VARIANTS, affinity
+
     p = subparsers.add_parser("bench", help="benchmark latency and throughput against torchvision",
                               description="Time our inference paths or training step next to torchvision's in the "
-                                          "same run; prints ratios (>1: faster than torchvision). The full suite is "
-                                          "benchmarks/run_all.sh.")
+                                          "same run; prints ratios (>1: faster than torchvision; for inference also "
+                                          "against the faster of torchvision's model exported by hand to ONNX "
+                                          "Runtime and to OpenVINO). The full suite is benchmarks/run_all.sh.")
     p.add_argument("what", choices=("inference", "training"), help="what to time")
     p.add_argument("--model", nargs="+", default=["mobilenetv3_large"], help="models (default mobilenetv3_large)")
     p.add_argument("--batch-size", nargs="+", type=int, help="batch sizes (default: 1 and 32 for inference, 32 for "
@@ -427,22 +430,46 @@ def _add_bench(subparsers) -> None:
                    help=argparse.SUPPRESS)  # the old spelling, for one release
     _add_image_size(p, "image size (default 224)", default=224)
     p.add_argument("--quick", action="store_true", help="fewer repeats and no torch.compile")
+    p.add_argument("--variants", nargs="+", choices=INFERENCE_VARIANTS, metavar="VARIANT",
+                   help="inference paths to time, each quoted (default: all, less torch.compile with --quick, less "
+                        "those this machine cannot run); choose from: " + ", ".join(INFERENCE_VARIANTS))
+    p.add_argument("--threads", type=int, help="inference threads of the all-core run, in torch, ONNX Runtime, "
+                                               "OpenVINO and ExecuTorch alike (default: one per core this process "
+                                               f"may run on, here {len(affinity())})")
+    p.add_argument("--cores", choices=CORE_MODES, default="all",
+                   help="inference on all cores, on one (the process pinned to one core with CPU affinity, one "
+                        "thread), or both (the one-core run in a process of its own, then all) (default all)")
+    p.add_argument("--one-core", dest="cores", action="store_const", const="one", default=argparse.SUPPRESS,
+                   help="the same as --cores one")
     p.add_argument("--out", help="also write the rows as JSON here")
     p.set_defaults(handler=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_rows, run_bench
+    from .bench import busy_warning, format_rows, machine_info, run_bench
 
-    result = run_bench(args.what, args.model, args.batch_size, args.image_size, args.quick,
-                       Path(args.out) if args.out else None)
-    machine = result["machine"]
+    machine = machine_info()
     print(f"{machine['cpu']} (flags {' '.join(machine['cpu_flags']) or 'n/a'}), {machine['cores']} cores, "
-          f"torch {machine['torch']} ({machine['torch_threads']} threads)"
-          + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else ""))
-    key = "speedup_vs_torchvision_eager" if args.what == "inference" else "speedup_vs_torchvision_loop"
-    print(format_rows(result["rows"], key))
-    print("ratio: torchvision's time over ours (above 1: faster than torchvision)")
+          f"torch {machine['torch']}" + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else "")
+          + f", load average {machine['load_average_1min']:.2f}", flush=True)
+    warning = busy_warning(machine["load_average_1min"], machine["cores"] or 1)
+    if warning:
+        print(warning, flush=True)
+    result = run_bench(args.what, args.model, args.batch_size, args.image_size, args.quick,
+                       Path(args.out) if args.out else None, threads=args.threads, cores=args.cores,
+                       variants=args.variants, machine=machine)
+    for note in result.get("notes", []):
+        print(f"{note} (left out)")
+    if args.what == "training":
+        print(format_rows(result["rows"], ["speedup_vs_torchvision_loop"]))
+        print("ratio: torchvision's time over ours (above 1: faster than torchvision)")
+        return 0
+    print(format_rows(result["rows"], ["speedup_vs_torchvision_eager", "speedup_vs_best_by_hand"]))
+    for cores, settings in result["thread_settings"].items():
+        print(f"{'one core' if cores == 'one' else 'all cores'}: {settings['threads']} thread(s), "
+              f"affinity {settings['affinity']}")
+    print("vs tv: torchvision eager's time over the path's; vs hand: the faster of torchvision's model exported by "
+          "hand to ONNX Runtime and to OpenVINO, its time over the path's (above 1: faster)")
     return 0
 
 
