@@ -195,7 +195,7 @@ class CodeRunningPayload:
 
 # ---------------------------------------------------------------------------------- a tiny training run
 TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
-            width_mult=0.5, epochs=2, warmup_epochs=1, lr=0.05, workers=0, progress=False, seed=3)
+            width_mult=0.5, epochs=2, warmup_epochs=1, lr=0.05, workers=0, progress=False, seed=3, stem_stride=2)
 
 
 def tiny_config(run_dir, **overrides):

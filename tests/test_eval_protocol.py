@@ -206,9 +206,9 @@ def test_flags_still_choose_and_other_datasets_say_what_is_used(files, tmp_path)
                          "--json", "--out", tmp_path / "b")
     assert synthetic.returncode == 0, synthetic.stderr
     report = json.loads(synthetic.stdout)
-    assert report["preprocessing"]["crop"] == 32 and report["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert report["preprocessing"]["crop"] == 28 and report["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     assert report["preprocessing_source"] == \
-        "small protocol at 32 px, the default (the weights carry none; synthetic has no seed protocol)"
+        "none protocol at 28 px, the default (the weights carry none; synthetic has no seed protocol)"
 
 
 # ------------------------------------------------------------------ 9: skip bad images only when asked

@@ -22,7 +22,7 @@ from conftest import MINDSPORE_FIXTURES, needs_mindspore_fixture, run_cli
 
 TINY = ["--dataset", "synthetic", "--synthetic-samples", "32", "--image-size", "32", "--batch-size", "8",
         "--model", "mobilenetv3_small", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0", "--no-progress",
-        "--transform", "none"]
+        "--transform", "none", "--stem-stride", "2"]
 TRAINING_SCALARS = ("global_step", "momentum", "learning_rate")
 ARCHITECTURE = ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum", "head_bias")
 

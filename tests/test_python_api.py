@@ -11,7 +11,7 @@ from conftest import run_cli
 from mobilenetv3.errors import UsageError
 
 TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
-            width_mult=0.5, epochs=1, warmup_epochs=0, workers=0, progress=False, transform="none")
+            width_mult=0.5, epochs=1, warmup_epochs=0, workers=0, progress=False, transform="none", stem_stride=2)
 
 
 @pytest.fixture(scope="module")

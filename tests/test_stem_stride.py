@@ -49,3 +49,17 @@ def test_a_run_with_stem_stride_1_saves_rebuilds_and_exports_it(tmp_path):
     refused = run_cli("convert", tmp_path / "run" / "last.pt", tmp_path / "tv.pth", "--to", "torchvision")
     assert refused.returncode == 2 and "stride-2 stem" in refused.stderr
     assert not (tmp_path / "tv.pth").exists()
+
+
+def test_the_default_stride_follows_the_image_size_and_old_configs_keep_2():
+    from mobilenetv3.config import Config, load_config
+
+    assert load_config(None).model.stem_stride == 1  # the demo: 28 px
+    assert load_config(None, dict(image_size=32)).model.stem_stride == 1
+    big = load_config(None, dict(image_size=224))
+    assert big.model.stem_stride == 2 and big.source_of("stem_stride") == "the default for 224 px images"
+    assert load_config(None, dict(image_size=224, stem_stride=1)).model.stem_stride == 1  # given: kept
+    assert load_config("cifar10-cpu").model.stem_stride == 2  # the seed's recipes keep the paper's stem
+    saved_before_the_option = load_config(None, dict(image_size=28)).to_dict()
+    del saved_before_the_option["model"]["stem_stride"]
+    assert Config.from_dict(saved_before_the_option).model.stem_stride == 2

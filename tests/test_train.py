@@ -455,7 +455,7 @@ def _one_process_reference(tmp_path):
     data = build_dataset("synthetic", None, "train", synthetic_samples=32, synthetic_classes=10, synthetic_size=32,
                          seed=config.run.seed)
     model = build_model(config.model, num_classes=10, in_chans=3)
-    optimizer = build_optimizer("sgd", param_groups(model, config.optim.weight_decay), 0.1)
+    optimizer = build_optimizer("sgd", param_groups(model, config.optim.weight_decay), 0.1, nesterov=config.optim.nesterov)
     recipe, pre = build_preset("none", 32, (0.5,) * 3, (0.25,) * 3, 3)
     loaders = [build_loader(data, recipe, pre, train=True, batch_size=4, rank=r, world_size=2, seed=config.run.seed,
                             workers=0) for r in (0, 1)]

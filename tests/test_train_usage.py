@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 import mobilenetv3
-from mobilenetv3.config import Config, load_config
+from mobilenetv3.config import load_config
 from mobilenetv3.convert import to_mindspore, write_ckpt
 from mobilenetv3.models import create_model
 from conftest import run_cli
 
 TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
-            width_mult=0.5, workers=0, progress=False, transform="none")
+            width_mult=0.5, workers=0, progress=False, transform="none", stem_stride=2)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_defaults_are_the_embedded_default_recipe():
     """A bare ``mobilenetv3 train`` runs what the README's demo runs (the fashion-mnist preset), not 120 epochs."""
     preset = load_config("fashion-mnist").to_dict()
-    defaults = Config().to_dict()
+    defaults = load_config(None).to_dict()
     for section in ("model", "data", "optim", "run"):
         assert defaults[section] == preset[section], section
 
@@ -34,7 +34,7 @@ def test_the_defaults_are_the_embedded_default_recipe():
 def test_train_help_shows_the_defaults_and_eval_offers_no_training_flags():
     train = " ".join(run_cli("train", "--help").stdout.split())  # argparse wraps at the terminal's width
     assert "--epochs INT training epochs (default: 3)" in train
-    assert "--lr FLOAT peak learning rate at --lr-reference-batch (default: 0.2)" in train
+    assert "--lr FLOAT peak learning rate at --lr-reference-batch (default: 0.8)" in train
     evaluate = run_cli("eval", "--help").stdout
     for training_only in ("--mixup-alpha", "--cutmix-alpha", "--random-erasing", "--cutout", "--auto-augment"):
         assert training_only not in evaluate
@@ -42,8 +42,8 @@ def test_train_help_shows_the_defaults_and_eval_offers_no_training_flags():
 
 def test_warmup_keeps_its_share_of_the_run_when_only_epochs_is_given():
     one_epoch = load_config(None, dict(epochs=1))
-    assert one_epoch.optim.warmup_epochs == pytest.approx(0.5 / 3)  # the default: 0.5 of 3 epochs
-    assert one_epoch.source_of("warmup_epochs") == "warmup 0.5 of 3 epochs scaled to the run"
+    assert one_epoch.optim.warmup_epochs == pytest.approx(0.9 / 3)  # the default: 0.9 of 3 epochs
+    assert one_epoch.source_of("warmup_epochs") == "warmup 0.9 of 3 epochs scaled to the run"
     assert load_config(None, dict(epochs=1, warmup_epochs=0.5)).optim.warmup_epochs == 0.5  # given: kept
     assert load_config("cifar10-cpu", dict(epochs=12)).optim.warmup_epochs == pytest.approx(0.5)  # 5 of 120
 
@@ -52,7 +52,7 @@ def test_warmup_keeps_its_share_of_the_run_when_only_epochs_is_given():
 def test_max_steps_ends_the_run_early_and_a_resume_with_more_continues_it(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="mobilenetv3"):  # 6 steps an epoch
         run = mobilenetv3.train(None, run_dir=str(tmp_path / "run"), epochs=2, max_steps=4, **TINY)
-    assert "warmup 0.5 of 3 epochs scaled to the run: 0.333333 of 2 epochs (--warmup-epochs sets it)" in caplog.text
+    assert "warmup 0.9 of 3 epochs scaled to the run: 0.6 of 2 epochs (--warmup-epochs sets it)" in caplog.text
     lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if line.startswith("epoch: [")]
     assert run.global_step == 4 and len(lines) == 4 and not run.stopped
     assert run.val_count == 12 and (tmp_path / "run" / "model.safetensors").is_file()

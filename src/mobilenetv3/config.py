@@ -29,12 +29,14 @@ class ModelConfig:
     model: str = _f("mobilenetv3_small", "model name (mobilenetv3_large, mobilenetv3_small)")
     num_classes: Optional[int] = _f(None, "classifier outputs (default: the dataset's class count)")
     width_mult: float = _f(1.0, "width multiplier")
-    dropout: float = _f(0.1, "dropout before the classifier (the seed: 0)")
+    dropout: float = _f(0.0, "dropout before the classifier (the seed: 0)")
     head_channels: Optional[int] = _f(None, "hidden head width (default 1280 Large, 1024 Small; the seed: 1280)")
     head_bias: bool = _f(True, "bias in the hidden head, as torchvision and timm; the seed has none: trained with "
                                "--no-head-bias, weights convert back to a MindSpore .ckpt")
-    stem_stride: int = _f(2, "stride of the first convolution: 1 keeps 28-32 px images at full resolution "
-                             "through the stem (4x the compute; such weights stay in our formats)", (1, 2))
+    stem_stride: Optional[int] = _f(None, "stride of the first convolution: 1 keeps 28-32 px images at full "
+                                          "resolution through the stem (4x the compute; such weights stay in our "
+                                          "formats); default: 1 for images of 32 px or less, else the paper's 2",
+                                    (1, 2))
     in_chans: Optional[int] = _f(None, "input channels (default: the dataset's, 1 for grayscale)")
     bn_eps: float = _f(1e-5, "BatchNorm eps")
     bn_momentum: float = _f(0.1, "BatchNorm momentum (PyTorch convention; MindSpore's 0.9 is 0.1 here)")
@@ -49,8 +51,8 @@ class DataConfig:
                                                            "synthetic"))
     data_path: Optional[str] = _f(None, "dataset folder (fashion-mnist: found in /usr/share/datasets if omitted)")
     download: bool = _f(False, "download fashion-mnist/mnist/cifar10 with torchvision if absent (needs internet)")
-    transform: str = _f("small", "augmentation preset", ("small", "seed-cifar10", "seed-imagenet", "none"))
-    image_size: int = _f(32, "train/eval image size in pixels")
+    transform: str = _f("none", "augmentation preset", ("small", "seed-cifar10", "seed-imagenet", "none"))
+    image_size: int = _f(28, "train/eval image size in pixels")
     eval_resize: Optional[int] = _f(None, "resize before the eval center crop (default: image_size / 0.875 for "
                                           "seed-imagenet, image_size otherwise)")
     interpolation: str = _f("bilinear", "resize interpolation", ("bilinear", "bicubic", "nearest"))
@@ -59,7 +61,7 @@ class DataConfig:
     random_erasing: float = _f(0.0, "RandomErasing probability")
     mixup_alpha: float = _f(0.0, "mixup alpha (0: off)")
     cutmix_alpha: float = _f(0.0, "cutmix alpha (0: off)")
-    batch_size: int = _f(128, "batch size per process")
+    batch_size: int = _f(256, "batch size per process")
     eval_batch_size: Optional[int] = _f(None, "evaluation batch size per process (default: 2 x batch size)")
     workers: Optional[int] = _f(None, "data-loading worker processes (default: from the CPU count)")
     skip_bad_images: bool = _f(False, "skip unreadable images (counted in the log) instead of stopping")
@@ -73,15 +75,15 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = _f("sgd", "optimizer", ("sgd", "rmsprop", "adamw"))
-    lr: float = _f(0.2, "peak learning rate at --lr-reference-batch")
+    lr: float = _f(0.8, "peak learning rate at --lr-reference-batch")
     lr_reference_batch: Optional[int] = _f(None, "global batch that --lr is given for; the LR scales linearly "
                                                  "with the real global batch (default: no scaling)")
     lr_init: float = _f(0.0, "learning rate at the first warmup step")
     lr_end: float = _f(0.0, "learning rate at the last step")
-    warmup_epochs: float = _f(0.5, "linear warmup length in epochs (scaled with --epochs when only that is given)")
+    warmup_epochs: float = _f(0.9, "linear warmup length in epochs (scaled with --epochs when only that is given)")
     epochs: int = _f(3, "training epochs")
     momentum: float = _f(0.9, "SGD/RMSProp momentum")
-    nesterov: bool = _f(False, "Nesterov momentum (SGD only; the seed's Momentum is plain)")
+    nesterov: bool = _f(True, "Nesterov momentum (SGD only; the seed's Momentum is plain)")
     weight_decay: float = _f(5e-5, "weight decay (never on BatchNorm weights)")
     decay_bias: bool = _f(True, "apply weight decay to biases too, as the seed does")
     label_smoothing: float = _f(0.1, "label smoothing epsilon")
@@ -129,6 +131,8 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
         config = cls()
+        if isinstance(values.get("model"), dict) and "stem_stride" not in values["model"]:
+            values = dict(values, model=dict(values["model"], stem_stride=2))  # saved before the option: stride 2
         config.update(values)
         return config
 
@@ -269,8 +273,18 @@ def _parse_yaml(text: str, source: str) -> dict:
     return values
 
 
+def _resolve_stem_stride(config: Config) -> None:
+    """No stride given: 1 for images of 32 px or less (their maps would halve before the first block), else 2."""
+    m, d = config.model, config.data
+    if m.stem_stride is None:
+        m.stem_stride = 1 if d.image_size <= 32 else 2
+        config._sources["stem_stride"] = f"the default for {d.image_size} px images"
+
+
 def validate(config: Config) -> None:
-    """Range checks that types alone do not catch; one clear ValueError for the first problem."""
+    """Range checks that types alone do not catch; one clear ValueError for the first problem. Settings whose
+    default depends on others (``stem_stride``) are resolved here."""
+    _resolve_stem_stride(config)
     m, d, o, r = config.model, config.data, config.optim, config.run
     checks = [
         (d.batch_size >= 1, f"batch_size must be at least 1, got {d.batch_size}"),
