@@ -58,3 +58,24 @@ def test_time_to_accuracy_names_a_wrong_argument_in_one_line(tmp_path):
         result = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and named in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_format_accuracy_scores_every_format_on_the_eval_split(tmp_path):
+    """Each export of a trained tiny checkpoint is scored on the whole eval split next to eager PyTorch; the
+    fp32 files predict what eager predicts (a wrong export or a wrong preprocessing would not)."""
+    import mobilenetv3
+    from builders import TINY
+
+    mobilenetv3.train(None, **dict(TINY, run_dir=str(tmp_path / "run"), epochs=1))
+    out = tmp_path / "acc.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "format_accuracy.py"),
+                             str(tmp_path / "run" / "last.pt"), "--formats", "onnx", "torchscript", "pt2",
+                             "onnx-int8", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = json.loads(out.read_text())["models"][0]
+    rows = {row["format"]: row for row in model["rows"]}
+    assert list(rows) == ["eager (PyTorch)", "onnx", "torchscript", "pt2", "onnx-int8"]
+    assert model["images"] == 12  # the synthetic eval split: every image once
+    for name in ("onnx", "torchscript", "pt2"):
+        assert rows[name]["agreement_with_eager"] == 1.0 and rows[name]["met"], rows[name]
+    assert rows["onnx-int8"]["fp32_top1"] == rows["onnx"]["top1"] and "agreement_with_fp32" in rows["onnx-int8"]

@@ -500,12 +500,15 @@ def _batches(count: int, batch: int, size: int, num_classes: int, in_chans: int 
 
 def bench_training(name: str, batch: int, size: int, steps: int = 6, warmup: int = 2, num_classes: int = 10,
                    channels_last: bool = True, device: str = "cpu", amp_dtype: Optional[torch.dtype] = None,
-                   compile: bool = False, reference_channels_last: bool = False) -> list[dict]:
+                   compile: bool = False, reference_channels_last: bool = False, in_chans: int = 3,
+                   stem_stride: int = 2) -> list[dict]:
     """Images/s of the project's training step (``engine.train_one_epoch`` with the run's loss, optimizer,
     schedule and log) against a bare torchvision model + SGD + cross-entropy loop, on the same tensors.
 
     ``device``, ``amp_dtype`` (autocast) and ``compile`` (``torch.compile``) apply to both sides;
-    ``channels_last`` to ours, ``reference_channels_last`` to torchvision's."""
+    ``channels_last`` to ours, ``reference_channels_last`` to torchvision's; ``in_chans`` and ``stem_stride``
+    (a grayscale, stride-1 stem as the Fashion-MNIST presets use) to both: torchvision's first convolution is
+    replaced by one with that input and stride, as a user would adapt it."""
     from .build import build_model
     from .config import ModelConfig
     from .engine import TrainOptions, train_one_epoch
@@ -514,11 +517,13 @@ def bench_training(name: str, batch: int, size: int, steps: int = 6, warmup: int
 
     device = torch.device(device)
     batches = [b._replace(images=b.images.to(device), labels=b.labels.to(device))
-               for b in _batches(steps + warmup, batch, size, num_classes)]
+               for b in _batches(steps + warmup, batch, size, num_classes, in_chans)]
     torch.manual_seed(0)
-    bare = _bare_loop(torchvision_model(name, num_classes).train().to(device), device, amp_dtype, compile,
-                      reference_channels_last)
-    ours = build_model(ModelConfig(model=name, dropout=0.2), num_classes, 3).to(device)
+    reference = torchvision_model(name, num_classes).train()
+    if (in_chans, stem_stride) != (3, 2):
+        reference.features[0][0] = nn.Conv2d(in_chans, 16, 3, stem_stride, 1, bias=False)
+    bare = _bare_loop(reference.to(device), device, amp_dtype, compile, reference_channels_last)
+    ours = build_model(ModelConfig(model=name, dropout=0.2, stem_stride=stem_stride), num_classes, in_chans).to(device)
     if channels_last:
         ours = ours.to(memory_format=torch.channels_last)
     optimizer = build_optimizer("sgd", param_groups(ours, 1e-4), 0.01)
