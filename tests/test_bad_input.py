@@ -308,7 +308,33 @@ def weights_named_bin(d: Path) -> None:  # as Hugging Face names them: pytorch_m
     write_weights(d / "weights.bin", num_classes=3)
 
 
+def executorch_extra_missing(d: Path):
+    return modules_missing("executorch")
+
+
+def random_pte(d: Path) -> None:
+    """``model.pte`` of random bytes, and an image to predict."""
+    write_random_bytes(d / "model.pte", 5000, seed=3)
+    write_image(d / "image.png")
+
+
+def pte_of_garbage(d: Path) -> None:
+    """``model.pte`` with a .pte's first eight bytes (root offset, identifier ``ET12``), random bytes after them."""
+    pytest.importorskip("executorch")
+    random_pte(d)
+    (d / "model.pte").write_bytes(b"\x3c\x00\x00\x00ET12" + (d / "model.pte").read_bytes()[8:])
+
+
+def executorch_installed(d: Path) -> None:
+    pytest.importorskip("executorch")
+
+
+def a_folder_named_m_pte(d: Path) -> None:
+    (d / "m.pte").mkdir()
+
+
 IR_EXTRA = "OpenVINO needs the openvino extra: pip install 'mobilenetv3[openvino]'"
+PTE_EXTRA = "ExecuTorch needs the executorch extra: pip install 'mobilenetv3[executorch]'"
 REFUSED = "refused to load: it holds Python objects that could run code"
 
 CASES = [
@@ -506,10 +532,54 @@ CASES = [
                                                        "--runtime", "openvino"], "not a loadable ONNX model",
          make=(onnx_named_file, an_image)),
     Case("predict: an exported file of another kind", ["predict", "{d}/image.png", "--exported", "{d}/weights.pt"],
-         "not an exported model (an .onnx file, or an OpenVINO IR .xml)",
+         "not an exported model (an .onnx file, an OpenVINO IR .xml or an ExecuTorch .pte)",
          make=(weights, an_image)),
     Case("eval: --exported and --onnx both", ["eval", "--exported", "{d}/a.onnx", "--onnx", "{d}/b.onnx",
                                               *SYNTHETIC], "give --exported FILE or --onnx FILE, not both"),
+    # ---- ExecuTorch
+    Case("export: executorch without the executorch extra", ["export", "--checkpoint", "{d}/weights.pt",
+                                                             "--no-dataset", "--format", "executorch", "--output",
+                                                             "{d}/m.pte"],
+         f"mobilenetv3 export: error: {PTE_EXTRA}", whole_line=True, make=(weights, executorch_extra_missing),
+         absent=("m.pte",)),
+    *[Case(f"{command}: a .pte without the executorch extra", argv, f"mobilenetv3 {command}: error: {PTE_EXTRA}",
+           whole_line=True, make=(random_pte, executorch_extra_missing))
+      for command, argv in (("eval", ["eval", "--exported", "{d}/model.pte", *SYNTHETIC]),
+                            ("predict", ["predict", "{d}/image.png", "--exported", "{d}/model.pte"]))],
+    *[Case(f"{command}: {what}", argv, says, make=make, process=process)
+      for what, make, says, process in (
+          ("random bytes as a .pte", (executorch_installed, random_pte),
+           "{d}/model.pte: not an ExecuTorch program (no ETnn file identifier at byte 4)", False),
+          # the runtime reads it: in a process of its own, as test_executorch.py keeps ExecuTorch out of this one
+          ("a .pte whose body is garbage", pte_of_garbage,
+           "{d}/model.pte: not a loadable ExecuTorch program (Verification failed; data may be truncated or corrupt)",
+           True))
+      for command, argv in (("eval", ["eval", "--exported", "{d}/model.pte", *SYNTHETIC]),
+                            ("predict", ["predict", "{d}/image.png", "--exported", "{d}/model.pte"]))],
+    Case("export: executorch to a folder that is not there", ["export", "--checkpoint", "{d}/weights.pt",
+                                                             "--no-dataset", "--format", "executorch", "--output",
+                                                             "{d}/nowhere/m.pte"],
+         "cannot write {d}/nowhere/m.pte: folder {d}/nowhere does not exist", make=weights),
+    Case("export: executorch to a name without .pte", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                       "--format", "executorch", "--output", "{d}/m.onnx"],
+         "an ExecuTorch program is a .pte file: {d}/m.onnx does not end in .pte", make=weights, absent=("m.onnx",)),
+    Case("export: executorch-int8 whose fp32 program cannot be written", ["export", "--checkpoint", "{d}/weights.pt",
+                                                                          "--no-dataset", "--format",
+                                                                          "executorch-int8", "--output",
+                                                                          "{d}/m.int8.pte"],
+         "cannot write {d}/m.pte: it is a folder", make=(weights, a_folder_named_m_pte), absent=("m.int8.pte",)),
+    Case("export: executorch-int8 without images", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                    "--format", "executorch-int8", "--output", "{d}/m.int8.pte"],
+         "executorch-int8 needs images to calibrate", make=weights, absent=("m.pte", "m.int8.pte")),
+    Case("eval: a .pte in ONNX Runtime", ["eval", "--exported", "{d}/model.pte", "--runtime", "onnxruntime",
+                                          *SYNTHETIC], "is an ExecuTorch program: it runs in ExecuTorch (--runtime "
+                                                       "executorch)", make=random_pte),
+    Case("predict: an ONNX file in ExecuTorch", ["predict", "{d}/image.png", "--exported", "{d}/model.onnx",
+                                                 "--runtime", "executorch"],
+         "--runtime executorch runs ExecuTorch programs (.pte), not {d}/model.onnx", make=(onnx_named_file, an_image)),
+    Case("predict: --precision bf16 of a .pte", ["predict", "{d}/image.png", "--exported", "{d}/model.pte",
+                                                 "--precision", "bf16"],
+         "--precision bf16 is OpenVINO's: ExecuTorch runs {d}/model.pte as exported", make=random_pte),
     # ---- serve
     Case("serve: no such model file", ["serve", "{d}/nothing.pt"], "{d}/nothing.pt does not exist"),
     Case("serve: random bytes as a checkpoint", ["serve", "{d}/random.pt"], "not a readable PyTorch checkpoint",

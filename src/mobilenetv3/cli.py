@@ -171,10 +171,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- eval
 def _add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5 over every sample",
-                              description="Score a checkpoint (any format) or an exported model (ONNX, OpenVINO IR) "
-                                          "on a dataset's validation split, every sample exactly once; writes a JSON "
-                                          "report and the confusion matrix. Runs under torchrun too. The dataset "
-                                          "settings default to those of the run that trained the checkpoint.")
+                              description="Score a checkpoint (any format) or an exported model (ONNX, OpenVINO IR, "
+                                          "ExecuTorch .pte) on a dataset's validation split, every sample exactly "
+                                          "once; writes a JSON report and the confusion matrix. Runs under torchrun "
+                                          "too. The dataset settings default to those of the run that trained the "
+                                          "checkpoint.")
     p.add_argument("--checkpoint", help="weights: ours, safetensors, torchvision/timm state dict, MindSpore .ckpt")
     _add_exported_flags(p, "evaluate")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
@@ -191,7 +192,8 @@ def _add_exported_flags(p: argparse.ArgumentParser, verb: str) -> None:
     from .export import PRECISIONS, RUNTIMES
 
     p.add_argument("--exported", metavar="FILE",
-                   help=f"{verb} an exported model instead: .onnx (ONNX Runtime) or an OpenVINO IR .xml (OpenVINO)")
+                   help=f"{verb} an exported model instead: .onnx (ONNX Runtime), an OpenVINO IR .xml (OpenVINO) "
+                        "or an ExecuTorch .pte (ExecuTorch)")
     p.add_argument("--onnx", metavar="FILE", help="the same as --exported, for an .onnx file")
     p.add_argument("--runtime", choices=RUNTIMES,
                    help="what runs the exported file (default: its own; openvino also runs .onnx files)")
@@ -244,8 +246,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _add_export(subparsers) -> None:
     from .export import DEFAULT_KEEP_FP32, FORMATS, KEEP_FP32
 
-    p = subparsers.add_parser("export", help="export to ONNX, OpenVINO, TorchScript or torch.export (INT8: ONNX, "
-                                             "OpenVINO), verified",
+    p = subparsers.add_parser("export", help="export to ONNX, OpenVINO, ExecuTorch, TorchScript or torch.export "
+                                             "(INT8: ONNX, OpenVINO, ExecuTorch), verified",
                               description="Export weights and verify the file in its runtime against PyTorch.")
     p.add_argument("--checkpoint", required=True, help="weights in any format the project reads")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="output format (default onnx)")
@@ -286,11 +288,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for name, figures, images in checks:
         print(f"  {name} inputs ({images}): max |difference| to PyTorch "
               f"{figures['max_abs_diff']:.2e}, top-1 agreement {100 * figures['top1_agreement']:.2f}%")
+    if result.delegation:
+        print(f"  {_delegation_line(result.delegation)}")
     if result.accuracy:
         a = result.accuracy
         print(f"  accuracy on {a['dataset']} val ({a['count']} images): INT8 top-1 {100 * a['int8_top1']:.2f}%, "
               f"fp32 top-1 {100 * a['fp32_top1']:.2f}%")
     return 0
+
+
+def _delegation_line(counts: dict) -> str:
+    """``XNNPACK runs 184 of 184 operators (1 delegated subgraph)``, and the kinds left to the portable runtime."""
+    total = counts["xnnpack"] + counts["portable"]
+    subgraphs = counts["subgraphs"]
+    line = (f"XNNPACK runs {counts['xnnpack']} of {total} operators ({subgraphs} delegated "
+            f"subgraph{'s' if subgraphs != 1 else ''})")
+    if counts["portable"]:
+        line += "; portable runtime: " + ", ".join(f"{op} x{n}" for op, n in counts["portable_ops"].items())
+    return line
 
 
 # ---------------------------------------------------------------------------------------- predict

@@ -1,15 +1,16 @@
-"""Export to ONNX, INT8 ONNX, TorchScript, ``torch.export`` (pt2) and OpenVINO IR (fp32, INT8), each verified
-in its own runtime.
+"""Export to ONNX, INT8 ONNX, TorchScript, ``torch.export`` (pt2), OpenVINO IR (fp32, INT8) and ExecuTorch
+``.pte`` for XNNPACK (fp32, INT8), each verified in its own runtime.
 
-One module per runtime (``onnx``, ``openvino``, ``torch_formats``); ``verify.export_verified`` exports and checks the
-file against PyTorch. Every exported file carries the model card (name, constructor kwargs, class names,
-preprocessing) and whether a softmax is appended, so ``predict`` and ``eval --onnx`` need nothing else.
+One module per runtime (``onnx``, ``openvino``, ``executorch``, ``torch_formats``); ``verify.export_verified``
+exports and checks the file against PyTorch. Every exported file carries the model card (name, constructor kwargs,
+class names, preprocessing) and whether a softmax is appended, so ``predict`` and ``eval --onnx`` need nothing else.
 """
 from __future__ import annotations
 
-from .common import CALIBRATION_KEY, METADATA_KEY, WithSoftmax, describe
+from .common import CALIBRATION_KEY, INT8_KEY, METADATA_KEY, WithSoftmax, describe
+from .executorch import MAX_BATCH, ExecuTorchModule, delegation, export_executorch
 from .onnx import OPSET, OnnxModule, export_onnx, quantize_onnx
-from .openvino import DEFAULT_KEEP_FP32, INT8_KEY, KEEP_FP32, PRECISIONS, OpenVinoModule, export_openvino, \
+from .openvino import DEFAULT_KEEP_FP32, KEEP_FP32, PRECISIONS, OpenVinoModule, export_openvino, \
     quantize_openvino
 from .torch_formats import export_pt2, export_torchscript
 from .verify import FORMATS, INT8_FORMATS, RUNTIMES, SUFFIXES, check_pytorch_options, compare, export_verified, \
@@ -18,5 +19,6 @@ from .verify import FORMATS, INT8_FORMATS, RUNTIMES, SUFFIXES, check_pytorch_opt
 __all__ = ["FORMATS", "INT8_FORMATS", "SUFFIXES", "RUNTIMES", "PRECISIONS", "OPSET", "METADATA_KEY",
            "CALIBRATION_KEY", "INT8_KEY", "KEEP_FP32", "DEFAULT_KEEP_FP32", "WithSoftmax", "describe",
            "OnnxModule", "export_onnx", "quantize_onnx", "OpenVinoModule", "export_openvino", "quantize_openvino",
-           "export_torchscript", "export_pt2", "int8_source_path", "load_exported", "open_exported",
-           "check_pytorch_options", "compare", "export_verified"]
+           "ExecuTorchModule", "export_executorch", "delegation", "MAX_BATCH", "export_torchscript", "export_pt2",
+           "int8_source_path", "load_exported", "open_exported", "check_pytorch_options", "compare",
+           "export_verified"]

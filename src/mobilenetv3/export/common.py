@@ -8,7 +8,8 @@ from torch import nn
 from ..checkpoint import card_of
 
 METADATA_KEY = "mobilenetv3"
-CALIBRATION_KEY = "mobilenetv3.calibration"  # INT8 ONNX: the images it was calibrated on
+CALIBRATION_KEY = "mobilenetv3.calibration"  # INT8 files: the images they were calibrated on
+INT8_KEY = "mobilenetv3.int8"  # INT8 IR and .pte: how it was quantised (tool, scheme; the IR: the layers kept in fp32)
 
 
 class WithSoftmax(nn.Module):

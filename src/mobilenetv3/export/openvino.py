@@ -24,10 +24,9 @@ from torch import nn
 
 from ..errors import UsageError
 from ..files import atomic_output
-from .common import CALIBRATION_KEY, METADATA_KEY, WithSoftmax, describe
+from .common import CALIBRATION_KEY, INT8_KEY, METADATA_KEY, WithSoftmax, describe
 
 EXTRA_MISSING = "OpenVINO needs the openvino extra: pip install 'mobilenetv3[openvino]'"
-INT8_KEY = "mobilenetv3.int8"  # INT8 IR: how it was quantised (tool, preset, the layer kinds kept in fp32)
 PRECISIONS = ("fp32", "bf16")  # what OpenVINO runs floating-point layers in (INFERENCE_PRECISION_HINT)
 HINTS = ("latency", "throughput")
 # Layer kinds INT8 can keep in fp32, as patterns of the IR's node names (``__module.<module path>/<op>``;

@@ -9,15 +9,18 @@ from torch import nn
 
 from ..errors import UsageError
 from .common import WithSoftmax
+from .executorch import ExecuTorchModule, export_executorch
 from .onnx import OnnxModule, export_onnx, quantize_onnx
 from .openvino import DEFAULT_KEEP_FP32, PRECISIONS, OpenVinoModule, export_openvino, quantize_openvino
 from .torch_formats import export_pt2, export_torchscript
 
-FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8")
-INT8_FORMATS = ("onnx-int8", "openvino-int8")
+FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8", "executorch", "executorch-int8")
+INT8_FORMATS = ("onnx-int8", "openvino-int8", "executorch-int8")
 SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2",
-            "openvino": ".xml", "openvino-int8": ".int8.xml"}
-RUNTIMES = ("onnxruntime", "openvino")  # what runs an exported file (``open_exported``)
+            "openvino": ".xml", "openvino-int8": ".int8.xml", "executorch": ".pte", "executorch-int8": ".int8.pte"}
+RUNTIMES = ("onnxruntime", "openvino", "executorch")  # what runs an exported file (``open_exported``)
+KINDS = {".onnx": "onnx", ".xml": "openvino", ".pte": "executorch"}  # exported files by suffix
+OWN_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
 
 
 def load_exported(path: Path, fmt: str):
@@ -26,6 +29,8 @@ def load_exported(path: Path, fmt: str):
         return OnnxModule(path)
     if fmt in ("openvino", "openvino-int8"):
         return OpenVinoModule(path, precision="fp32")
+    if fmt in ("executorch", "executorch-int8"):
+        return ExecuTorchModule(path)
     if fmt == "torchscript":
         import warnings
 
@@ -48,8 +53,9 @@ def compare(reference: nn.Module, exported, inputs: Iterable[torch.Tensor]) -> d
 
 
 def int8_source_path(path: Path) -> Path:
-    """Where an INT8 export writes the fp32 file it is quantised from: ``m.int8.onnx`` -> ``m.onnx``,
-    ``m.int8.xml`` -> ``m.xml``, else ``m.fp32.<suffix>``."""
+    """Where an INT8 export writes the fp32 file it is quantised from (or, ``executorch-int8``, compared with):
+    ``m.int8.onnx`` -> ``m.onnx``, ``m.int8.xml`` -> ``m.xml``, ``m.int8.pte`` -> ``m.pte``, else
+    ``m.fp32.<suffix>``."""
     return path.with_name(path.name.replace(".int8.", ".") if ".int8." in path.name
                           else f"{path.stem}.fp32{path.suffix}")
 
@@ -57,25 +63,40 @@ def int8_source_path(path: Path) -> Path:
 def open_exported(path, runtime: Optional[str] = None, precision: Optional[str] = None,
                   threads: Optional[int] = None) -> nn.Module:
     """An exported file run where a model is expected, told apart by its suffix: ``.onnx`` in ONNX Runtime
-    (``runtime="openvino"``: in OpenVINO), an OpenVINO IR ``.xml`` in OpenVINO. ``precision`` is ``fp32``
-    (default) or ``bf16`` (OpenVINO only, on a CPU with native bf16). The module says ``runtime`` and
-    ``precision``."""
+    (``runtime="openvino"``: in OpenVINO), an OpenVINO IR ``.xml`` in OpenVINO, an ExecuTorch ``.pte`` in
+    ExecuTorch. ``precision`` is ``fp32`` (default) or ``bf16`` (OpenVINO only, on a CPU with native bf16). The
+    module says ``runtime`` and ``precision``."""
     path = Path(path)
-    kind = {".onnx": "onnx", ".xml": "openvino"}.get(path.suffix.lower())
+    kind = KINDS.get(path.suffix.lower())
     if kind is None:
-        raise UsageError(f"{path}: not an exported model (an .onnx file, or an OpenVINO IR .xml)")
+        raise UsageError(f"{path}: not an exported model (an .onnx file, an OpenVINO IR .xml or an ExecuTorch .pte)")
     if runtime not in (None, *RUNTIMES):
         raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     if precision not in (None, *PRECISIONS):
         raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    runtime = runtime or ("onnxruntime" if kind == "onnx" else "openvino")
+    runtime = runtime or OWN_RUNTIME[kind]
     if kind == "openvino" and runtime != "openvino":
         raise UsageError(f"{path} is an OpenVINO IR: it runs in OpenVINO (--runtime openvino)")
+    if kind == "executorch" and runtime != "executorch":
+        raise UsageError(f"{path} is an ExecuTorch program: it runs in ExecuTorch (--runtime executorch)")
+    if runtime == "executorch":
+        return _open_pte(path, kind, precision, threads)
     if runtime == "onnxruntime":
         if precision not in (None, "fp32"):
             raise UsageError(f"--precision {precision} is OpenVINO's: add --runtime openvino")
         return OnnxModule(path, threads=threads)
     return OpenVinoModule(path, threads=threads, precision=precision or "fp32")
+
+
+def _open_pte(path: Path, kind: str, precision: Optional[str], threads: Optional[int]) -> nn.Module:
+    """A ``.pte`` in ExecuTorch, which runs it as exported (fp32 or INT8) on a thread pool of its own."""
+    if kind != "executorch":
+        raise UsageError(f"--runtime executorch runs ExecuTorch programs (.pte), not {path}")
+    if precision not in (None, "fp32"):
+        raise UsageError(f"--precision {precision} is OpenVINO's: ExecuTorch runs {path} as exported")
+    if threads:
+        raise UsageError("ExecuTorch sizes its own thread pool: threads is not a setting of a .pte")
+    return ExecuTorchModule(path)
 
 
 def check_pytorch_options(runtime: Optional[str], precision: Optional[str]) -> None:
@@ -96,28 +117,13 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
     and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
     (``ValueError`` otherwise); INT8 reports its agreement and records ``calibration_info`` (what the
     ``calibration`` images are) in the file; ``keep_fp32``: the layer kinds ``openvino-int8`` leaves in fp32
-    (default ``DEFAULT_KEEP_FP32``). Returns the comparison figures and paths."""
+    (default ``DEFAULT_KEEP_FP32``). Returns the comparison figures and paths (ExecuTorch: and ``delegation``,
+    where its operators run)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     model = model.eval()
     reference = WithSoftmax(model).eval() if softmax else model
-    paths = dict(path=str(path))
-    if fmt in INT8_FORMATS:
-        if calibration is None:
-            raise UsageError(f"{fmt} needs images to calibrate: give --dataset and --data-path")
-        fp32_path = int8_source_path(path)
-        if fmt == "onnx-int8":
-            export_onnx(model, fp32_path, example, softmax)
-            quantize_onnx(fp32_path, path, calibration, calibration_info)
-        else:
-            export_openvino(model, fp32_path, example, softmax)
-            quantize_openvino(fp32_path, path, calibration, calibration_info,
-                              DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
-        paths["fp32_path"] = str(fp32_path)
-    else:
-        exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2,
-                     "openvino": export_openvino}
-        exporters[fmt](model, path, example, softmax)
+    written = _write(model, fmt, path, example, softmax, calibration, calibration_info, keep_fp32)
     runtime = load_exported(path, fmt)
     generator = torch.Generator().manual_seed(0)
     shape = example.shape[1:]
@@ -133,4 +139,33 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
             if fmt == "openvino":
                 path.with_suffix(".bin").unlink(missing_ok=True)
             raise RuntimeError(f"{fmt} export disagrees with PyTorch: max abs difference {worst:.3g} > {tolerance}")
-    return dict(paths, format=fmt, softmax=softmax, **figures)
+    return dict(written, path=str(path), format=fmt, softmax=softmax, **figures)
+
+
+def _write(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, softmax: bool,
+           calibration: Optional[Iterable[torch.Tensor]], calibration_info: Optional[dict],
+           keep_fp32: Optional[Sequence[str]]) -> dict:
+    """Write ``model`` as ``fmt`` to ``path`` (INT8: and the fp32 file beside it, ``fp32_path``); what the
+    writing tells beyond the file (ExecuTorch: ``delegation``)."""
+    if fmt not in INT8_FORMATS:
+        if fmt == "executorch":
+            return dict(delegation=export_executorch(model, path, example, softmax))
+        exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2,
+                     "openvino": export_openvino}
+        exporters[fmt](model, path, example, softmax)
+        return {}
+    if calibration is None:
+        raise UsageError(f"{fmt} needs images to calibrate: give --dataset and --data-path")
+    fp32_path = int8_source_path(path)
+    written = dict(fp32_path=str(fp32_path))
+    if fmt == "onnx-int8":
+        export_onnx(model, fp32_path, example, softmax)
+        quantize_onnx(fp32_path, path, calibration, calibration_info)
+    elif fmt == "openvino-int8":
+        export_openvino(model, fp32_path, example, softmax)
+        quantize_openvino(fp32_path, path, calibration, calibration_info,
+                          DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
+    else:  # quantised from the PyTorch model; the fp32 program is what its accuracy is compared with
+        export_executorch(model, fp32_path, example, softmax)
+        written["delegation"] = export_executorch(model, path, example, softmax, calibration, calibration_info)
+    return written

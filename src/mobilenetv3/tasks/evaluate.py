@@ -1,4 +1,5 @@
-"""The evaluation task: score weights (any format) or an exported model (ONNX, OpenVINO IR) on a validation split.
+"""The evaluation task: score weights (any format) or an exported model (ONNX, OpenVINO IR, ExecuTorch .pte) on a
+validation split.
 
 Every sample is scored exactly once, in one process or under ``torchrun`` (the same numbers). The
 dataset's classes are checked against the weights' before anything is scored. ``write_report`` (rank 0)
@@ -48,7 +49,7 @@ class EvalResult:
     weights: str
     weights_sha256: str
     ema: bool
-    runtime: str  # "pytorch", "onnxruntime" or "openvino"
+    runtime: str  # "pytorch", "onnxruntime", "openvino" or "executorch"
     precision: str  # what it ran in: "fp32", "bf16" (OpenVINO), "int8" (a quantised file)
     dataset: str
     data_path: str
@@ -76,7 +77,7 @@ class _Scored:
     source: str
     runtime: str
     precision: str
-    kind: str  # what the file is: "weights", "ONNX file", "OpenVINO IR"
+    kind: str  # what the file is: "weights", "ONNX file", "OpenVINO IR", "ExecuTorch program"
     classes: Optional[list]  # as the file has them (None: it has none)
     preprocessing: Optional[dict]  # as the file has it (None: it has none; not the registry default)
     trained_config: bool  # the file carries its training run's config
@@ -87,12 +88,12 @@ def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, expor
              runtime: Optional[str] = None, precision: Optional[str] = None, ema: bool = False,
              out_dir: Optional[str] = None, by_index: bool = False, report: bool = True,
              **settings) -> Optional[EvalResult]:
-    """Score ``weights`` (any format ``load_model`` reads) or an ``exported`` model (``.onnx``, or an OpenVINO
-    IR ``.xml``; ``onnx=`` is the older name) on the dataset's validation split. An exported file runs in its
-    own runtime unless ``runtime="openvino"`` (an ONNX file in OpenVINO); ``precision`` is ``fp32`` (default)
-    or ``bf16`` (OpenVINO, on a CPU with native bf16); the result says which ran. ``settings`` are config
-    fields (``dataset``, ``data_path``, ``batch_size``, ``device``, ...) over the training run's own config when
-    the weights carry one; ``skip_bad_images`` is only ever the one given here.
+    """Score ``weights`` (any format ``load_model`` reads) or an ``exported`` model (``.onnx``, an OpenVINO
+    IR ``.xml`` or an ExecuTorch ``.pte``; ``onnx=`` is the older name) on the dataset's validation split. An
+    exported file runs in its own runtime unless ``runtime="openvino"`` (an ONNX file in OpenVINO); ``precision``
+    is ``fp32`` (default) or ``bf16`` (OpenVINO, on a CPU with native bf16); the result says which ran.
+    ``settings`` are config fields (``dataset``, ``data_path``, ``batch_size``, ``device``, ...) over the training
+    run's own config when the weights carry one; ``skip_bad_images`` is only ever the one given here.
 
     The dataset's classes must be the weights' (their count, and their names where both have names that
     are more than indices); ``by_index=True`` scores dataset label i as the model's class i anyway. The
@@ -167,7 +168,7 @@ def _exported_file(onnx: Optional[str], exported: Optional[str]) -> Optional[str
     return exported or onnx
 
 
-_KINDS = {".onnx": "ONNX file", ".xml": "OpenVINO IR"}
+_KINDS = {".onnx": "ONNX file", ".xml": "OpenVINO IR", ".pte": "ExecuTorch program"}
 
 
 def _open(weights: Optional[str], exported: Optional[str], ema: bool, settings: dict,

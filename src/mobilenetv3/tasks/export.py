@@ -61,6 +61,7 @@ class ExportResult:
     accuracy: Optional[dict] = None  # INT8: dataset, count, int8_top1, fp32_top1
     real_sample: Optional[ImageSample] = None  # the validation images behind ``real``
     calibration_sample: Optional[ImageSample] = None  # INT8: the training images it was calibrated on
+    delegation: Optional[dict] = None  # ExecuTorch: operators run by XNNPACK and by the portable runtime
 
 
 @dataclass
@@ -85,7 +86,8 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     verified on ``verify_images`` validation images (0: all of them) and INT8 calibrated on
     ``calibration_images`` training images, each drawn at random with ``sample_seed``. ``keep_fp32``: the layer
     kinds ``openvino-int8`` leaves in fp32 (``export.KEEP_FP32``; default ``export.DEFAULT_KEEP_FP32``). An
-    OpenVINO IR is the ``.xml`` path; its weights go to the ``.bin`` beside it.
+    OpenVINO IR is the ``.xml`` path; its weights go to the ``.bin`` beside it. An ExecuTorch program is a
+    ``.pte``; ``executorch-int8`` writes the fp32 program beside it too (its accuracy is compared with it).
     """
     if format not in FORMATS:
         raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -105,6 +107,8 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     if format.startswith("openvino"):
         for ir in (path, int8_source_path(path)) if format in INT8_FORMATS else (path,):
             _check_ir_output(ir, source)
+    if format.startswith("executorch"):
+        _check_pte_output(path, int8_source_path(path) if format in INT8_FORMATS else None)
     config = Config.from_dict(weights.checkpoint.config) if weights.checkpoint and weights.checkpoint.config \
         else Config()
     config.update(settings, source="flag")
@@ -119,7 +123,7 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
                               calibration=data.calibration, calibration_info=calibration_info, keep_fp32=keep_fp32)
     result = ExportResult(format, figures["path"], softmax, figures["random"], figures.get("real"),
                           figures.get("fp32_path"), real_sample=data.real_sample,
-                          calibration_sample=data.calibration_sample)
+                          calibration_sample=data.calibration_sample, delegation=figures.get("delegation"))
     if format in INT8_FORMATS and data.val is not None:
         result.accuracy = _int8_accuracy(result, data.val, pre, config)
     return result
@@ -134,6 +138,15 @@ def _check_ir_output(path: Path, source: Path) -> None:
     if weights.resolve() == source.resolve():
         raise UsageError(f"the IR's weights file {weights} would overwrite {source}: give --output NAME.xml")
     check_writable(weights)
+
+
+def _check_pte_output(path: Path, fp32_path: Optional[Path]) -> None:
+    """A ``.pte`` (the runtime is picked by suffix when it is run); ``executorch-int8``'s fp32 program beside it
+    must be writable too, before either is exported."""
+    if path.suffix != ".pte":
+        raise UsageError(f"an ExecuTorch program is a .pte file: {path} does not end in .pte")
+    if fp32_path is not None:
+        check_writable(fp32_path)
 
 
 def _export_data(config: Config, num_classes: int, pre: Preprocessing, int8: bool, calibration_images: int,
