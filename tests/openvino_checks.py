@@ -156,11 +156,27 @@ def test_int8_export_calibrates_on_an_image_folder_and_records_it(int8_export):
     rt = ov.Core().read_model(str(out))
     assert json.loads(rt.get_rt_info(CALIBRATION_KEY).astype(str)) == dict(
         dataset="imagenet", source=str(root / "train"), split="train", images=8, of=5 * CLASSES, seed=0)
-    assert json.loads(rt.get_rt_info(INT8_KEY).astype(str))["kept_fp32"] == ["se", "classifier"]
+    record = json.loads(rt.get_rt_info(INT8_KEY).astype(str))
+    assert record["kept_fp32"] == ["se", "classifier"] and record["accuracy_control"] is None
+    assert (record["overflow_fix"], record["activation_ranges"]) == ("enable", "histogram")  # the defaults
+    layers = module_layers()  # 54: stem, expand, dw, SE fc1/fc2, project, final_conv, head_fc, classifier
+    kept = [name for name in layers if ".se." in name or name == "classifier"]
+    assert record["fp32_layers"] == kept and record["int8_layers"] == len(layers) - len(kept) == 35
+    assert f"  35 layers in INT8, {len(kept)} in fp32 (overflow fix enable, histogram activation ranges)" in lines
+    assert any("same top-1 answer on" in line for line in lines if "INT8 top-1" in line)
     assert json.loads(rt.get_rt_info(METADATA_KEY).astype(str))["classes"][0] == "c0"  # the card stays
     assert inside_kept_layers(rt) == []  # (the SE product is quantised: it is the project conv's input)
     module = open_exported(out)
     assert (module.precision, module.quantized) == ("int8", True)
+
+
+def module_layers() -> list:
+    """The module paths of the tiny model's convolutions and Linears, in order (``stem``, ``blocks.0.dw``, ...)."""
+    from mobilenetv3.models import create_model
+
+    model = create_model("mobilenetv3_small", num_classes=CLASSES, width_mult=0.5)
+    return [name.removesuffix(".conv") for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
 
 
 def inside_kept_layers(ov_model) -> list:
@@ -180,6 +196,68 @@ def test_int8_can_quantise_every_layer(int8_export):
              for path in (everything, out)}
     assert count["all.int8.xml"] > count["m.int8.xml"] > 0
     assert inside_kept_layers(ov.Core().read_model(str(everything)))
+
+
+def weight_ranges(ov_model) -> dict:
+    """Largest |int8 weight| of each INT8 convolution and Linear (not depthwise: no overflow fix there)."""
+    from mobilenetv3.export.openvino import _module_path
+
+    ranges = {}
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "MatMul"):
+            node = op.input(1).get_source_output().get_node()
+            while node.get_type_name() != "Constant":
+                node = node.input(0).get_source_output().get_node()
+            if node.get_element_type() == ov.Type.i8:
+                ranges[_module_path(op)] = int(abs(node.get_data().astype(int)).max())
+    return ranges
+
+
+def activation_ranges(ov_model) -> list:
+    return [op.input(2).get_source_output().get_node().get_data().tolist() for op in ov_model.get_ordered_ops()
+            if op.get_type_name() == "FakeQuantize"]
+
+
+def test_overflow_fix_and_activation_ranges_reach_nncf(int8_export):
+    """The default quantises every convolution's and Linear's weights to 7 bits (within +-64: no int16 saturation
+    in AVX2's u8 x s8 products); NNCF's own "first-layer" only the stem's. Histogram ranges are not min-max's."""
+    from mobilenetv3.export import quantize_openvino
+
+    out = int8_export[0]
+    calibration = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+    before = quantize_openvino(out.with_name("m.xml"), out.with_name("before.int8.xml"), calibration,
+                               overflow_fix="first-layer", activation_ranges="mean-minmax")
+    default = quantize_openvino(out.with_name("m.xml"), out.with_name("default.int8.xml"), calibration)
+    new, old = (weight_ranges(ov.Core().read_model(str(path))) for path in (default, before))
+    assert list(new) == list(old) and len(new) > 20 and list(new)[0] == "stem"
+    assert max(new.values()) <= 64 and old["stem"] <= 64
+    assert max(value for name, value in old.items() if name != "stem") > 64
+    ranges = [activation_ranges(ov.Core().read_model(str(path))) for path in (default, before)]
+    assert len(ranges[0]) == len(ranges[1]) and ranges[0] != ranges[1]
+    record = json.loads(ov.Core().read_model(str(before)).get_rt_info(INT8_KEY).astype(str))
+    assert (record["overflow_fix"], record["activation_ranges"]) == ("first-layer", "mean-minmax")
+
+
+def test_accuracy_control_validates_on_training_images_apart_from_calibration(checkpoint, int8_export):
+    """--int8-max-drop: NNCF's accuracy control, on training images that are not calibration images (the
+    checkpoint's run held none out); what it reached and on which images is printed and recorded."""
+    root = int8_export[2]
+    out = int8_export[0].with_name("ac.int8.xml")
+    result = run_cli("export", "--checkpoint", checkpoint, "--format", "openvino-int8", "--output", out,
+                     "--dataset", "imagenet", "--data-path", root, "--calibration-images", 8, "--batch-size", 4,
+                     "--int8-max-drop", "0.25", "--int8-validation-images", 6)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    control = json.loads(ov.Core().read_model(str(out)).get_rt_info(INT8_KEY).astype(str))["accuracy_control"]
+    pool = "trained on (its run held none out), less the calibration images"
+    assert control["validation"] == dict(dataset="imagenet", source=str(root / "train"), split="train", images=6,
+                                         of=5 * CLASSES - 8, seed=0, pool=pool)
+    assert (control["metric"], control["max_drop"], control["images"]) == ("top-1 agreement with fp32", 0.25, 6)
+    assert control["agreement"] >= 0.75
+    line = next(line for line in result.stdout.splitlines() if "accuracy control" in line)
+    assert line == (f"  accuracy control: INT8 gives fp32's top-1 answer on {100 * control['agreement']:.2f}% of "
+                    f"6 of {5 * CLASSES - 8} training images {pool}, drawn at random with seed 0 (asked: at least "
+                    "75.00%)")
 
 
 def test_bf16_is_refused_in_one_line_without_native_bf16(ir, images):

@@ -335,6 +335,7 @@ def a_folder_named_m_pte(d: Path) -> None:
 
 IR_EXTRA = "OpenVINO needs the openvino extra: pip install 'mobilenetv3[openvino]'"
 PTE_EXTRA = "ExecuTorch needs the executorch extra: pip install 'mobilenetv3[executorch]'"
+INT8_EXPORT = ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset", "--format", "openvino-int8"]
 REFUSED = "refused to load: it holds Python objects that could run code"
 
 CASES = [
@@ -512,6 +513,26 @@ CASES = [
     Case("export: --keep-fp32 with another format", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
                                                      "--keep-fp32", "se"], "a setting of --format openvino-int8",
          make=weights),
+    *[Case(f"export: {what}", [*INT8_EXPORT, *flags], says, make=weights) for what, flags, says in (
+        ("--int8-max-drop of 0", ["--int8-max-drop", "0"], "--int8-max-drop must be a fraction between 0 and 1"),
+        ("--int8-max-drop above 1", ["--int8-max-drop", "1.5"], "--int8-max-drop must be a fraction between 0 and 1"),
+        ("--int8-max-drop that is not a number", ["--int8-max-drop", "half"],
+         "argument --int8-max-drop: invalid float value: 'half'"),
+        ("--int8-validation-images of 0", ["--int8-max-drop", "0.01", "--int8-validation-images", "0"],
+         "--int8-validation-images must be at least 1, got 0"),
+        ("--int8-validation-images without --int8-max-drop", ["--int8-validation-images", "100"],
+         "--int8-validation-images is a setting of accuracy control: give --int8-max-drop too"),
+        ("an unknown --int8-overflow-fix", ["--int8-overflow-fix", "all"],
+         ("argument --int8-overflow-fix: invalid choice: 'all'", "enable", "first-layer", "disable")),
+        ("an unknown --int8-ranges", ["--int8-ranges", "minmax"],
+         ("argument --int8-ranges: invalid choice: 'minmax'", "histogram", "mean-minmax")))],
+    Case("export: --int8-max-drop with another format", ["export", "--checkpoint", "{d}/weights.pt", "--no-dataset",
+                                                         "--format", "onnx-int8", "--int8-max-drop", "0.01",
+                                                         "--int8-ranges", "histogram"],
+         "--int8-ranges, --int8-max-drop: a setting of --format openvino-int8", make=weights),
+    Case("export: accuracy control without images", [*INT8_EXPORT, "--int8-max-drop", "0.01", "--output",
+                                                      "{d}/m.int8.xml"],
+         "openvino-int8 needs images to calibrate", make=weights, absent=("m.xml", "m.int8.xml")),
     *[Case(f"{command}: {what}", argv, says, make=make)
       for what, make, says in (("a garbage IR .xml", garbage_ir, "{d}/model.xml: not an OpenVINO IR (not XML"),
                                ("an IR whose .bin is cut short", ir_bin_cut_short,

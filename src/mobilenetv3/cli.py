@@ -244,7 +244,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- export
 def _add_export(subparsers) -> None:
-    from .export import DEFAULT_KEEP_FP32, FORMATS, KEEP_FP32
+    from .export import ACTIVATION_RANGES, DEFAULT_KEEP_FP32, FORMATS, KEEP_FP32, OVERFLOW_FIX
+    from .tasks.export import DEFAULT_VALIDATION_IMAGES
 
     p = subparsers.add_parser("export", help="export to ONNX, OpenVINO, ExecuTorch, TorchScript or torch.export "
                                              "(INT8: ONNX, OpenVINO, ExecuTorch), verified",
@@ -263,6 +264,18 @@ def _add_export(subparsers) -> None:
     p.add_argument("--keep-fp32", metavar="KINDS", type=_kinds,
                    help=f"openvino-int8: layer kinds left in fp32, comma-separated, of {', '.join(KEEP_FP32)}; "
                         f"none for all in INT8 (default {','.join(DEFAULT_KEEP_FP32)})")
+    p.add_argument("--int8-overflow-fix", choices=OVERFLOW_FIX,
+                   help="openvino-int8: layers whose weights NNCF quantises to 7 bits, so that CPUs without VNNI do "
+                        "not saturate (default enable: all)")
+    p.add_argument("--int8-ranges", choices=ACTIVATION_RANGES,
+                   help="openvino-int8: how activation ranges are set from the calibration images (default histogram)")
+    p.add_argument("--int8-max-drop", type=float, metavar="FRACTION",
+                   help="openvino-int8 accuracy control: layers are put back in fp32 until INT8's top-1 answer differs "
+                        "from fp32's on at most this fraction of the validation images, e.g. 0.005 (default: off)")
+    p.add_argument("--int8-validation-images", type=int, metavar="N",
+                   help=f"with --int8-max-drop: training images it validates on, drawn at random from those the run "
+                        f"held out (--val-split) less the calibration images, else from all training images less "
+                        f"those (default {DEFAULT_VALIDATION_IMAGES})")
     _add_config_flags(p, (), only=("dataset", "data_path", "batch_size", "workers", "image_size"))
     p.set_defaults(handler=_cmd_export)
 
@@ -278,10 +291,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     result = export_model(args.checkpoint, format=args.format, output=args.output, softmax=args.softmax,
                           ema=args.ema, calibration_images=args.calibration_images, verify_images=args.verify_images,
                           sample_seed=args.sample_seed, use_dataset=not args.no_dataset, keep_fp32=args.keep_fp32,
+                          int8_overflow_fix=args.int8_overflow_fix, int8_ranges=args.int8_ranges,
+                          int8_max_drop=args.int8_max_drop, int8_validation_images=args.int8_validation_images,
                           **_overrides(args))
     print(f"exported {result.format}: {result.path}")
     if result.calibration_sample:
         print(f"  calibrated on {result.calibration_sample.describe()}")
+    if result.int8:
+        _print_int8(result.int8, result.validation_sample)
     checks = [("random", result.random, f"{result.random['compared']} images")]
     if result.real:
         checks.append(("real", result.real, result.real_sample.describe()))
@@ -293,7 +310,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if result.accuracy:
         a = result.accuracy
         print(f"  accuracy on {a['dataset']} val ({a['count']} images): INT8 top-1 {100 * a['int8_top1']:.2f}%, "
-              f"fp32 top-1 {100 * a['fp32_top1']:.2f}%")
+              f"fp32 top-1 {100 * a['fp32_top1']:.2f}%, same top-1 answer on {100 * a['agreement']:.2f}%")
     return 0
 
 
@@ -306,6 +323,16 @@ def _delegation_line(counts: dict) -> str:
     if counts["portable"]:
         line += "; portable runtime: " + ", ".join(f"{op} x{n}" for op, n in counts["portable_ops"].items())
     return line
+
+
+def _print_int8(info: dict, validation_sample) -> None:
+    """How an OpenVINO INT8 IR was quantised: its layers' precisions, and what accuracy control reached."""
+    print(f"  {info['int8_layers']} layers in INT8, {len(info['fp32_layers'])} in fp32 (overflow fix "
+          f"{info['overflow_fix']}, {info['activation_ranges']} activation ranges)")
+    control = info.get("accuracy_control")
+    if control:
+        print(f"  accuracy control: INT8 gives fp32's top-1 answer on {100 * control['agreement']:.2f}% of "
+              f"{validation_sample.describe()} (asked: at least {100 * (1 - control['max_drop']):.2f}%)")
 
 
 # ---------------------------------------------------------------------------------------- predict

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -11,7 +11,7 @@ from ..errors import UsageError
 from .common import WithSoftmax
 from .executorch import ExecuTorchModule, export_executorch
 from .onnx import OnnxModule, export_onnx, quantize_onnx
-from .openvino import DEFAULT_KEEP_FP32, PRECISIONS, OpenVinoModule, export_openvino, quantize_openvino
+from .openvino import PRECISIONS, OpenVinoModule, export_openvino, quantize_openvino
 from .torch_formats import export_pt2, export_torchscript
 
 FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8", "executorch", "executorch-int8")
@@ -112,18 +112,19 @@ def check_pytorch_options(runtime: Optional[str], precision: Optional[str]) -> N
 def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, *, softmax: bool = False,
                     real_inputs: Iterable[torch.Tensor] = (), calibration: Optional[Iterable[torch.Tensor]] = None,
                     calibration_info: Optional[dict] = None, tolerance: float = 1e-4,
-                    keep_fp32: Optional[Sequence[str]] = None) -> dict:
+                    int8: Optional[dict] = None) -> dict:
     """Export ``model`` as ``fmt`` to ``path``, then run the file in its runtime on random inputs (batch 1
     and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
     (``ValueError`` otherwise); INT8 reports its agreement and records ``calibration_info`` (what the
-    ``calibration`` images are) in the file; ``keep_fp32``: the layer kinds ``openvino-int8`` leaves in fp32
-    (default ``DEFAULT_KEEP_FP32``). Returns the comparison figures and paths (ExecuTorch: and ``delegation``,
-    where its operators run)."""
+    ``calibration`` images are) in the file; ``int8``: ``openvino-int8``'s settings, keyword arguments of
+    ``quantize_openvino`` (``keep_fp32``, ``overflow_fix``, ``activation_ranges``, ``max_drop``, ``validation``,
+    ``validation_info``). Returns the comparison figures and paths (ExecuTorch: and ``delegation``, where its
+    operators run)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     model = model.eval()
     reference = WithSoftmax(model).eval() if softmax else model
-    written = _write(model, fmt, path, example, softmax, calibration, calibration_info, keep_fp32)
+    written = _write(model, fmt, path, example, softmax, calibration, calibration_info, int8)
     runtime = load_exported(path, fmt)
     generator = torch.Generator().manual_seed(0)
     shape = example.shape[1:]
@@ -144,7 +145,7 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
 
 def _write(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, softmax: bool,
            calibration: Optional[Iterable[torch.Tensor]], calibration_info: Optional[dict],
-           keep_fp32: Optional[Sequence[str]]) -> dict:
+           int8: Optional[dict]) -> dict:
     """Write ``model`` as ``fmt`` to ``path`` (INT8: and the fp32 file beside it, ``fp32_path``); what the
     writing tells beyond the file (ExecuTorch: ``delegation``)."""
     if fmt not in INT8_FORMATS:
@@ -163,8 +164,7 @@ def _write(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, softma
         quantize_onnx(fp32_path, path, calibration, calibration_info)
     elif fmt == "openvino-int8":
         export_openvino(model, fp32_path, example, softmax)
-        quantize_openvino(fp32_path, path, calibration, calibration_info,
-                          DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
+        quantize_openvino(fp32_path, path, calibration, calibration_info, **(int8 or {}))
     else:  # quantised from the PyTorch model; the fp32 program is what its accuracy is compared with
         export_executorch(model, fp32_path, example, softmax)
         written["delegation"] = export_executorch(model, path, example, softmax, calibration, calibration_info)

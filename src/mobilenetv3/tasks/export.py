@@ -1,12 +1,15 @@
 """The export task: weights (any format) -> an exported file, verified in its runtime on random and real images.
 
 With a dataset at hand (the training run's, or the one given), the file is also checked on real
-validation images, INT8 is calibrated on training images, and INT8's accuracy is scored next to fp32's.
-Both sets of images are drawn at random (seeded) from their split: in file order, an ImageFolder's first
-images are all one class.
+validation images, INT8 is calibrated on training images, and INT8's accuracy and its agreement with fp32 are
+scored on the whole validation split. OpenVINO INT8's accuracy control validates on training images apart from
+the calibration images: the ones the run held out (``--val-split``, its ``val_indices.json`` beside the
+checkpoint), else ones it trained on. Every set of images is drawn at random (seeded) from its pool: in file
+order, an ImageFolder's first images are all one class.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,15 +18,18 @@ import torch
 
 from ..build import build_dataset_split
 from ..config import Config, DataConfig
-from ..data import Dataset, check_labels, draw_sample, eval_loader
+from ..data import Dataset, check_labels, eval_loader
+from ..data.datasets import subset
 from ..data.transforms import Preprocessing
-from ..engine import evaluate
 from ..errors import UsageError
-from ..export import FORMATS, INT8_FORMATS, KEEP_FP32, SUFFIXES, export_verified, int8_source_path, open_exported
+from ..export import FORMATS, INT8_FORMATS, SUFFIXES, check_int8_settings, export_verified, int8_source_path, \
+    open_exported, read_int8_info
 from ..files import check_writable
 from ..weights import model_from_weights, read_weights
+from .train import VAL_INDICES
 
 SPLIT_NAMES = {"train": "training", "val": "validation"}
+DEFAULT_VALIDATION_IMAGES = 2000  # INT8 accuracy control: 0.05% of them is one answer
 
 
 @dataclass
@@ -34,18 +40,19 @@ class ImageSample:
     source: str
     split: str  # "train" or "val"
     images: int  # drawn
-    of: int  # in the split
+    of: int  # in the split (or in ``pool``)
     seed: int
+    pool: Optional[str] = None  # the images of the split drawn from, when not all: "held out from training, ..."
 
     def describe(self) -> str:
         """``"128 of 2,000 validation images, drawn at random with seed 0"``."""
-        split = SPLIT_NAMES[self.split]
+        split = SPLIT_NAMES[self.split] + (f" images {self.pool}" if self.pool else " images")
         if self.images == self.of:
-            return f"all {self.of:,} {split} images"
-        return f"{self.images:,} of {self.of:,} {split} images, drawn at random with seed {self.seed}"
+            return f"all {self.of:,} {split}"
+        return f"{self.images:,} of {self.of:,} {split}, drawn at random with seed {self.seed}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass
@@ -58,10 +65,12 @@ class ExportResult:
     random: dict  # on random inputs (batch 1 and 3)
     real: Optional[dict] = None  # on real validation images, when a dataset was at hand
     fp32_path: Optional[str] = None  # INT8: the fp32 model it was quantised from
-    accuracy: Optional[dict] = None  # INT8: dataset, count, int8_top1, fp32_top1
+    accuracy: Optional[dict] = None  # INT8: dataset, count, int8_top1, fp32_top1, agreement (same top-1 answer)
     real_sample: Optional[ImageSample] = None  # the validation images behind ``real``
     calibration_sample: Optional[ImageSample] = None  # INT8: the training images it was calibrated on
     delegation: Optional[dict] = None  # ExecuTorch: operators run by XNNPACK and by the portable runtime
+    validation_sample: Optional[ImageSample] = None  # OpenVINO INT8 with accuracy control: the images it checked
+    int8: Optional[dict] = None  # OpenVINO INT8: how it was quantised (the IR's ``INT8_KEY`` record)
 
 
 @dataclass
@@ -73,31 +82,39 @@ class ExportData:
     real_sample: Optional[ImageSample] = None
     calibration: Optional[list] = None  # batches of training images (INT8)
     calibration_sample: Optional[ImageSample] = None
+    validation: Optional[list] = None  # batches of training images apart from those (INT8's accuracy control)
+    validation_sample: Optional[ImageSample] = None
 
 
 def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str] = None, softmax: bool = False,
                  ema: bool = False, calibration_images: int = 300, verify_images: int = 128, sample_seed: int = 0,
-                 use_dataset: bool = True, keep_fp32: Optional[Sequence[str]] = None, **settings) -> ExportResult:
+                 use_dataset: bool = True, keep_fp32: Optional[Sequence[str]] = None,
+                 int8_overflow_fix: Optional[str] = None, int8_ranges: Optional[str] = None,
+                 int8_max_drop: Optional[float] = None, int8_validation_images: Optional[int] = None,
+                 **settings) -> ExportResult:
     """Export ``checkpoint`` (any weights format) as ``format`` and verify the file in its runtime.
 
     ``output`` defaults to a file beside the checkpoint. ``settings`` are config fields over the training
     run's own config (``dataset``, ``data_path``, ``batch_size``, ``workers``, ``image_size``): the data used
     to verify on real images and to calibrate INT8 (``use_dataset=False``: random inputs only). The file is
     verified on ``verify_images`` validation images (0: all of them) and INT8 calibrated on
-    ``calibration_images`` training images, each drawn at random with ``sample_seed``. ``keep_fp32``: the layer
-    kinds ``openvino-int8`` leaves in fp32 (``export.KEEP_FP32``; default ``export.DEFAULT_KEEP_FP32``). An
-    OpenVINO IR is the ``.xml`` path; its weights go to the ``.bin`` beside it. An ExecuTorch program is a
-    ``.pte``; ``executorch-int8`` writes the fp32 program beside it too (its accuracy is compared with it).
+    ``calibration_images`` training images, each drawn at random with ``sample_seed``. An OpenVINO IR is the
+    ``.xml`` path; its weights go to the ``.bin`` beside it. An ExecuTorch program is a ``.pte``;
+    ``executorch-int8`` writes the fp32 program beside it too (its accuracy is compared with it).
+
+    ``openvino-int8``'s settings (``None``: the default): ``keep_fp32``, the layer kinds left in fp32
+    (``export.KEEP_FP32``; default ``export.DEFAULT_KEEP_FP32``); ``int8_overflow_fix`` (``export.OVERFLOW_FIX``,
+    default ``enable``); ``int8_ranges``, how activation ranges are set (``export.ACTIVATION_RANGES``, default
+    ``histogram``); ``int8_max_drop``: accuracy control, layers put back in fp32 until INT8 gives fp32's top-1
+    answer on at least ``1 - int8_max_drop`` of ``int8_validation_images`` (default 2000) training images apart
+    from the calibration images (held out by the run when it held some out).
     """
     if format not in FORMATS:
         raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if calibration_images < 1 or verify_images < 0:
         raise UsageError("--calibration-images must be at least 1 and --verify-images at least 0 (0: all)")
-    if keep_fp32 is not None and format != "openvino-int8":
-        raise UsageError("--keep-fp32 is a setting of --format openvino-int8")
-    unknown = sorted(set(keep_fp32 or ()) - set(KEEP_FP32))
-    if unknown:
-        raise UsageError(f"cannot keep {', '.join(unknown)} in fp32; choose from: {', '.join(KEEP_FP32)} (or none)")
+    int8, validation_images = _int8_settings(format, keep_fp32, int8_overflow_fix, int8_ranges, int8_max_drop,
+                                             int8_validation_images)
     weights = read_weights(checkpoint, ema=ema)
     model = model_from_weights(weights)
     pre = Preprocessing.from_dict(model.preprocessing)
@@ -115,18 +132,44 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     d = config.data
     has_data = use_dataset and (d.dataset in ("fashion-mnist", "synthetic") or d.data_path)
     data = _export_data(config, model.num_classes, pre, format in INT8_FORMATS, calibration_images, verify_images,
-                        sample_seed) if has_data else ExportData()
+                        sample_seed, validation_images, source) if has_data else ExportData()
+    if validation_images:
+        int8.update(validation=data.validation or (),
+                    validation_info=data.validation_sample.to_dict() if data.validation_sample else None)
     size = d.image_size if "image_size" in settings else pre.crop
     example = torch.randn(2, model.in_chans, size, size)
     calibration_info = data.calibration_sample.to_dict() if data.calibration_sample else None
     figures = export_verified(model, format, path, example, softmax=softmax, real_inputs=data.real,
-                              calibration=data.calibration, calibration_info=calibration_info, keep_fp32=keep_fp32)
+                              calibration=data.calibration, calibration_info=calibration_info, int8=int8)
     result = ExportResult(format, figures["path"], softmax, figures["random"], figures.get("real"),
                           figures.get("fp32_path"), real_sample=data.real_sample,
-                          calibration_sample=data.calibration_sample, delegation=figures.get("delegation"))
+                          calibration_sample=data.calibration_sample, delegation=figures.get("delegation"),
+                          validation_sample=data.validation_sample)
+    if format == "openvino-int8":
+        result.int8 = read_int8_info(path)
     if format in INT8_FORMATS and data.val is not None:
         result.accuracy = _int8_accuracy(result, data.val, pre, config)
     return result
+
+
+def _int8_settings(format: str, keep_fp32: Optional[Sequence[str]], overflow_fix: Optional[str],
+                   ranges: Optional[str], max_drop: Optional[float],
+                   validation_images: Optional[int]) -> tuple[dict, int]:
+    """``quantize_openvino``'s keyword arguments for the settings given (checked), and the number of images
+    accuracy control validates on (0 without it)."""
+    given = dict(keep_fp32=keep_fp32, overflow_fix=overflow_fix, activation_ranges=ranges, max_drop=max_drop)
+    int8 = {key: value for key, value in given.items() if value is not None}
+    flags = dict(keep_fp32="--keep-fp32", overflow_fix="--int8-overflow-fix", activation_ranges="--int8-ranges",
+                 max_drop="--int8-max-drop")
+    if format != "openvino-int8" and (int8 or validation_images is not None):
+        named = [flags[key] for key in int8] + (["--int8-validation-images"] if validation_images is not None else [])
+        raise UsageError(f"{', '.join(named)}: a setting of --format openvino-int8")
+    if validation_images is not None and max_drop is None:
+        raise UsageError("--int8-validation-images is a setting of accuracy control: give --int8-max-drop too")
+    if validation_images is not None and validation_images < 1:
+        raise UsageError(f"--int8-validation-images must be at least 1, got {validation_images}")
+    check_int8_settings(**int8)
+    return int8, 0 if max_drop is None else validation_images or DEFAULT_VALIDATION_IMAGES
 
 
 def _check_ir_output(path: Path, source: Path) -> None:
@@ -150,33 +193,76 @@ def _check_pte_output(path: Path, fp32_path: Optional[Path]) -> None:
 
 
 def _export_data(config: Config, num_classes: int, pre: Preprocessing, int8: bool, calibration_images: int,
-                 verify_images: int = 128, seed: int = 0) -> ExportData:
-    """Validation images to verify on and (INT8) training images to calibrate with, each drawn at random."""
+                 verify_images: int = 128, seed: int = 0, validation_images: int = 0,
+                 checkpoint: Optional[Path] = None) -> ExportData:
+    """Validation images to verify on and (INT8) training images to calibrate with, each drawn at random, and
+    ``validation_images`` training images apart from the calibration images for accuracy control."""
     d = config.data
     val = build_dataset_split(d, "val", config.run.seed, num_classes)
     check_labels(val, num_classes)
-    real, real_sample = _sample_batches(val, "val", verify_images or len(val), seed, d, pre)
+    real, real_sample = _sample_batches(val, "val", _draw(range(len(val)), verify_images or len(val), seed), seed, d,
+                                        pre)
     data = ExportData(val, tuple(real), real_sample)
     if int8:
         train = build_dataset_split(d, "train", config.run.seed, num_classes)
-        data.calibration, data.calibration_sample = _sample_batches(train, "train", calibration_images, seed, d, pre)
+        calibration = _draw(range(len(train)), calibration_images, seed)
+        data.calibration, data.calibration_sample = _sample_batches(train, "train", calibration, seed, d, pre)
+        if validation_images:
+            held_out = _held_out(checkpoint, config, len(train)) if checkpoint else None
+            pool = sorted(set(range(len(train)) if held_out is None else held_out) - set(calibration))
+            where = ("trained on (its run held none out), less the calibration images" if held_out is None
+                     else f"held out from training ({VAL_INDICES}), less the calibration images")
+            data.validation, data.validation_sample = _sample_batches(
+                train, "train", _draw(pool, validation_images, seed), seed, d, pre, len(pool), where)
     return data
 
 
-def _sample_batches(split: Dataset, name: str, count: int, seed: int, d: DataConfig,
-                    pre: Preprocessing) -> tuple[list[torch.Tensor], ImageSample]:
-    """``count`` images of ``split`` drawn at random with ``seed``, in eval-protocol batches; how they were drawn."""
-    sample = draw_sample(split, count, seed)
-    batches = [b.images for b in eval_loader(sample, pre, batch_size=min(d.batch_size, 64))]
-    return batches, ImageSample(d.dataset, split.source, name, len(sample), len(split), seed)
+def _draw(pool, count: int, seed: int) -> list[int]:
+    """``count`` of the indices in ``pool`` drawn at random without replacement with ``seed`` (all, shuffled, if
+    fewer): for ``range(n)``, the images ``data.draw_sample`` draws."""
+    pool = list(pool)
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:count]
+    return [pool[i] for i in order.tolist()]
 
 
+def _sample_batches(split: Dataset, name: str, indices: list[int], seed: int, d: DataConfig, pre: Preprocessing,
+                    of: Optional[int] = None, pool: Optional[str] = None) -> tuple[list[torch.Tensor], ImageSample]:
+    """The images of ``split`` at ``indices`` (drawn with ``seed``), in eval-protocol batches, and how they were
+    drawn: ``of`` images of ``pool`` (default: of the whole split)."""
+    batches = [b.images for b in eval_loader(subset(split, indices), pre, batch_size=min(d.batch_size, 64))]
+    return batches, ImageSample(d.dataset, split.source, name, len(indices), len(split) if of is None else of, seed,
+                                pool)
+
+
+def _held_out(checkpoint: Path, config: Config, train_images: int) -> Optional[list[int]]:
+    """The training images the checkpoint's run held out (``val_indices.json`` beside it, written by
+    ``--val-split``); ``None`` when the run held none out, or held them out of another training set."""
+    path = checkpoint.parent / VAL_INDICES
+    if not config.data.val_split or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        indices, size = [int(i) for i in record["indices"]], int(record["train_images"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{path}: not the held-out indices of a run ({type(err).__name__}: {err})") from None
+    if size != train_images or not all(0 <= i < size for i in indices):
+        return None
+    return indices
+
+
+@torch.no_grad()
 def _int8_accuracy(result: ExportResult, val, pre: Preprocessing, config: Config) -> dict:
-    """Top-1 of the INT8 file and of the fp32 file it came from, on the whole validation split."""
-    scores = {}
-    for name, path in (("fp32", result.fp32_path), ("int8", result.path)):
-        model = open_exported(path)
-        loader = eval_loader(val, pre, batch_size=config.data.batch_size)
-        scores[name] = evaluate(model, loader, num_classes=model.num_classes, device=torch.device("cpu"))
-    return dict(dataset=config.data.dataset, count=scores["int8"]["count"], int8_top1=scores["int8"]["top1"],
-                fp32_top1=scores["fp32"]["top1"])
+    """Top-1 of the INT8 file and of the fp32 file it came from, on the whole validation split, and their
+    agreement: the share of images on which both give the same top-1 answer."""
+    fp32, int8 = open_exported(result.fp32_path), open_exported(result.path)
+    count, fp32_correct, int8_correct, same = 0, 0, 0, 0
+    for batch in eval_loader(val, pre, batch_size=config.data.batch_size):
+        if len(batch.labels) == 0:  # every image of the batch unreadable (and skipped)
+            continue
+        fp32_answers, int8_answers = fp32(batch.images).argmax(1), int8(batch.images).argmax(1)
+        count += len(batch.labels)
+        fp32_correct += (fp32_answers == batch.labels).sum().item()
+        int8_correct += (int8_answers == batch.labels).sum().item()
+        same += (int8_answers == fp32_answers).sum().item()
+    return dict(dataset=config.data.dataset, count=count, int8_top1=int8_correct / max(1, count),
+                fp32_top1=fp32_correct / max(1, count), agreement=same / max(1, count))
