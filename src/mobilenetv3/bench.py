@@ -254,8 +254,8 @@ def _executorch(s: _Setup, int8: bool = False) -> Callable[[], object]:
         portable_lib._unsafe_reset_threadpool(s.threads)
     except (ImportError, AttributeError):
         log.warning("executorch: this build cannot size its thread pool from Python; it runs at its default")
-    path = export_executorch(s.ours, s.folder / f"{s.name}{'.int8' if int8 else ''}.pte", s.x,
-                             calibration=_calibration(s.x) if int8 else None)
+    path = s.folder / f"{s.name}{'.int8' if int8 else ''}.pte"
+    export_executorch(s.ours, path, s.x, calibration=_calibration(s.x) if int8 else None)  # returns the delegation
     module = ExecuTorchModule(path)
     return lambda: module(s.x)
 

@@ -85,6 +85,8 @@ def export_executorch(model: nn.Module, path: Path, example: torch.Tensor, softm
     _check_pte(path)
     net = (WithSoftmax(model) if softmax else model).eval()
     shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    if example.shape[0] == 1:  # torch.export specialises a dimension traced at size 1: trace at 2
+        example = example.expand(2, *example.shape[1:]).contiguous()
     program = torch.export.export(net, (example,), dynamic_shapes=shapes)
     methods = {METADATA_KEY: json.dumps(describe(model, softmax))}
     if calibration is not None:
