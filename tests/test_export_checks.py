@@ -4,6 +4,7 @@ files and a capped --topk said in one line."""
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,3 +251,40 @@ def test_predict_says_when_topk_is_capped_at_the_class_count(checkpoint, sorted_
     assert len(json.loads(result.stdout)[0]["top"]) == CLASSES
     assert result.stderr.splitlines() == [f"--topk 20 is more than the model's {CLASSES} classes: showing all "
                                           f"{CLASSES}"]
+
+
+def folder_with_a_truncated_image(sorted_folder, folder):
+    """Three good images and, between them, one cut short as an interrupted copy leaves it."""
+    for name, source in (("a.png", "c0/00.png"), ("c.png", "c1/00.png"), ("d.png", "c2/00.png")):
+        shutil.copy(sorted_folder / "val" / source, folder / name)
+    image = Image.new("RGB", (64, 64), (90, 90, 90))
+    image.save(folder / "b.jpg", quality=95)
+    (folder / "b.jpg").write_bytes((folder / "b.jpg").read_bytes()[:400])
+    return folder / "b.jpg"
+
+
+def test_predict_stops_at_an_unreadable_image_naming_it(checkpoint, sorted_folder, tmp_path):
+    bad = folder_with_a_truncated_image(sorted_folder, tmp_path)
+    result = run_cli("predict", tmp_path, "--checkpoint", checkpoint)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mobilenetv3 predict: error: {bad}: unreadable image ("), lines
+    assert lines[0].endswith("; add --skip-bad-images to classify the other images")
+
+
+def test_predict_skip_bad_images_classifies_the_others_and_names_the_skipped_once(checkpoint, sorted_folder,
+                                                                                 tmp_path):
+    bad = folder_with_a_truncated_image(sorted_folder, tmp_path)
+    result = run_cli("predict", tmp_path, "--checkpoint", checkpoint, "--skip-bad-images", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [Path(p["path"]).name for p in json.loads(result.stdout)] == ["a.png", "c.png", "d.png"]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"skipped 1 unreadable image(s) of 4: {bad}: unreadable image")
+
+
+def test_predict_skip_bad_images_with_nothing_readable_is_one_error(checkpoint, tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    result = run_cli("predict", tmp_path / "x.png", "--checkpoint", checkpoint, "--skip-bad-images")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"mobilenetv3 predict: error: none of the 1 image(s) could be read: {tmp_path}")
+    assert len(result.stderr.splitlines()) == 1

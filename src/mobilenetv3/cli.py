@@ -344,6 +344,8 @@ def _add_predict(subparsers) -> None:
     _add_exported_flags(p, "classify with")
     p.add_argument("--topk", type=int, help="classes per image (default 5, or all when there are fewer)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out unreadable images (named in one line) instead of stopping at the first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_cmd_predict)
 
@@ -352,7 +354,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .tasks import predict
 
     results = predict(args.images, checkpoint=args.checkpoint, **_exported_options(args), topk=args.topk,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, skip_bad_images=args.skip_bad_images)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0

@@ -17,6 +17,8 @@ from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
+SHOWN_UNREADABLE = 10  # unreadable images named in the line that says they were skipped
+
 
 @dataclass
 class Prediction:
@@ -34,13 +36,14 @@ class Prediction:
 
 def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Optional[str] = None,
             exported: Optional[str] = None, runtime: Optional[str] = None, precision: Optional[str] = None,
-            topk: Optional[int] = None, batch_size: int = 32) -> list[Prediction]:
+            topk: Optional[int] = None, batch_size: int = 32, skip_bad_images: bool = False) -> list[Prediction]:
     """Classify ``images`` (files, folders searched recursively, globs) with ``checkpoint`` (any weights format)
     or an ``exported`` model (``.onnx``, an OpenVINO IR ``.xml`` or an ExecuTorch ``.pte``; ``onnx=`` is the older
     name), run in its own runtime unless ``runtime="openvino"`` (an ONNX file in OpenVINO), in ``precision``
     ``fp32`` (default) or ``bf16`` (OpenVINO); class names and preprocessing come from the file. ``topk``
     defaults to 5 (or all classes, when there are fewer); a ``topk`` above the class count shows them all and
-    says so."""
+    says so. An unreadable image is a ``UsageError`` naming it, unless ``skip_bad_images``: then it is left out
+    of the results, and the ones left out are named in one logged line."""
     from ..export import check_pytorch_options, open_exported
     from ..weights import load_model
 
@@ -60,7 +63,8 @@ def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Op
     if not model.preprocessing:
         raise UsageError(f"{exported} carries no preprocessing metadata (export it with `mobilenetv3 export`)")
     predictions = classify(model, paths, Preprocessing.from_dict(model.preprocessing), model.classes, topk,
-                           batch_size, outputs_probabilities=getattr(model, "softmax", False))
+                           batch_size, outputs_probabilities=getattr(model, "softmax", False),
+                           skip_bad_images=skip_bad_images)
     for prediction in predictions:
         prediction.runtime = getattr(model, "runtime", "pytorch")
         prediction.precision = getattr(model, "precision", "fp32")
@@ -103,17 +107,21 @@ def _folder_images(folder: Path) -> tuple[list[Path], int]:
 
 @torch.no_grad()
 def classify(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, classes: Optional[list[str]],
-             topk: Optional[int] = None, batch_size: int = 32, outputs_probabilities: bool = False) -> list[Prediction]:
-    """The top-``topk`` classes of every image, in order, with the eval protocol ``preprocessing``."""
+             topk: Optional[int] = None, batch_size: int = 32, outputs_probabilities: bool = False,
+             skip_bad_images: bool = False) -> list[Prediction]:
+    """The top-``topk`` classes of every image, in order, with the eval protocol ``preprocessing``; unreadable
+    images left out with ``skip_bad_images`` (named in one logged line), else a ``UsageError`` naming the first."""
     model.eval()
     transform = image_transform(None, preprocessing, train=False)
     classes_count = getattr(model, "num_classes", topk or 5)
     k = min(topk or 5, classes_count)
-    results = []
+    results, unreadable = [], []
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        images = normalize_batch(torch.stack([transform(load_image(str(p), preprocessing.in_chans)) for p in chunk]),
-                                 preprocessing)
+        chunk, images = _decoded(paths[start:start + batch_size], transform, preprocessing.in_chans,
+                                 unreadable if skip_bad_images else None, several=len(paths) > 1)
+        if not chunk:
+            continue
+        images = normalize_batch(torch.stack(images), preprocessing)
         outputs = model(images).float()
         probs = outputs if outputs_probabilities else outputs.softmax(dim=1)
         values, indices = probs.topk(k, dim=1)
@@ -121,6 +129,36 @@ def classify(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, 
             top = [dict(index=i, probability=p, **{"class": classes[i] if classes else str(i)})
                    for p, i in zip(row_values, row_indices)]
             results.append(Prediction(str(path), top))
+    if unreadable:
+        _report_unreadable(unreadable, len(paths))
     if topk is not None and topk > k:  # said after the work, so that an error stays the one line
         log.warning("--topk %d is more than the model's %d classes: showing all %d", topk, k, k)
     return results
+
+
+def _decoded(paths: list[Path], transform, channels: int, unreadable: Optional[list[str]],
+             several: bool) -> tuple[list[Path], list[torch.Tensor]]:
+    """The images of ``paths`` that decode, transformed, and their paths; the others' errors are added to
+    ``unreadable`` (when it is a list) or raised (saying how to classify the rest, when there are ``several``)."""
+    kept, images = [], []
+    for path in paths:
+        try:
+            image = load_image(str(path), channels)
+        except ValueError as err:  # load_image's UsageError: "<path>: unreadable image (...)"
+            if unreadable is None:
+                raise UsageError(f"{err}; add --skip-bad-images to classify the other images" if several
+                                 else str(err)) from None
+            unreadable.append(str(err))
+            continue
+        kept.append(path)
+        images.append(transform(image))
+    return kept, images
+
+
+def _report_unreadable(unreadable: list[str], total: int) -> None:
+    """One logged line naming the images left out; none left at all is a ``UsageError``."""
+    shown = "; ".join(unreadable[:SHOWN_UNREADABLE]) + (
+        f"; and {len(unreadable) - SHOWN_UNREADABLE} more" if len(unreadable) > SHOWN_UNREADABLE else "")
+    if len(unreadable) == total:
+        raise UsageError(f"none of the {total} image(s) could be read: {shown}")
+    log.warning("skipped %d unreadable image(s) of %d: %s", len(unreadable), total, shown)
