@@ -400,6 +400,12 @@ CASES = [
                                                           pretrained="{d}/weights.pt"),
          "holds mobilenetv3_small weights, but --model is mobilenetv3_large", make=weights, absent=("r2",)),
     Case("train: resume from a missing file", tiny(None, resume="{d}/gone.pt"), "gone.pt does not exist"),
+    Case("train: --resume auto into a folder without last.pt", tiny("{d}/typo", resume="auto"),
+         "mobilenetv3 train: error: --resume auto: {d}/typo holds no last.pt to continue; leave out --resume to start "
+         "a new run", whole_line=True, absent=("typo",)),
+    Case("train: --resume auto with no run found", tiny(None, resume="auto"),
+         "--resume auto: no runs/custom-*/last.pt in {d} to continue; give the run's --run-dir, or leave out",
+         absent=("runs",)),
     Case("train: resume from weights only", tiny("{d}/r6", resume="{d}/weights.pt"),
          "holds weights only, not a training state", make=weights, absent=("r6",)),
     Case("train: pretrained weights that would run code", tiny("{d}/a", pretrained="{d}/evil.pt"), REFUSED,

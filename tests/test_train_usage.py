@@ -64,6 +64,20 @@ def test_max_steps_ends_the_run_early_and_a_resume_with_more_continues_it(tmp_pa
         mobilenetv3.train(None, run_dir=str(tmp_path / "run"), resume="auto", epochs=2, max_steps=9, **TINY)
 
 
+def test_resume_auto_starts_fresh_only_under_torchrun_restarts(tmp_path, monkeypatch):
+    """A mistyped --run-dir with --resume auto is refused (test_bad_input.py); torchrun's restarted workers are
+    all given --resume auto, and its first attempt has nothing to continue yet."""
+    from mobilenetv3.config import RunConfig
+    from mobilenetv3.tasks.train import resolve_resume
+
+    run = RunConfig(resume="auto", run_dir=str(tmp_path / "elastic"))
+    monkeypatch.delenv("TORCHELASTIC_MAX_RESTARTS", raising=False)
+    with pytest.raises(ValueError, match="elastic holds no last.pt to continue"):
+        resolve_resume(run, "custom")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    assert resolve_resume(run, "custom") is None
+
+
 def test_progress_is_a_line_per_tenth_of_an_epoch_when_not_on_a_terminal(tmp_path):
     result = run_cli("train", "--dataset", "synthetic", "--synthetic-samples", "160", "--batch-size", "8",
                      "--epochs", "1", "--width-mult", "0.5", "--workers", "0", "--run-dir", tmp_path / "run",

@@ -92,7 +92,11 @@ class Resume:
 
 def resolve_resume(run: RunConfig, name: str) -> Optional[Path]:
     """The checkpoint to continue from: ``resume`` as a path, or for ``"auto"`` the run's ``last.pt``
-    (the newest ``runs/<name>-*`` when no run directory is given); ``None`` starts fresh."""
+    (the newest ``runs/<name>-*`` when no run directory is given); ``None`` starts fresh.
+
+    ``"auto"`` with nothing to continue is a ``UsageError`` (a mistyped ``--run-dir`` would start again from
+    zero), except under torchrun with restarts, where every attempt is given ``--resume auto`` and the first
+    one has nothing to continue yet."""
     if not run.resume:
         return None
     if run.resume != "auto":
@@ -103,9 +107,22 @@ def resolve_resume(run: RunConfig, name: str) -> Optional[Path]:
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         return path
     if run.run_dir:
-        return ckpt.latest_run_checkpoint(Path(run.run_dir))
-    candidates = sorted(Path("runs").glob(f"{name}-*/last.pt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None
+        found = ckpt.latest_run_checkpoint(Path(run.run_dir).expanduser())
+        missing, other = f"{run.run_dir} holds no last.pt", ""
+    else:
+        candidates = sorted(Path("runs").glob(f"{name}-*/last.pt"), key=lambda p: p.stat().st_mtime)
+        found = candidates[-1] if candidates else None
+        missing, other = f"no runs/{name}-*/last.pt in {Path.cwd()}", "give the run's --run-dir, or "
+    if found is None and not _restarted_by_torchrun():
+        raise UsageError(f"--resume auto: {missing} to continue; {other}leave out --resume to start a new run")
+    if found is None:
+        log.info("--resume auto: %s yet: a new run starts (torchrun's restarts continue it)", missing)
+    return found
+
+
+def _restarted_by_torchrun() -> bool:
+    """torchrun was told to restart failed workers (``--max-restarts N``): they are given ``--resume auto``."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0
 
 
 def prepare_config(preset: Optional[str], overrides: dict) -> tuple[Config, Optional[Resume]]:
