@@ -35,6 +35,7 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, softmax: bo
         proto = onnx.load(str(tmp))
         _strip_export_metadata(proto)
         _global_average_pool(proto)
+        _drop_unused_initializers(proto)
         _add_metadata(proto, METADATA_KEY, describe(model, softmax))
         proto.producer_name = "mobilenetv3"
         onnx.checker.check_model(proto)
@@ -80,6 +81,18 @@ def _global_average_pool(proto) -> int:
             del node.attribute[:]
             rewritten += 1
     return rewritten
+
+
+def _drop_unused_initializers(proto) -> int:
+    """Remove the initializers no node reads (the ReduceMean axes that ``_global_average_pool`` leaves behind):
+    ONNX Runtime warns about each one ("Removing initializer 'val_28'. It is not used by any node") every time
+    the file is loaded, in the user's application too. Our graphs have no subgraphs, so the main graph's node
+    inputs are every reader. Returns how many were removed."""
+    read = {name for node in proto.graph.node for name in node.input} | {out.name for out in proto.graph.output}
+    unused = [init for init in proto.graph.initializer if init.name not in read]
+    for init in unused:
+        proto.graph.initializer.remove(init)
+    return len(unused)
 
 
 def quantize_onnx(fp32_path: Path, path: Path, calibration: Iterable[torch.Tensor],
