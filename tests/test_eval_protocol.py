@@ -239,14 +239,34 @@ def test_an_unwritable_out_folder_comes_after_the_metrics(files):
 
 
 def test_an_unwritable_default_folder_beside_the_weights(files, tmp_path):
-    """The default report folder (eval-<dataset> beside the weights) cannot be made: here a file has its name."""
+    """The default report folder (eval-<dataset>-<file name> beside the weights) cannot be made: here a file has
+    its name."""
     weights = tmp_path / "media" / "abc.pt"
     weights.parent.mkdir()
     weights.write_bytes(files["abc_pt"].read_bytes())
-    (weights.parent / "eval-imagenet").write_text("not a folder")
+    (weights.parent / "eval-imagenet-abc.pt").write_text("not a folder")
     result = eval_cli(weights, "--dataset", "imagenet", "--data-path", files["abc"])
     assert result.returncode == 2 and "--out" in one_line(result)
     assert "result: {'acc': " in result.stdout
+
+
+def test_each_file_scored_keeps_its_own_report(files, tmp_path):
+    """The same weights as .pt and as .safetensors, side by side: two reports, the second over none of the first
+    (they shared eval-<dataset>/, so comparing formats kept only the last); --ema gets one of its own too."""
+    pt = tmp_path / "abc.pt"
+    pt.write_bytes(files["abc_pt"].read_bytes())
+    assert run_cli("convert", pt, tmp_path / "abc.safetensors").returncode == 0
+    for weights in (pt, tmp_path / "abc.safetensors"):
+        result = eval_cli(weights, "--dataset", "imagenet", "--data-path", files["abc"])
+        assert result.returncode == 0, result.stderr
+    reports = {path.parent.name: json.loads(path.read_text())["weights"] for path in tmp_path.glob("*/report.json")}
+    assert reports == {"eval-imagenet-abc.pt": str(pt),
+                       "eval-imagenet-abc.safetensors": str(tmp_path / "abc.safetensors")}
+    from mobilenetv3.tasks.evaluate import default_report_dir
+
+    assert default_report_dir("r/last.pt", "cifar10", ema=True) == Path("r/eval-cifar10-last.pt-ema")
+    assert default_report_dir("m.onnx", "x", runtime="openvino", precision="bf16") == \
+        Path("eval-x-m.onnx-openvino-bf16")
 
 
 def test_python_api_writes_the_report_unless_told_not_to(files, tmp_path):

@@ -181,7 +181,7 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     p.add_argument("--by-index", action="store_true",
                    help="score dataset label i as the model's class i even when the classes do not match")
-    p.add_argument("--out", help="report folder (default: eval-<dataset> beside the weights)")
+    p.add_argument("--out", help="report folder (default: eval-<dataset>-<file name> beside the file scored)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_config_flags(p, (), only=EVAL_FIELDS, show_defaults=False)
     p.set_defaults(handler=_cmd_eval)

@@ -100,11 +100,12 @@ def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, expor
     preprocessing is the one saved with the model unless a preprocessing setting (``transform``,
     ``image_size``, ``eval_resize``, ``interpolation``) is given; weights without one get the data set's
     seed protocol (``SEED_PROTOCOLS``) or, for other data sets, the config's. The report goes to ``out_dir``
-    (default ``eval-<dataset>`` beside the weights); ``report=False`` leaves it to ``write_report``.
+    (default: ``default_report_dir``, one folder per file scored); ``report=False`` leaves it to ``write_report``.
     Returns ``None`` in the processes other than rank 0.
     """
     scored = _open(weights, _exported_file(onnx, exported), ema, settings, runtime, precision)
-    report_dir = Path(out_dir) if out_dir else Path(scored.source).parent / f"eval-{scored.config.data.dataset}"
+    report_dir = Path(out_dir) if out_dir else default_report_dir(scored.source, scored.config.data.dataset, ema,
+                                                                  runtime, precision)
     info = init_distributed(device_type(scored.config.run.device))
     try:
         result = _score(scored, info, by_index, [k for k in PREPROCESSING_FIELDS if k in settings], report_dir)
@@ -113,6 +114,14 @@ def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, expor
     if result is not None and report:
         write_report(result)
     return result
+
+
+def default_report_dir(source: str, dataset: str, ema: bool = False, runtime: Optional[str] = None,
+                       precision: Optional[str] = None) -> Path:
+    """``eval-<dataset>-<file name>`` beside the file scored (``-ema``, ``-<runtime>``, ``-<precision>`` added
+    when asked for): the reports of each file, format and runtime compared side by side, none over another."""
+    asked = ["ema"] * ema + [value for value in (runtime, precision) if value]
+    return Path(source).parent / "-".join([f"eval-{dataset}", Path(source).name, *asked])
 
 
 def write_report(result: EvalResult) -> dict:
