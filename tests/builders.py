@@ -85,19 +85,24 @@ def write_cifar_records(root: Path, records: bytes, test_records: bytes = None) 
     return root
 
 
-def write_cifar_py(root: Path, protocol: int = 2) -> dict:
-    """``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 ``data`` and a ``labels`` list, as released."""
+def write_cifar_py(root: Path, protocol: int = 2, text=str) -> dict:
+    """``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 ``data`` and a ``labels`` list, as released.
+    ``text=bytes``: every key and name as bytes, as Python 3 writes back the release's batches once it has read
+    them with ``pickle.load(f, encoding="bytes")`` (``b"data"``, ``b"labels"``, ``b"label_names"``)."""
+    def t(value: str):
+        return value.encode() if text is bytes else value
+
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     written = {"train": [], "val": []}
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for seed, (name, count) in enumerate(zip(names, CIFAR_TRAIN_COUNTS + (CIFAR_TEST_COUNT,))):
         data, labels = cifar_arrays(count, 100 + seed)
-        batch = {"batch_label": name, "labels": labels.tolist(), "data": data,
-                 "filenames": [f"img_{i}.png" for i in range(count)]}
+        batch = {t("batch_label"): t(name), t("labels"): labels.tolist(), t("data"): data,
+                 t("filenames"): [t(f"img_{i}.png") for i in range(count)]}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
         written["val" if name == "test_batch" else "train"].append((data, labels))
-    meta = {"num_cases_per_batch": 10000, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072}
+    meta = {t("num_cases_per_batch"): 10000, t("label_names"): [t(n) for n in CIFAR10_CLASSES], t("num_vis"): 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
     return {split: (np.concatenate([d for d, _ in parts]), np.concatenate([lab for _, lab in parts]))
             for split, parts in written.items()}

@@ -146,6 +146,19 @@ def test_cifar_pickle_protocol_5(tmp_path):
     assert torch.equal(data.images.view(len(data), -1), torch.from_numpy(written["train"][0]))
 
 
+@pytest.mark.parametrize("text", [str, bytes], ids=["str-keys", "bytes-keys"])
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar_pickle_written_by_python_3(tmp_path, text, protocol):
+    """Batches written back by Python 3: keys (and class names) as str, or as bytes (b'data', b'labels'), as a
+    batch read with pickle.load(encoding='bytes') keeps them; both were refused ("needs 'data' and 'labels'")."""
+    written = write_cifar_py(tmp_path, protocol=protocol, text=text)
+    for split in ("train", "val"):
+        data = build_dataset("cifar10", str(tmp_path), split)
+        assert torch.equal(data.images.view(len(data), -1), torch.from_numpy(written[split][0]))
+        assert data.labels.tolist() == written[split][1].tolist()
+        assert data.classes == CIFAR10_CLASSES
+
+
 def test_cifar_pickle_refuses_code(tmp_path):
     class Payload:
         def __reduce__(self):

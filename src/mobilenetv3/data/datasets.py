@@ -230,7 +230,12 @@ def read_cifar_pickle(path: Path) -> dict:
         raise UsageError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict):
         raise UsageError(f"{path}: not a CIFAR-10 python batch (holds {type(batch).__name__})")
-    return batch
+    return {_text(key): value for key, value in batch.items()}
+
+
+def _text(value):
+    """``b"labels"`` -> ``"labels"``; anything else as it is."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
 
 
 def _cifar_pickle_split(folder: Path, files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,7 +243,8 @@ def _cifar_pickle_split(folder: Path, files: list[Path]) -> tuple[torch.Tensor, 
     for path in files:
         batch = read_cifar_pickle(path)
         if "data" not in batch or "labels" not in batch:
-            raise UsageError(f"{path}: a CIFAR-10 python batch needs 'data' and 'labels'")
+            raise UsageError(f"{path}: a CIFAR-10 python batch needs 'data' and 'labels' (it has "
+                             f"{', '.join(repr(key) for key in list(batch)[:6]) or 'no keys'})")
         data = torch.as_tensor(batch["data"])
         if data.dtype != torch.uint8 or data.dim() != 2 or data.shape[1] != 3072 or len(data) != len(batch["labels"]):
             raise UsageError(f"{path}: 'data' must be N x 3072 uint8 with N labels, got {tuple(data.shape)} "
@@ -279,6 +285,7 @@ def _cifar10(path: Path, split: str, download: bool) -> InMemoryImages:
         images, labels = _cifar_pickle_split(folder, files)
         meta = folder / "batches.meta"
         classes = read_cifar_pickle(meta).get("label_names", CIFAR10_CLASSES) if meta.is_file() else CIFAR10_CLASSES
+        classes = [_text(name) for name in classes]
     return InMemoryImages(images, labels, list(classes), str(folder))
 
 
