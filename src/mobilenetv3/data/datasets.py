@@ -224,6 +224,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def read_cifar_pickle(path: Path) -> dict:
+    """A CIFAR-10 python batch (or ``batches.meta``) with str keys: the release's, written by Python 2, load
+    with str keys; batches written back by Python 3 after ``pickle.load(encoding="bytes")`` have bytes keys."""
     try:
         batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
     except Exception as err:  # noqa: BLE001 - any failure of a foreign pickle is a bad file
