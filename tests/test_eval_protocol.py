@@ -221,6 +221,28 @@ def test_skipping_bad_images_is_the_eval_commands_choice(files, tmp_path):
     assert "scored 6 of 7 images, each once (imagenet val, pytorch fp32, 1 unreadable skipped)" in skipped.stdout
 
 
+def test_another_dataset_does_not_inherit_the_runs_data_path(files, tmp_path):
+    """A run trained on the ImageFolder "abc", scored with --dataset cifar10: the run's folder was abc's, so
+    cifar10 gets its own default (here: none, so --data-path is asked for), not abc read as CIFAR-10."""
+    config = Config()
+    config.update(dict(dataset="imagenet", data_path=str(files["abc"]), workers=0))
+    run = ours(tmp_path / "last.pt", 10, CIFAR10_CLASSES, OWN_PREPROCESSING, config.to_dict())
+    other = eval_cli(run, "--dataset", "cifar10")
+    assert other.returncode == 2 and one_line(other) == "mobilenetv3 eval: error: dataset cifar10 needs --data-path"
+    given = eval_cli(run, "--dataset", "cifar10", "--data-path", files["cifar"], "--json", "--out", tmp_path / "r")
+    assert given.returncode == 0, given.stderr
+    assert json.loads(given.stdout)["data_path"] == str(files["cifar"] / "cifar-10-batches-bin")
+
+
+def test_labels_beyond_the_models_classes_advise_what_eval_can_do(files, tmp_path):
+    """Not --num-classes, a training flag that eval does not have."""
+    result = eval_cli(files["abc_pt"], "--dataset", "cifar10", "--data-path", files["cifar"], "--out", tmp_path)
+    line = one_line(result)
+    assert result.returncode == 2 and "out of range for num_classes=3" in line and "--num-classes" not in line
+    assert line.endswith("(the model has 3 classes: score it on a dataset of those classes, with --dataset and "
+                         "--data-path)")
+
+
 # -------------------------------------------------------------------- 14: metrics before the report
 def test_an_unwritable_out_folder_comes_after_the_metrics(files):
     """--out under a plain file (NotADirectoryError; tests run as root, where a read-only mode does not stop

@@ -318,6 +318,15 @@ def validate(config: Config) -> None:
             raise UsageError(message)
 
 
+def apply_over_run(config: Config, settings: dict) -> None:
+    """Apply ``settings`` given now (flags) over ``config``, a saved run's. A ``dataset`` other than the run's
+    does not keep the run's ``data_path``, which was the other dataset's folder: that dataset's default is used
+    unless ``data_path`` is given too."""
+    if settings.get("dataset") not in (None, config.data.dataset) and "data_path" not in settings:
+        config.data.data_path = None
+    config.update(settings, source="flag")
+
+
 def replace(config: Config, **sections: dict) -> Config:
     """A copy with some fields changed: ``replace(cfg, optim=dict(epochs=2))`` (or flat: ``epochs=2``)."""
     copy = Config.from_dict(config.to_dict())

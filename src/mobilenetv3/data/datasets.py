@@ -372,12 +372,16 @@ def _check_label_range(labels: torch.Tensor, num_classes: int, source) -> None:
                          f"(labels must be 0 to {num_classes - 1})")
 
 
-def check_labels(dataset: Dataset, num_classes: int) -> None:
-    """Every label must index the model's classifier."""
+TRAINING_ADVICE = "raise --num-classes, or leave it out to use the dataset's class count"
+
+
+def check_labels(dataset: Dataset, num_classes: int, advice: str = TRAINING_ADVICE) -> None:
+    """Every label must index the model's classifier; else a ``UsageError`` ending in ``advice`` (what the
+    command that reads the data can do about it)."""
     labels = dataset.labels
     if len(labels) and int(labels.max()) >= num_classes:
         raise UsageError(f"{dataset.source}: label {int(labels.max())} is out of range for num_classes={num_classes} "
-                         "(raise --num-classes, or leave it out to use the dataset's class count)")
+                         f"({advice})")
 
 
 def draw_sample(data: Dataset, count: int, seed: int) -> Dataset:

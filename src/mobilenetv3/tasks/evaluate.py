@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..build import build_dataset_split, build_eval_loader, device_type, pick_device, preprocessing_for
-from ..config import Config, DataConfig, validate
+from ..config import Config, DataConfig, apply_over_run, validate
 from ..data import check_labels
 from ..data.transforms import Preprocessing
 from ..dist import destroy_distributed, init_distributed
@@ -150,7 +150,8 @@ def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: 
     device = pick_device(config.run.device, info)
     model = scored.model.to(device)
     val = build_dataset_split(config.data, "val", config.run.seed, model.num_classes)
-    check_labels(val, model.num_classes)
+    check_labels(val, model.num_classes, f"the model has {model.num_classes} classes: score it on a dataset of "
+                                         "those classes, with --dataset and --data-path")
     classes, notes = _class_names(scored.classes, model.num_classes, val, by_index)
     preprocessing, source = _preprocessing(scored, config.data, val, model.in_chans, asked)
     notes += _channel_notes(val.channels, model.in_chans)
@@ -205,7 +206,7 @@ def _open(weights: Optional[str], exported: Optional[str], ema: bool, settings: 
     config = Config.from_dict(saved) if saved else Config()
     config.data.skip_bad_images = False  # an evaluation setting: the eval command's own, never the training run's
     config.data.decode = "cpu"  # the training run's --decode gpu would tie evaluation to a GPU
-    config.update(settings, source="flag")
+    apply_over_run(config, settings)
     validate(config)
     return _Scored(model, config, source, runtime, precision, kind, classes, preprocessing,
                    trained_config=bool(saved), ema=ema)

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..build import build_dataset_split
-from ..config import Config, DataConfig
+from ..config import Config, DataConfig, apply_over_run
 from ..data import Dataset, check_labels, eval_loader
 from ..data.datasets import subset
 from ..data.transforms import Preprocessing
@@ -128,7 +128,7 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
         _check_pte_output(path, int8_source_path(path) if format in INT8_FORMATS else None)
     config = Config.from_dict(weights.checkpoint.config) if weights.checkpoint and weights.checkpoint.config \
         else Config()
-    config.update(settings, source="flag")
+    apply_over_run(config, settings)
     d = config.data
     has_data = use_dataset and (d.dataset in ("fashion-mnist", "synthetic") or d.data_path)
     data = _export_data(config, model.num_classes, pre, format in INT8_FORMATS, calibration_images, verify_images,
