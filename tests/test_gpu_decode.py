@@ -20,7 +20,7 @@ from conftest import run_cli
 from mobilenetv3.data import build_loader, build_preset
 from mobilenetv3.data.datasets import IMAGENET_STATS, image_folder
 from mobilenetv3.data.gpu_decode import decode_images, is_jpeg
-from mobilenetv3.data.loader import load_image
+from mobilenetv3.data.images import load_image
 
 MEAN, STD = IMAGENET_STATS
 CPU = torch.device("cpu")
@@ -92,7 +92,7 @@ def test_other_formats_are_decoded_on_the_cpu_and_said_once(tmp_path, caplog):
     recipe, pre = build_preset("seed-imagenet", 32, MEAN, STD, 3)
     loader = build_loader(data, recipe, pre, train=False, batch_size=4, workers=0, decode_device=CPU)
     device = list(loader) + list(loader)
-    said = [r for r in caplog.records if "not JPEGs" in r.getMessage()]
+    said = [r for r in caplog.records if "not plain JPEGs" in r.getMessage()]
     assert len(said) == 1 and ".png" in said[0].getMessage()
     assert levels_apart(batches(data, "seed-imagenet", 32, False) * 2, device) <= 2
 

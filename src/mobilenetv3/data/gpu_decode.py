@@ -5,8 +5,9 @@ files' bytes (``EncodedBatch``). There ``decode_images`` decodes every JPEG of t
 ``torchvision.io.decode_jpeg(list, device=...)`` call, and the batch takes the CPU loader's steps on the
 device: the per-image geometry (``ImageGeometry`` on tensors: the same crops and flips from the same seeds)
 and the batch steps (``BatchAugment.finish``: jitter, normalisation, cutout, erasing; then mixup/cutmix).
-Files that are not JPEGs (PNG, ...) are decoded in the worker by the CPU loader's decoder, and the log says
-so once. ``device`` may be the CPU: that is how the tests run this path, against the CPU loader.
+Files that are not JPEGs (PNG, ...), and JPEGs that are not plain 8-bit sRGB upright images (an EXIF rotation,
+CMYK, an ICC profile: ``images.is_plain``, read from the header), are decoded in the worker by the CPU loader's
+decoder (``images.load_image``), and the log says so once. ``device`` may be the CPU: that is how the tests run this path, against the CPU loader.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from .datasets import ImageFiles
-from .loader import Batch, BatchRequest, MixCut, finish_batch, load_image
+from .images import Conversions, is_plain, load_image, open_image
+from .loader import Batch, BatchRequest, MixCut, finish_batch
 from .transforms import BatchAugment, ImageGeometry
 from ..errors import UsageError
 
@@ -39,6 +41,7 @@ class EncodedBatch(NamedTuple):
     seeds: list[int]  # each image's geometry seed, as the CPU loader draws them
     generator_state: torch.Tensor
     skipped: int  # files that could not be read
+    converted: Conversions  # what the CPU decoder converted
 
 
 @contextmanager
@@ -67,12 +70,12 @@ class FileBytes(TorchDataset):
     def __getitem__(self, request: BatchRequest) -> EncodedBatch:
         generator = torch.Generator().manual_seed(request.seed)  # the same draws as the CPU loader's FileBatches
         seeds = torch.randint(0, 2**62, (len(request.indices),), generator=generator).tolist()
-        batch = EncodedBatch([], [], [], [], [], generator.get_state(), 0)
+        batch = EncodedBatch([], [], [], [], [], generator.get_state(), 0, Conversions())
         skipped = 0
         for index, seed in zip(request.indices, seeds):
             path, label = self.data.samples[index]
             try:
-                item, jpeg = self.read(path)
+                item, jpeg = self.read(path, batch.converted)
             except ValueError:
                 if not self.skip_bad_images:
                     raise
@@ -86,8 +89,8 @@ class FileBytes(TorchDataset):
             batch.seeds.append(seed)
         return batch._replace(skipped=skipped)
 
-    def read(self, path: str) -> tuple[torch.Tensor, bool]:
-        """A JPEG's bytes and ``True``, or another format's image decoded as the CPU loader does and ``False``."""
+    def read(self, path: str, converted: Conversions) -> tuple[torch.Tensor, bool]:
+        """A plain JPEG's bytes and ``True``, or any other image decoded as the CPU loader does and ``False``."""
         from torchvision.io import read_file
         from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -96,9 +99,21 @@ class FileBytes(TorchDataset):
                 data = read_file(path).clone()  # its own memory: a file-backed storage cannot go to another process
         except (OSError, RuntimeError) as err:
             raise UsageError(f"{path}: unreadable image ({' '.join(str(err).split())})") from None
-        if is_jpeg(data):
+        if is_jpeg(data) and _plain_jpeg(data):
             return data, True
-        return pil_to_tensor(load_image(path, self.channels)), False
+        return pil_to_tensor(load_image(data.numpy().tobytes(), self.channels, converted, name=path)), False
+
+
+def _plain_jpeg(data: torch.Tensor) -> bool:
+    """Whether ``decode_jpeg`` gets a JPEG's bytes (uint8 (N,)) right: ``images.is_plain``, from the header (a
+    header PIL cannot read is left to ``decode_jpeg``, which names what is wrong)."""
+    from PIL import Image
+
+    try:
+        with open_image(data.numpy().tobytes()) as image:
+            return is_plain(image)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return True
 
 
 def decode_images(items: list[torch.Tensor], encoded: list[bool], device: Union[str, torch.device],
@@ -153,7 +168,8 @@ class DeviceDecodedBatches:
     def batch(self, encoded: EncodedBatch) -> Batch:
         """One ``EncodedBatch`` -> a ``Batch`` on the device, as the CPU loader makes it from the same request."""
         if not all(encoded.encoded) and not self.said_cpu_decoded:
-            log.info("--decode gpu: files that are not JPEGs (%s, ...) are decoded on the CPU",
+            log.info("--decode gpu: files that are not plain JPEGs (other formats, an EXIF rotation, CMYK, an ICC "
+                     "profile: %s, ...) are decoded on the CPU",
                      next(p for p, e in zip(encoded.paths, encoded.encoded) if not e))
             self.said_cpu_decoded = True
         images, labels, skipped = [], [], encoded.skipped
@@ -169,4 +185,5 @@ class DeviceDecodedBatches:
             labels.append(label)
         generator = torch.Generator()
         generator.set_state(encoded.generator_state)
-        return finish_batch(images, labels, skipped, self.augment, self.mix, generator, self.channels, self.device)
+        return finish_batch(images, labels, skipped, self.augment, self.mix, generator, self.channels, self.device,
+                            encoded.converted)

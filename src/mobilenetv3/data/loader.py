@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from .datasets import Dataset, ImageFiles, InMemoryImages
+from .images import Conversions, load_image
 from .transforms import BatchAugment, ImageGeometry, Preprocessing, Recipe
 from ..errors import UsageError
 
@@ -35,6 +36,7 @@ class Batch(NamedTuple):
     images: torch.Tensor  # (B, C, H, W) float32, normalised
     labels: torch.Tensor  # (B,) int64, or (B, num_classes) float32 with mixup/cutmix
     skipped: int  # unreadable images left out (with skip_bad_images)
+    converted: Optional[Conversions] = None  # what the decoder converted (image files only)
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
@@ -118,27 +120,6 @@ class InMemoryBatches(TorchDataset):
         return Batch(images, labels, 0)
 
 
-def load_image(path: str, channels: int):
-    """Decode an image file fully; grayscale, palette, RGBA and CMYK become RGB (or L for 1 channel)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_mode(image, channels)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
-        raise UsageError(f"{path}: unreadable image ({' '.join(str(err).split())})") from None
-
-
-def to_mode(image, channels: int):
-    """A decoded PIL image as RGB (``channels`` 3) or L (1): palette, alpha and 16-bit modes converted."""
-    if image.mode in ("P", "PA", "LA", "RGBA", "I;16", "I", "F") and channels == 3:
-        image = image.convert("RGBA").convert("RGB") if "A" in image.mode or image.mode == "P" \
-            else image.convert("RGB")
-    mode = "RGB" if channels == 3 else "L"
-    return image if image.mode == mode else image.convert(mode)  # no copy for the usual RGB JPEG
-
-
 class FileBatches(TorchDataset):
     """Turns a ``BatchRequest`` into a batch of decoded, transformed image files."""
 
@@ -153,11 +134,11 @@ class FileBatches(TorchDataset):
     def __getitem__(self, request: BatchRequest) -> Batch:
         generator = torch.Generator().manual_seed(request.seed)
         seeds = torch.randint(0, 2**62, (len(request.indices),), generator=generator).tolist()
-        images, labels, skipped = [], [], 0
+        images, labels, skipped, converted = [], [], 0, Conversions()
         for index, seed in zip(request.indices, seeds):
             path, label = self.data.samples[index]
             try:
-                image = load_image(path, self.channels)
+                image = load_image(path, self.channels, converted)
             except ValueError:
                 if not self.skip_bad_images:
                     raise
@@ -166,22 +147,24 @@ class FileBatches(TorchDataset):
                 continue
             images.append(self.transform(image, seed))
             labels.append(label)
-        return finish_batch(images, labels, skipped, self.augment, self.mix, generator, self.channels)
+        return finish_batch(images, labels, skipped, self.augment, self.mix, generator, self.channels,
+                            converted=converted)
 
 
 def finish_batch(images: list[torch.Tensor], labels: list[int], skipped: int, augment: BatchAugment,
-                 mix: Optional[MixCut], generator: torch.Generator, channels: int, device=None) -> Batch:
+                 mix: Optional[MixCut], generator: torch.Generator, channels: int, device=None,
+                 converted: Optional[Conversions] = None) -> Batch:
     """Per-image uint8 tensors (on ``device``) -> the batch: colour, normalisation and erasing on all of them at
     once, then mixup/cutmix; an empty batch of the right shape when every image was skipped."""
     if not images:
         size = augment.pre.crop
         return Batch(torch.empty(0, channels, size, size, device=device),
-                     torch.empty(0, dtype=torch.int64, device=device), skipped)
+                     torch.empty(0, dtype=torch.int64, device=device), skipped, converted)
     batch = augment.finish(torch.stack(images), generator if augment.train else None)
     targets = torch.tensor(labels, dtype=torch.int64, device=device)
     if mix is not None:
         batch, targets = mix(batch, targets, generator)
-    return Batch(batch, targets, skipped)
+    return Batch(batch, targets, skipped, converted)
 
 
 def default_workers(world_size: int = 1) -> int:
@@ -248,8 +231,24 @@ class BatchLoader(DataLoader):
     that name a bad file the message should stay the one line that names it.
     """
 
+    conversions_reported = False
+
     def __iter__(self):
-        return _plain_worker_errors(super().__iter__())
+        return _report_conversions(self, _plain_worker_errors(super().__iter__()))
+
+
+def _report_conversions(loader: BatchLoader, batches):
+    """The batches, passed on; at the end of the loader's first pass (whole or not), one log line of what the
+    decoder converted in it (the batches count it, as the worker processes cannot log it together)."""
+    seen = Conversions()
+    try:
+        for batch in batches:
+            seen.add(getattr(batch, "converted", None))
+            yield batch
+    finally:
+        if seen and not loader.conversions_reported:
+            loader.conversions_reported = True
+            log.info("%s: %s (decoded as an image viewer shows them)", loader.dataset.data.source, seen)
 
 
 def _plain_worker_errors(batches):

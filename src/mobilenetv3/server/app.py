@@ -25,10 +25,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..data.images import Conversions
 from .batching import DynamicBatcher, warmup_batches
 from .metrics import Metrics
 from .runtime import ServedModel
-from .uploads import MAX_PIXELS, BadRequest, prepare_image, read_v2_tensor
+from .uploads import MAX_PIXELS, BadRequest, allow_pixels, prepare_image, read_v2_tensor
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class ServerSettings:
 def create_app(model: ServedModel, settings: ServerSettings = ServerSettings()):
     """The ASGI app serving ``model``. Its batcher and decoding threads start and stop with the app's lifespan
     (stopping finishes the requests already in the batcher)."""
+    allow_pixels(settings.max_pixels)
     metrics = Metrics()
     batcher = DynamicBatcher(model.run, settings.max_batch, settings.max_delay_ms / 1000, metrics.observe_batch)
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mobilenetv3-decode")
@@ -166,8 +168,11 @@ class _Endpoints:
         started = time.perf_counter()
         topk = _topk(request.query_params.get("topk"), self.settings.topk, len(self.model.classes))
         uploads = await self.uploads(request)
+        converted = [Conversions() for _ in uploads]  # one each: the decoding threads do not share one
         images = await asyncio.gather(*(self.in_thread(prepare_image, data, self.model.preprocessing,
-                                                       self.settings.max_pixels, name) for name, data in uploads))
+                                                       self.settings.max_pixels, name, conversions)
+                                        for (name, data), conversions in zip(uploads, converted)))
+        self.stats.observe_conversions(converted)
         probabilities, batch = await self.batcher.submit(torch.cat(images))
         values, indices = probabilities.topk(topk, dim=1)
         predictions = [dict(file=name, top=[{"class": self.model.classes[i], "index": i, "probability": p}

@@ -1,5 +1,8 @@
-"""Prometheus metrics of one server: requests, errors, latency, batch sizes (served at ``GET /metrics``)."""
+"""Prometheus metrics of one server: requests, errors, latency, batch sizes, images the decoder converted (served
+at ``GET /metrics``)."""
 from __future__ import annotations
+
+from typing import Iterable
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -23,6 +26,10 @@ class Metrics:
         self.inference = Histogram("mobilenetv3_inference_seconds", "time of one model run (one batch)",
                                    buckets=LATENCY_BUCKETS, registry=self.registry)
         self.images = Counter("mobilenetv3_images", "images classified", registry=self.registry)
+        self.converted = Counter("mobilenetv3_images_converted", "uploads the decoder converted to show them as an "
+                                 "image viewer does, by conversion (exif_rotated, high_depth_scaled, "
+                                 "alpha_composited, cmyk_converted, icc_converted)", ["conversion"],
+                                 registry=self.registry)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -34,6 +41,12 @@ class Metrics:
         self.batch_size.observe(images)
         self.inference.observe(seconds)
         self.images.inc(images)
+
+    def observe_conversions(self, conversions: Iterable) -> None:
+        """Adds what the decoder converted (``data.images.Conversions``, one per upload)."""
+        for each in conversions:
+            for name, count in each.counts().items():
+                self.converted.labels(name).inc(count)
 
     def render(self) -> tuple[bytes, str]:
         """The metrics in Prometheus' text format, and its content type."""

@@ -3,17 +3,20 @@
 Every refusal is a ``BadRequest`` with the HTTP status it deserves and one line saying what is wrong. An
 image is opened from its header first: its format must be one of ``FORMATS`` and its size at most
 ``max_pixels``, so a decompression bomb (a small file whose header claims hundreds of megapixels) is
-refused before a single pixel is decoded.
+refused before a single pixel is decoded, with a message that quotes that limit (PIL's own, which it checks
+first, is raised to a server's larger one: ``allow_pixels``). The pixels are decoded by training's and
+``predict``'s decoder (``data.images``: EXIF orientation, 16-bit, alpha, CMYK and ICC as a viewer shows them).
 """
 from __future__ import annotations
 
-import io
+import re
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
 
-from ..data.loader import to_mode
+from ..data.images import Conversions, open_image, to_mode
 from ..data.transforms import Preprocessing, image_transform, normalize_batch
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -28,40 +31,58 @@ class BadRequest(Exception):
         self.status, self.message = status, message
 
 
-def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS,
-                 name: str = "upload") -> torch.Tensor:
-    """Image file bytes -> uint8 (C, crop, crop) after the eval protocol's resize and center crop: what
-    ``mobilenetv3 predict`` feeds the model for the same file (normalisation follows on the batch)."""
+def allow_pixels(max_pixels: int) -> None:
+    """PIL refuses an image over ``Image.MAX_IMAGE_PIXELS`` on opening (twice that; a warning over it), before
+    ``decode_image``'s own check: a server that allows more raises PIL's limit to its own, for the process (PIL
+    has no per-call limit). Never lowered: every refusal of PIL's is then of an image over ``max_pixels``."""
     from PIL import Image
 
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS, name: str = "upload",
+                 conversions: Optional[Conversions] = None) -> torch.Tensor:
+    """Image file bytes -> uint8 (C, crop, crop) after the eval protocol's resize and center crop: what
+    ``mobilenetv3 predict`` feeds the model for the same file (normalisation follows on the batch); what the
+    decoder converted is counted into ``conversions``."""
     if not data:
         raise BadRequest(400, f"{name}: empty body (send the image file's bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise BadRequest(413, f"{name}: image too large to decode ({err})") from None
-        except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
-            raise BadRequest(400, f"{name}: not an image in a supported format ({', '.join(FORMATS)})") from None
-    with image:
+    with _open_upload(data, max_pixels, name) as image:
         width, height = image.size
         if width * height > max_pixels:
             raise BadRequest(413, f"{name}: {width}x{height} image is {width * height / 1e6:.0f} megapixels, "
                                   f"more than the limit of {max_pixels / 1e6:g} megapixels")
         try:
-            image.load()
-            decoded = to_mode(image, preprocessing.in_chans)
+            decoded = to_mode(image, preprocessing.in_chans, conversions)
         except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated or corrupt pixel data
             raise BadRequest(400, f"{name}: truncated or corrupt image ({' '.join(str(err).split())})") from None
     return image_transform(None, preprocessing, train=False)(decoded)
 
 
-def prepare_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS,
-                  name: str = "upload") -> torch.Tensor:
+def _open_upload(data: bytes, max_pixels: int, name: str):
+    """The upload's image, header read; PIL's refusal of a bomb said with the server's limit, not PIL's."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return open_image(data, FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            claimed = re.search(r"\((\d+) pixels\)", str(err))  # "Image size (N pixels) exceeds limit of ..."
+            size = f"is {int(claimed.group(1)) / 1e6:.0f} megapixels, " if claimed else "is "
+            raise BadRequest(413, f"{name}: image {size}more than the limit of {max_pixels / 1e6:g} megapixels") \
+                from None
+        except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+            raise BadRequest(400, f"{name}: not an image in a supported format ({', '.join(FORMATS)})") from None
+
+
+def prepare_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS, name: str = "upload",
+                  conversions: Optional[Conversions] = None) -> torch.Tensor:
     """Image file bytes -> the normalised float32 (1, C, crop, crop) model input (``decode_image``, then the
     protocol's mean and std): one upload's whole preparation, for a decoding thread."""
-    return normalize_batch(decode_image(data, preprocessing, max_pixels, name).unsqueeze(0), preprocessing)
+    return normalize_batch(decode_image(data, preprocessing, max_pixels, name, conversions).unsqueeze(0),
+                           preprocessing)
 
 
 def read_v2_tensor(request: dict, shape: tuple[int, ...]) -> torch.Tensor:

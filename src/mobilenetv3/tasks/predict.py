@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..data.loader import load_image
+from ..data.images import Conversions, load_image
 from ..data.transforms import Preprocessing, image_transform, normalize_batch
 from ..errors import UsageError
 
@@ -115,10 +115,11 @@ def classify(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, 
     transform = image_transform(None, preprocessing, train=False)
     classes_count = getattr(model, "num_classes", topk or 5)
     k = min(topk or 5, classes_count)
-    results, unreadable = [], []
+    results, unreadable, converted = [], [], Conversions()
     for start in range(0, len(paths), batch_size):
         chunk, images = _decoded(paths[start:start + batch_size], transform, preprocessing.in_chans,
-                                 unreadable if skip_bad_images else None, several=len(paths) > 1)
+                                 unreadable if skip_bad_images else None, several=len(paths) > 1,
+                                 converted=converted)
         if not chunk:
             continue
         images = normalize_batch(torch.stack(images), preprocessing)
@@ -131,19 +132,21 @@ def classify(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, 
             results.append(Prediction(str(path), top))
     if unreadable:
         _report_unreadable(unreadable, len(paths))
-    if topk is not None and topk > k:  # said after the work, so that an error stays the one line
+    if converted:  # said after the work, so that an error stays the one line
+        log.info("%s (decoded as an image viewer shows them)", converted)
+    if topk is not None and topk > k:
         log.warning("--topk %d is more than the model's %d classes: showing all %d", topk, k, k)
     return results
 
 
 def _decoded(paths: list[Path], transform, channels: int, unreadable: Optional[list[str]],
-             several: bool) -> tuple[list[Path], list[torch.Tensor]]:
+             several: bool, converted: Optional[Conversions] = None) -> tuple[list[Path], list[torch.Tensor]]:
     """The images of ``paths`` that decode, transformed, and their paths; the others' errors are added to
     ``unreadable`` (when it is a list) or raised (saying how to classify the rest, when there are ``several``)."""
     kept, images = [], []
     for path in paths:
         try:
-            image = load_image(str(path), channels)
+            image = load_image(str(path), channels, converted)
         except ValueError as err:  # load_image's UsageError: "<path>: unreadable image (...)"
             if unreadable is None:
                 raise UsageError(f"{err}; add --skip-bad-images to classify the other images" if several
