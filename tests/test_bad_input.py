@@ -304,6 +304,12 @@ def a_folder_named_m_bin(d: Path) -> None:
     (d / "m.bin").mkdir()
 
 
+def torch_program_of_random_bytes(d: Path) -> None:
+    """``model.torchscript.pt`` and ``model.pt2``: random bytes under the names export gives those programs."""
+    write_random_bytes(d / "model.torchscript.pt", 3000, seed=4)
+    write_random_bytes(d / "model.pt2", 3000, seed=5)
+
+
 def weights_named_bin(d: Path) -> None:  # as Hugging Face names them: pytorch_model.bin
     write_weights(d / "weights.bin", num_classes=3)
 
@@ -559,8 +565,17 @@ CASES = [
                                                        "--runtime", "openvino"], "not a loadable ONNX model",
          make=(onnx_named_file, an_image)),
     Case("predict: an exported file of another kind", ["predict", "{d}/image.png", "--exported", "{d}/weights.pt"],
-         "not an exported model (an .onnx file, an OpenVINO IR .xml or an ExecuTorch .pte)",
-         make=(weights, an_image)),
+         "not an exported model (an .onnx file, an OpenVINO IR .xml, an ExecuTorch .pte, a TorchScript "
+         ".torchscript.pt or a torch.export .pt2)", make=(weights, an_image)),
+    *[Case(f"{command}: random bytes as a {suffix}", argv, f"{{d}}/model{suffix}: not a loadable {what} (",
+           make=(torch_program_of_random_bytes, an_image))
+      for suffix, what in ((".torchscript.pt", "TorchScript program"), (".pt2", "torch.export program (.pt2)"))
+      for command, argv in (("eval", ["eval", "--exported", f"{{d}}/model{suffix}", *SYNTHETIC]),
+                            ("predict", ["predict", "{d}/image.png", "--exported", f"{{d}}/model{suffix}"]))],
+    Case("predict: --runtime with a .pt2", ["predict", "{d}/image.png", "--exported", "{d}/model.pt2", "--runtime",
+                                            "onnxruntime"],
+         "{d}/model.pt2 is a torch.export program: it runs in PyTorch (leave --runtime out)",
+         make=(torch_program_of_random_bytes, an_image)),
     Case("eval: --exported and --onnx both", ["eval", "--exported", "{d}/a.onnx", "--onnx", "{d}/b.onnx",
                                               *SYNTHETIC], "give --exported FILE or --onnx FILE, not both"),
     # ---- ExecuTorch

@@ -12,7 +12,7 @@ from PIL import Image
 from builders import write_weights
 from conftest import run_cli
 from mobilenetv3.data import build_dataset
-from mobilenetv3.export import FORMATS, export_verified, load_exported
+from mobilenetv3.export import FORMATS, SUFFIXES, export_verified, load_exported
 from mobilenetv3.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +52,29 @@ def test_eval_gives_the_known_answers_and_counts_every_sample_once(fixed_class_c
     assert rows[0].split(",")[1:4] == ["c0", "c1", "c2"] and len(rows) == 11
     assert sum(int(row.split(",")[4]) for row in rows[1:]) == 21  # every prediction is class 3
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("fmt, runtime", [("torchscript", "torchscript"), ("pt2", "torch.export")])
+def test_eval_and_predict_take_the_torchscript_and_pt2_files_export_writes(fmt, runtime, fixed_class_checkpoint,
+                                                                           tmp_path):
+    count, top1, top5 = expected_scores()
+    exported = run_cli("export", "--checkpoint", fixed_class_checkpoint, "--format", fmt, "--no-dataset",
+                       "--output", tmp_path / f"fixed{SUFFIXES[fmt]}")
+    assert exported.returncode == 0, exported.stderr
+    path = tmp_path / f"fixed{SUFFIXES[fmt]}"
+    result = run_cli("eval", "--exported", path, *SYNTHETIC, "--batch-size", "5", "--json", "--out", tmp_path / "r")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["count"] == count and report["top1"] == pytest.approx(top1) and report["top5"] == pytest.approx(top5)
+    assert report["runtime"] == runtime and report["precision"] == "fp32" and report["classes"][:2] == ["c0", "c1"]
+    image = Image.new("RGB", (40, 36), (90, 20, 200))
+    image.save(tmp_path / "image.png")
+    predicted = run_cli("predict", tmp_path / "image.png", "--exported", path, "--json", "--topk", "3")
+    assert predicted.returncode == 0, predicted.stderr
+    top = json.loads(predicted.stdout)[0]["top"]
+    assert [entry["class"] for entry in top] == ["c3", "c1", "c5"]  # BIAS's ranking
+    assert sum(entry["probability"] for entry in top) == pytest.approx(
+        sum(torch.tensor(BIAS).softmax(0).sort(descending=True).values[:3].tolist()), abs=1e-5)
 
 
 def test_distributed_eval_gives_the_same_numbers(fixed_class_checkpoint, tmp_path):

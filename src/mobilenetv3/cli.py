@@ -192,8 +192,8 @@ def _add_exported_flags(p: argparse.ArgumentParser, verb: str) -> None:
     from .export import PRECISIONS, RUNTIMES
 
     p.add_argument("--exported", metavar="FILE",
-                   help=f"{verb} an exported model instead: .onnx (ONNX Runtime), an OpenVINO IR .xml (OpenVINO) "
-                        "or an ExecuTorch .pte (ExecuTorch)")
+                   help=f"{verb} an exported model instead: .onnx (ONNX Runtime), an OpenVINO IR .xml (OpenVINO), "
+                        "an ExecuTorch .pte (ExecuTorch), a .torchscript.pt or a .pt2 (PyTorch)")
     p.add_argument("--onnx", metavar="FILE", help="the same as --exported, for an .onnx file")
     p.add_argument("--runtime", choices=RUNTIMES,
                    help="what runs the exported file (default: its own; openvino also runs .onnx files)")

@@ -12,15 +12,18 @@ from .common import WithSoftmax
 from .executorch import ExecuTorchModule, export_executorch
 from .onnx import OnnxModule, export_onnx, quantize_onnx
 from .openvino import PRECISIONS, OpenVinoModule, export_openvino, quantize_openvino
-from .torch_formats import export_pt2, export_torchscript
+from .torch_formats import TorchProgramModule, export_pt2, export_torchscript, is_torchscript
 
 FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8", "executorch", "executorch-int8")
 INT8_FORMATS = ("onnx-int8", "openvino-int8", "executorch-int8")
 SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2",
             "openvino": ".xml", "openvino-int8": ".int8.xml", "executorch": ".pte", "executorch-int8": ".int8.pte"}
-RUNTIMES = ("onnxruntime", "openvino", "executorch")  # what runs an exported file (``open_exported``)
-KINDS = {".onnx": "onnx", ".xml": "openvino", ".pte": "executorch"}  # exported files by suffix
+RUNTIMES = ("onnxruntime", "openvino", "executorch")  # what --runtime picks to run an exported file
+KINDS = {".onnx": "onnx", ".xml": "openvino", ".pte": "executorch", ".pt2": "pt2"}  # exported files by suffix
 OWN_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
+TORCH_KINDS = {"torchscript": "a TorchScript program", "pt2": "a torch.export program"}  # run by PyTorch itself
+EXPORTED_FILES = ("an .onnx file, an OpenVINO IR .xml, an ExecuTorch .pte, a TorchScript .torchscript.pt or a "
+                  "torch.export .pt2")
 
 
 def load_exported(path: Path, fmt: str):
@@ -31,13 +34,7 @@ def load_exported(path: Path, fmt: str):
         return OpenVinoModule(path, precision="fp32")
     if fmt in ("executorch", "executorch-int8"):
         return ExecuTorchModule(path)
-    if fmt == "torchscript":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(path)).eval()
-    return torch.export.load(str(path)).module()
+    return TorchProgramModule(path, fmt)
 
 
 @torch.no_grad()
@@ -60,20 +57,32 @@ def int8_source_path(path: Path) -> Path:
                           else f"{path.stem}.fp32{path.suffix}")
 
 
+def exported_kind(path: Path) -> Optional[str]:
+    """What kind of exported file ``path`` is (``onnx``, ``openvino``, ``executorch``, ``torchscript``, ``pt2``):
+    by suffix, and for a ``.pt``/``.pth``, whether it is a TorchScript archive; ``None`` for none of them."""
+    if path.name.lower().endswith(".torchscript.pt") or (path.suffix.lower() in (".pt", ".pth")
+                                                          and is_torchscript(path)):
+        return "torchscript"
+    return KINDS.get(path.suffix.lower())
+
+
 def open_exported(path, runtime: Optional[str] = None, precision: Optional[str] = None,
                   threads: Optional[int] = None) -> nn.Module:
     """An exported file run where a model is expected, told apart by its suffix: ``.onnx`` in ONNX Runtime
     (``runtime="openvino"``: in OpenVINO), an OpenVINO IR ``.xml`` in OpenVINO, an ExecuTorch ``.pte`` in
-    ExecuTorch. ``precision`` is ``fp32`` (default) or ``bf16`` (OpenVINO only, on a CPU with native bf16). The
-    module says ``runtime`` and ``precision``."""
+    ExecuTorch, a TorchScript ``.torchscript.pt`` or a ``torch.export`` ``.pt2`` in PyTorch. ``precision`` is
+    ``fp32`` (default) or ``bf16`` (OpenVINO only, on a CPU with native bf16). The module says ``runtime`` and
+    ``precision``."""
     path = Path(path)
-    kind = KINDS.get(path.suffix.lower())
+    kind = exported_kind(path)
     if kind is None:
-        raise UsageError(f"{path}: not an exported model (an .onnx file, an OpenVINO IR .xml or an ExecuTorch .pte)")
+        raise UsageError(f"{path}: not an exported model ({EXPORTED_FILES})")
     if runtime not in (None, *RUNTIMES):
         raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     if precision not in (None, *PRECISIONS):
         raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if kind in TORCH_KINDS:
+        return _open_torch_program(path, kind, runtime, precision, threads)
     runtime = runtime or OWN_RUNTIME[kind]
     if kind == "openvino" and runtime != "openvino":
         raise UsageError(f"{path} is an OpenVINO IR: it runs in OpenVINO (--runtime openvino)")
@@ -86,6 +95,18 @@ def open_exported(path, runtime: Optional[str] = None, precision: Optional[str] 
             raise UsageError(f"--precision {precision} is OpenVINO's: add --runtime openvino")
         return OnnxModule(path, threads=threads)
     return OpenVinoModule(path, threads=threads, precision=precision or "fp32")
+
+
+def _open_torch_program(path: Path, kind: str, runtime: Optional[str], precision: Optional[str],
+                        threads: Optional[int]) -> nn.Module:
+    """A TorchScript or ``torch.export`` file in PyTorch, in fp32 as exported, on PyTorch's own threads."""
+    if runtime is not None:
+        raise UsageError(f"{path} is {TORCH_KINDS[kind]}: it runs in PyTorch (leave --runtime out)")
+    if precision not in (None, "fp32"):
+        raise UsageError(f"--precision {precision} is OpenVINO's: PyTorch runs {path} in fp32, as exported")
+    if threads:
+        raise UsageError(f"{path} runs on PyTorch's threads (torch.set_num_threads): threads is not a setting of it")
+    return TorchProgramModule(path, kind)
 
 
 def _open_pte(path: Path, kind: str, precision: Optional[str], threads: Optional[int]) -> nn.Module:

@@ -49,7 +49,7 @@ class EvalResult:
     weights: str
     weights_sha256: str
     ema: bool
-    runtime: str  # "pytorch", "onnxruntime", "openvino" or "executorch"
+    runtime: str  # "pytorch", "onnxruntime", "openvino", "executorch", "torchscript" or "torch.export"
     precision: str  # what it ran in: "fp32", "bf16" (OpenVINO), "int8" (a quantised file)
     dataset: str
     data_path: str
@@ -89,7 +89,8 @@ def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, expor
              out_dir: Optional[str] = None, by_index: bool = False, report: bool = True,
              **settings) -> Optional[EvalResult]:
     """Score ``weights`` (any format ``load_model`` reads) or an ``exported`` model (``.onnx``, an OpenVINO
-    IR ``.xml`` or an ExecuTorch ``.pte``; ``onnx=`` is the older name) on the dataset's validation split. An
+    IR ``.xml``, an ExecuTorch ``.pte``, a TorchScript ``.torchscript.pt`` or a ``.pt2``; ``onnx=`` is the older
+    name) on the dataset's validation split. An
     exported file runs in its own runtime unless ``runtime="openvino"`` (an ONNX file in OpenVINO); ``precision``
     is ``fp32`` (default) or ``bf16`` (OpenVINO, on a CPU with native bf16); the result says which ran.
     ``settings`` are config fields (``dataset``, ``data_path``, ``batch_size``, ``device``, ...) over the training
@@ -178,13 +179,14 @@ def _exported_file(onnx: Optional[str], exported: Optional[str]) -> Optional[str
     return exported or onnx
 
 
-_KINDS = {".onnx": "ONNX file", ".xml": "OpenVINO IR", ".pte": "ExecuTorch program"}
+_KINDS = {"onnx": "ONNX file", "openvino": "OpenVINO IR", "executorch": "ExecuTorch program",
+          "torchscript": "TorchScript program", "pt2": "torch.export program"}
 
 
 def _open(weights: Optional[str], exported: Optional[str], ema: bool, settings: dict,
           runtime: Optional[str] = None, precision: Optional[str] = None) -> _Scored:
     """Read the model once; its training config (when it has one) under the settings given now."""
-    from ..export import check_pytorch_options, open_exported
+    from ..export import check_pytorch_options, exported_kind, open_exported
 
     if not weights and not exported:
         raise UsageError("give --checkpoint PATH (or --exported FILE)")
@@ -192,7 +194,7 @@ def _open(weights: Optional[str], exported: Optional[str], ema: bool, settings: 
     if exported:
         model: nn.Module = open_exported(exported, runtime, precision)
         source, classes, preprocessing = str(exported), model.classes, model.preprocessing
-        runtime, precision, kind = model.runtime, model.precision, _KINDS[Path(exported).suffix.lower()]
+        runtime, precision, kind = model.runtime, model.precision, _KINDS[exported_kind(Path(exported))]
     else:
         check_pytorch_options(runtime, precision)
         read = read_weights(weights, ema=ema)

@@ -38,9 +38,10 @@ def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Op
             exported: Optional[str] = None, runtime: Optional[str] = None, precision: Optional[str] = None,
             topk: Optional[int] = None, batch_size: int = 32, skip_bad_images: bool = False) -> list[Prediction]:
     """Classify ``images`` (files, folders searched recursively, globs) with ``checkpoint`` (any weights format)
-    or an ``exported`` model (``.onnx``, an OpenVINO IR ``.xml`` or an ExecuTorch ``.pte``; ``onnx=`` is the older
-    name), run in its own runtime unless ``runtime="openvino"`` (an ONNX file in OpenVINO), in ``precision``
-    ``fp32`` (default) or ``bf16`` (OpenVINO); class names and preprocessing come from the file. ``topk``
+    or an ``exported`` model (``.onnx``, an OpenVINO IR ``.xml``, an ExecuTorch ``.pte``, a ``.torchscript.pt`` or a
+    ``.pt2``; ``onnx=`` is the older name), run in its own runtime unless ``runtime="openvino"`` (an ONNX file in
+    OpenVINO), in ``precision`` ``fp32`` (default) or ``bf16`` (OpenVINO); class names and preprocessing come
+    from the file. ``topk``
     defaults to 5 (or all classes, when there are fewer); a ``topk`` above the class count shows them all and
     says so. An unreadable image is a ``UsageError`` naming it, unless ``skip_bad_images``: then it is left out
     of the results, and the ones left out are named in one logged line."""
