@@ -180,6 +180,20 @@ def a_run_in_progress(d: Path):
     return run_lock(d / "busy", resuming=False)  # what a training in another process holds
 
 
+def a_copied_run(d: Path) -> None:
+    """A run's files copied elsewhere: checkpoints, but no .lock."""
+    a_finished_run(d)
+    (d / "run" / ".lock").unlink()
+
+
+def a_resumed_run_in_progress(d: Path):
+    """A run with checkpoints, being continued right now (by another process)."""
+    from mobilenetv3.tasks.train import run_lock
+
+    a_finished_run(d)
+    return run_lock(d / "run", resuming=True)
+
+
 @contextmanager
 def read_only_run_dir(d: Path):
     if os.geteuid() == 0:
@@ -400,6 +414,12 @@ CASES = [
          says="already holds a run (checkpoints); continue it with --resume auto"),
     Case("train: the run directory is in use", tiny("{d}/busy"), "is in use by a running training (pid",
          make=a_run_in_progress),
+    Case("train: a second run into a copied run's directory", tiny(), make=a_copied_run,  # and no .lock left
+         says="already holds a run (checkpoints); continue it with --resume auto"),
+    *[Case(f"train: {what} into a run directory in use, with checkpoints", tiny(**resume),
+           make=a_resumed_run_in_progress,  # "in use", not "continue it with --resume auto", which is refused too
+           says="is in use by a running training (pid")
+      for what, resume in (("a new run", {}), ("a resume", dict(resume="auto")))],
     Case("train: read-only run directory", tiny("{d}/ro"), "Permission denied", make=read_only_run_dir),
     # ---- train: weights to start from or resume
     Case("train: weights of another architecture", tiny("{d}/r2", model="mobilenetv3_large",

@@ -199,11 +199,15 @@ def run_lock(run_dir: Path, resuming: bool):
     """
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    dead_run = (run_dir / ".lock").exists()  # a run of ours left it: one that ended lets go of it, not of the file
+    handle = _lock(run_dir)  # first: a directory a live run holds is "in use", whatever else it holds
     if not resuming and _holds_checkpoints(run_dir):
+        handle.close()
+        if not dead_run:
+            (run_dir / ".lock").unlink()
         raise UsageError(f"{run_dir} already holds a run (checkpoints); continue it with --resume auto, "
                          "or choose another --run-dir")
-    dead_run = (run_dir / ".lock").exists()  # a run of ours left it: one that ended lets go of it, not of the file
-    handle = _lock(run_dir)
+    _write_owner(handle)
     remove_stale_temporaries(run_dir)
     if not resuming and dead_run:
         _remove_run_files(run_dir, "found the files of an earlier run that saved no checkpoint")
@@ -234,11 +238,15 @@ def _lock(run_dir: Path):
         handle.close()
         raise UsageError(f"{run_dir} is in use by a running training ({owner}); wait for it or choose "
                          "another --run-dir") from None
+    return handle
+
+
+def _write_owner(handle) -> None:
+    """Who holds the lock, for the message a second run gets."""
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
     handle.flush()
-    return handle
 
 
 def _holds_checkpoints(run_dir: Path) -> bool:
