@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import struct
+import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,16 @@ def weights_10(d: Path) -> None:
 def truncated_weights(d: Path) -> None:
     path = write_weights(d / "truncated.pt", num_classes=3)
     path.write_bytes(path.read_bytes()[:20000])
+
+
+def torchscript_file(d: Path) -> None:
+    """``m.torchscript.pt``: a traced 3-class model, as ``export --format torchscript`` writes it."""
+    from mobilenetv3.models import create_model
+
+    model = create_model("mobilenetv3_small", num_classes=3, width_mult=0.5).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation
+        torch.jit.trace(model, torch.zeros(1, 3, 32, 32)).save(str(d / "m.torchscript.pt"))
 
 
 def random_pt(d: Path) -> None:
@@ -482,6 +493,18 @@ CASES = [
          "has no EMA weights", make=weights_10),
     Case("eval: random bytes as checkpoint", ["eval", "--checkpoint", "{d}/random.pt", "--dataset", "synthetic"],
          "not a readable PyTorch checkpoint", make=random_pt),
+    Case("eval: a truncated checkpoint", ["eval", "--checkpoint", "{d}/truncated.pt", "--dataset", "synthetic"],
+         "mobilenetv3 eval: error: {d}/truncated.pt: not a readable PyTorch checkpoint (truncated: its zip archive is "
+         "cut short)", whole_line=True, make=truncated_weights),  # not torch's cut-off "internal miniz error" note
+    Case("eval: a TorchScript file as checkpoint", ["eval", "--checkpoint", "{d}/m.torchscript.pt", *SYNTHETIC],
+         "mobilenetv3 eval: error: {d}/m.torchscript.pt is a TorchScript program, not weights: eval and predict run "
+         "it with --exported {d}/m.torchscript.pt; weights are a checkpoint of ours, safetensors or a state dict",
+         whole_line=True, make=torchscript_file),  # not PyTorch's history of weights_only
+    *[Case(f"eval: {kind} as checkpoint", ["eval", "--checkpoint", f"{{d}}/{name}", *SYNTHETIC],
+           f"mobilenetv3 eval: error: {{d}}/{name} is {kind}, not weights: eval and predict run it with --exported "
+           f"{{d}}/{name}", whole_line=True, make=make)
+      for kind, name, make in (("an ONNX model", "model.onnx", onnx_named_file),
+                               ("an OpenVINO IR", "model.xml", tiny_ir_file))],
     Case("eval: a checkpoint that would run code", ["eval", "--checkpoint", "{d}/evil.pt", "--dataset", "synthetic"],
          REFUSED, make=code_running_pickle, absent=("pwned",)),
     Case("eval: CIFAR test batch cut short", ["eval", "--checkpoint", "{d}/weights.pt", "--dataset", "cifar10",

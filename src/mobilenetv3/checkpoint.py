@@ -69,12 +69,30 @@ def load_file(path) -> Any:
     except pickle.UnpicklingError as err:
         refused = refused_global(str(err))
         if refused is None:  # not a pickle of ours at all
-            raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format)") from None
+            raise _unreadable(path) from None
         raise UsageError(f"{path}: refused to load: it holds Python objects that could run code (global "
                          f"{refused}); only tensors and plain data are loaded") from None
-    except Exception as err:  # noqa: BLE001 - torch (and safetensors, which torch.load hands .safetensors) raise many
-        raise UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or another format: "
-                         f"{type(err).__name__}: {first_line(err)})") from None
+    except Exception:  # noqa: BLE001 - torch's messages (a cut-off miniz note, weights_only's history) say less
+        raise _unreadable(path) from None
+
+
+def _unreadable(path: Path) -> UsageError:
+    """What a file ``torch.load`` could not read is, said in the user's words rather than torch's internals."""
+    import zipfile
+
+    unreadable = UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or not a PyTorch file)")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # not a zip archive: torch.save's format since PyTorch 1.6, TorchScript's
+            return unreadable
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return UsageError(f"{path}: not a readable PyTorch checkpoint (truncated: its zip archive is cut short)")
+    if any("/code/" in name for name in names):  # the compiled source of a TorchScript program
+        return UsageError(f"{path} is a TorchScript program, not weights: eval and predict run it with "
+                          f"--exported {path}; weights are a checkpoint of ours, safetensors or a state dict")
+    return unreadable
 
 
 def refused_global(message: str) -> Optional[str]:

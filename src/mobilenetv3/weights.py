@@ -40,10 +40,17 @@ class Weights:
         return ckpt.model_card(self.model_name, self.model_kwargs, self.classes, self.preprocessing)
 
 
+EXPORTED = {".onnx": "an ONNX model", ".xml": "an OpenVINO IR", ".pte": "an ExecuTorch program",
+            ".pt2": "a torch.export program"}  # files export writes that are models, not weights
+
+
 def read_weights(path, ema: bool = False) -> Weights:
     """Read a checkpoint of ours, safetensors, a torchvision or timm state dict (or training checkpoint),
     or a MindSpore ``.ckpt``; ``ema=True`` takes the EMA weights of our training checkpoints."""
     path = Path(path)
+    if path.suffix.lower() in EXPORTED:
+        raise UsageError(f"{path} is {EXPORTED[path.suffix.lower()]}, not weights: eval and predict run it with "
+                         f"--exported {path}")
     if path.suffix == ".ckpt":
         return _read_mindspore(path)
     if path.suffix == ".safetensors":
