@@ -30,13 +30,13 @@ def write_images(folder: Path) -> list[Path]:
             for index, (mode, fmt, size) in enumerate(IMAGES)]
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` RGB pixels, with almost no pixel data after it: a
-    decompression bomb's signature, cheap to make (a real one compresses gigabytes of zeros into a few MB)."""
+def png_header_only(width: int, height: int, grayscale: bool = False) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` RGB (or grayscale) pixels, with almost no pixel data after
+    it: a decompression bomb's signature, cheap to make (a real one compresses gigabytes of zeros into a few MB)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if grayscale else 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + \
         chunk(b"IEND", b"")
 
