@@ -306,6 +306,21 @@ def openvino_ir(d: Path) -> None:
     write_image(d / "image.png")
 
 
+def net_without_version(d: Path) -> None:
+    """``model.xml`` of ``<net/>``: XML with the IR's root, but no IR version (OpenVINO then tried every frontend,
+    and TensorFlow's wrote three lines of absl log to the terminal); and an image to predict."""
+    pytest.importorskip("openvino")
+    tiny_ir_file(d)
+    write_image(d / "image.png")
+
+
+def empty_ir(d: Path) -> None:
+    """``model.xml``: an IR of version 11 with no layers (read, it was an IndexError: exit 1, no file named)."""
+    pytest.importorskip("openvino")
+    (d / "model.xml").write_text('<?xml version="1.0"?>\n<net name="x" version="11"><layers></layers></net>')
+    write_image(d / "image.png")
+
+
 def garbage_ir(d: Path) -> None:
     openvino_ir(d)
     (d / "model.xml").write_text("garbage <net> not xml")
@@ -593,6 +608,15 @@ CASES = [
                                ("an IR whose .bin is cut short", ir_bin_cut_short,
                                 "{d}/model.xml: not a loadable OpenVINO IR (Incorrect weights in bin file!)"),
                                ("an IR without its .bin", ir_without_bin, "{d}/model.xml: not a loadable OpenVINO IR"))
+      for command, argv in (("eval", ["eval", "--exported", "{d}/model.xml", *SYNTHETIC]),
+                            ("predict", ["predict", "{d}/image.png", "--exported", "{d}/model.xml"]))],
+    *[Case(f"{command}: {what}", argv, says, make=make, process=process)
+      for what, make, says, process in (
+          # in a process of its own: TensorFlow's frontend wrote to the terminal, below Python's sys.stderr
+          ("an XML <net> without an IR version", net_without_version,
+           "{d}/model.xml: not an OpenVINO IR (its <net> has no IR version that OpenVINO reads: version=None)", True),
+          ("an IR without layers", empty_ir,
+           "{d}/model.xml: not an image classifier's IR (0 inputs, 0 outputs; one of each expected)", False))
       for command, argv in (("eval", ["eval", "--exported", "{d}/model.xml", *SYNTHETIC]),
                             ("predict", ["predict", "{d}/image.png", "--exported", "{d}/model.xml"]))],
     Case("eval: an IR in ONNX Runtime", ["eval", "--exported", "{d}/model.xml", "--runtime", "onnxruntime",

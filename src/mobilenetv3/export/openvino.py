@@ -284,10 +284,27 @@ def read_ir(core, path: Path):
         raise UsageError(f"{path}: not an OpenVINO IR (not XML: {err})") from None
     if root.tag != "net":
         raise UsageError(f"{path}: not an OpenVINO IR (its root element is <{root.tag}>, not <net>)")
+    if not _ir_reader_takes(path):  # else read_model tries the other frontends: TensorFlow's logs to the terminal
+        raise UsageError(f"{path}: not an OpenVINO IR (its <net> has no IR version that OpenVINO reads: "
+                         f"version={root.get('version')!r})")
     try:
-        return core.read_model(str(path))
+        model = core.read_model(str(path))
     except RuntimeError as err:
         raise UsageError(f"{path}: not a loadable OpenVINO IR ({_reason(err)})") from None
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UsageError(f"{path}: not an image classifier's IR ({len(model.inputs)} inputs, {len(model.outputs)} "
+                         "outputs; one of each expected)")
+    return model
+
+
+def _ir_reader_takes(path: Path) -> bool:
+    """Whether OpenVINO's IR frontend (and no other) would read ``path``: a ``<net>`` of an IR version it knows."""
+    from openvino.frontend import FrontEndManager
+
+    try:
+        return FrontEndManager().load_by_framework("ir").supported(str(path))
+    except RuntimeError:  # a version attribute that is no number
+        return False
 
 
 def _reason(err: Exception) -> str:
