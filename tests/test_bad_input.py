@@ -435,7 +435,9 @@ CASES = [
     Case("train: unknown YAML key in data", ["train", "--config", "{d}/batchsize.yaml"],
          "unknown setting data.batchsize", make=yaml_files),
     # ---- train: the run directory
-    Case("train: run directory under a file", tiny("{d}/plain_file/run"), "plain_file", make=plain_file),
+    Case("train: run directory under a file", tiny("{d}/plain_file/run"), make=plain_file, whole_line=True,
+         says="mobilenetv3 train: error: --run-dir {d}/plain_file/run: cannot make the folder (Not a directory: "
+              "{d}/plain_file/run)"),
     Case("train: a second run into the same directory", tiny(), make=a_finished_run,
          says="already holds a run (checkpoints); continue it with --resume auto"),
     Case("train: the run directory is in use", tiny("{d}/busy"), "is in use by a running training (pid",
@@ -446,7 +448,8 @@ CASES = [
            make=a_resumed_run_in_progress,  # "in use", not "continue it with --resume auto", which is refused too
            says="is in use by a running training (pid")
       for what, resume in (("a new run", {}), ("a resume", dict(resume="auto")))],
-    Case("train: read-only run directory", tiny("{d}/ro"), "Permission denied", make=read_only_run_dir),
+    Case("train: read-only run directory", tiny("{d}/ro"), "--run-dir {d}/ro: cannot write in it (Permission denied",
+         make=read_only_run_dir),
     # ---- train: weights to start from or resume
     Case("train: weights of another architecture", tiny("{d}/r2", model="mobilenetv3_large",
                                                           pretrained="{d}/weights.pt"),

@@ -198,7 +198,10 @@ def run_lock(run_dir: Path, resuming: bool):
     that fails before its first checkpoint takes away what it wrote (and the folder, if it made it).
     """
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder of the path should be, no permission, ...
+        raise UsageError(f"--run-dir {run_dir}: cannot make the folder ({err.strerror}: {err.filename})") from None
     dead_run = (run_dir / ".lock").exists()  # a run of ours left it: one that ended lets go of it, not of the file
     handle = _lock(run_dir)  # first: a directory a live run holds is "in use", whatever else it holds
     if not resuming and _holds_checkpoints(run_dir):
@@ -229,7 +232,10 @@ def run_lock(run_dir: Path, resuming: bool):
 def _lock(run_dir: Path):
     import fcntl  # POSIX; imported here so that the package imports elsewhere too
 
-    handle = open(run_dir / ".lock", "a+")
+    try:
+        handle = open(run_dir / ".lock", "a+")
+    except OSError as err:
+        raise UsageError(f"--run-dir {run_dir}: cannot write in it ({err.strerror}: {err.filename})") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
