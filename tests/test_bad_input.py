@@ -97,6 +97,7 @@ def yaml_files(d: Path) -> None:
     (d / "bad.yaml").write_text("optim:\n  lr: [1, 2\n")
     (d / "typo.yaml").write_text("optim:\n  lrr: 0.1\n")
     (d / "batchsize.yaml").write_text("data:\n  batchsize: 4\n")
+    (d / "zero_batch.yaml").write_text("data:\n  batch_size: 0\n")  # a YAML file's setting keeps its key
 
 
 def no_class_folders(d: Path) -> None:
@@ -400,9 +401,9 @@ CASES = [
     Case("info: unknown model in a real process", ["info", "nope"], process=True, whole_line=True,
          says="mobilenetv3 info: error: unknown model 'nope'; choose one of: mobilenetv3_large, mobilenetv3_small"),
     Case("info: negative width", ["info", "mobilenetv3_large", "--width-mult", "-0.5"],
-         "width_mult must be a positive number, got -0.5"),
+         "error: --width-mult must be a positive number, got -0.5"),
     Case("info: zero classes", ["info", "mobilenetv3_large", "--num-classes", "0"],
-         "num_classes must be a positive integer, got 0"),
+         "error: --num-classes must be a positive integer, got 0"),
     Case("info: width that is no number", ["info", "mobilenetv3_large", "--width-mult", "wide"],
          "argument --width-mult: invalid float value"),
     Case("info: image too small, old flag spelling", ["info", "mobilenetv3_large", "--img-size", "8"],
@@ -411,27 +412,32 @@ CASES = [
     *[Case(f"train: {flags[0]} {' '.join(flags[1:])}".strip(),
            ["train", "--dataset", "synthetic", "--run-dir", "{d}/r", *flags], says, absent=("r",))
       for flags, says in [
-          (["--lr", "-1"], "lr must be positive, got -1.0"),
-          (["--epochs", "0"], "epochs must be at least 1, got 0"),
-          (["--batch-size", "x"], "flag: batch_size must be an integer, got 'x'"),
-          (["--optimizer", "lamb"], "optimizer must be one of sgd, rmsprop, adamw"),
+          # a setting is named as the flag the user typed, not as its config field (batch_size)
+          (["--lr", "-1"], "error: --lr must be positive, got -1.0"),
+          (["--epochs", "0"], "error: --epochs must be at least 1, got 0"),
+          (["--batch-size", "x"], "error: --batch-size must be an integer, got 'x'"),
+          (["--optimizer", "lamb"], "error: --optimizer must be one of sgd, rmsprop, adamw"),
           (["--config", "nope"], "unknown config 'nope'; presets: cifar10-cpu, fashion-mnist"),
-          (["--ema-decay", "1.5"], "ema_decay must be in (0, 1), got 1.5"),
-          (["--momentum", "1.5"], "momentum must be in [0, 1), got 1.5"),
-          (["--weight-decay=-1e-4"], "weight_decay must be 0 or more"),
-          (["--nesterov", "--optimizer", "rmsprop"], "nesterov needs the sgd optimizer with momentum above 0"),
-          (["--nesterov", "--momentum", "0"], "nesterov needs the sgd optimizer with momentum above 0"),
+          (["--ema-decay", "1.5"], "error: --ema-decay must be in (0, 1), got 1.5"),
+          (["--momentum", "1.5"], "error: --momentum must be in [0, 1), got 1.5"),
+          (["--weight-decay=-1e-4"], "error: --weight-decay must be 0 or more"),
+          (["--nesterov", "--optimizer", "rmsprop"], "error: --nesterov needs the sgd optimizer with momentum above 0"),
+          (["--nesterov", "--momentum", "0"], "error: --nesterov needs the sgd optimizer with momentum above 0"),
+          (["--mixup-alpha=-1"], "error: --mixup-alpha must be 0 or more"),
       ]],
-    Case("train: negative learning rate", [*tiny("{d}/r3"), "--lr", "-0.1"], "lr must be positive", absent=("r3",)),
+    Case("train: negative learning rate", [*tiny("{d}/r3"), "--lr", "-0.1"], "error: --lr must be positive",
+         absent=("r3",)),
     Case("train: epochs that are no number", [*tiny("{d}/r4"), "--epochs", "two"],
-         "epochs must be an integer, got 'two'", absent=("r4",)),
-    Case("train: zero classes", [*tiny("{d}/r7"), "--num-classes", "0"], "num_classes must be at least 1",
+         "error: --epochs must be an integer, got 'two'", absent=("r4",)),
+    Case("train: zero classes", [*tiny("{d}/r7"), "--num-classes", "0"], "error: --num-classes must be at least 1",
          absent=("r7",)),
     Case("train: unknown preset", ["train", "--config", "imagenet-tpu"], "unknown config 'imagenet-tpu'"),
     Case("train: YAML that does not parse", ["train", "--config", "{d}/bad.yaml"], "is not valid YAML",
          make=yaml_files),
     Case("train: unknown YAML key", ["train", "--config", "{d}/typo.yaml"], "unknown setting optim.lrr",
          make=yaml_files),
+    Case("train: a YAML value out of range", ["train", "--config", "{d}/zero_batch.yaml"], make=yaml_files,
+         says="mobilenetv3 train: error: {d}/zero_batch.yaml: batch_size must be at least 1, got 0", whole_line=True),
     Case("train: unknown YAML key in data", ["train", "--config", "{d}/batchsize.yaml"],
          "unknown setting data.batchsize", make=yaml_files),
     # ---- train: the run directory

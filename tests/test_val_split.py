@@ -146,7 +146,7 @@ def test_a_resume_that_would_change_the_split_is_one_line(tmp_path, change, name
 
 
 @pytest.mark.parametrize("count, named", [
-    (-1, "val_split must be 0 or more, got -1"),
+    (-1, "--val-split must be 0 or more, got -1"),
     (TINY_TRAIN, f"--val-split {TINY_TRAIN} must hold out fewer images than the training set has ({TINY_TRAIN})"),
     (100, f"--val-split 100 must hold out fewer images than the training set has ({TINY_TRAIN})"),
 ])

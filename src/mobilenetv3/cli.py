@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import RunError, UsageError
+from .errors import RunError, SettingError, UsageError
 
 PROG = "mobilenetv3"
 EXIT_USER_ERROR = 2
@@ -538,7 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"{PROG} {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_one_line(_as_flags(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -581,7 +581,15 @@ def _log_to_stderr() -> None:
     package.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
-def _one_line(err: BaseException) -> str:
+def _as_flags(err: BaseException):
+    """A setting given on the command line (or left at its default) named as the flag the user types, not as
+    the config field: ``--batch-size must be at least 1``; a YAML file's keeps its key."""
+    if isinstance(err, SettingError) and err.source in (None, "flag"):
+        return f"--{err.key.replace('_', '-')} {err.problem}"
+    return err
+
+
+def _one_line(err) -> str:
     text = str(err) or type(err).__name__
     return " ".join(text.split())
 

@@ -14,7 +14,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
-from .errors import UsageError
+from .errors import SettingError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def coerce(section_obj, key: str, value: Any, source: str) -> Any:
     kind = field_type(section_obj, key)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and kind is not str):
         if typing.get_type_hints(type(section_obj))[key] is kind:  # not Optional
-            raise UsageError(f"{source}: {key} cannot be empty")
+            raise SettingError(key, "cannot be empty", source)
         return None
     try:
         if kind is bool:
@@ -212,9 +212,9 @@ def coerce(section_obj, key: str, value: Any, source: str) -> Any:
             value = str(value)
     except (TypeError, ValueError):
         expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
-        raise UsageError(f"{source}: {key} must be {expected}, got {value!r}") from None
+        raise SettingError(key, f"must be {expected}, got {value!r}", source) from None
     if meta.get("choices") and value not in meta["choices"]:
-        raise UsageError(f"{source}: {key} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+        raise SettingError(key, f"must be one of {', '.join(map(str, meta['choices']))}, got {value!r}", source)
     return value
 
 
@@ -282,40 +282,44 @@ def _resolve_stem_stride(config: Config) -> None:
 
 
 def validate(config: Config) -> None:
-    """Range checks that types alone do not catch; one clear ValueError for the first problem. Settings whose
-    default depends on others (``stem_stride``) are resolved here."""
+    """Range checks that types alone do not catch; one ``SettingError`` for the first problem (it names the
+    setting and where it was set; the CLI shows it as its flag). Settings whose default depends on others
+    (``stem_stride``) are resolved here."""
     _resolve_stem_stride(config)
     m, d, o, r = config.model, config.data, config.optim, config.run
-    checks = [
-        (d.batch_size >= 1, f"batch_size must be at least 1, got {d.batch_size}"),
-        (d.eval_batch_size is None or d.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
-        (d.image_size >= 16, f"image_size must be at least 16, got {d.image_size}"),
-        (d.workers is None or d.workers >= 0, "workers must be 0 or more"),
-        (0 <= d.random_erasing <= 1, "random_erasing must be a probability in [0, 1]"),
-        (d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "mixup_alpha and cutmix_alpha must be 0 or more"),
-        (d.synthetic_samples >= 1, "synthetic_samples must be at least 1"),
-        (d.val_split >= 0, f"val_split must be 0 or more, got {d.val_split}"),
-        (o.lr > 0, f"lr must be positive, got {o.lr}"),
-        (o.lr_init >= 0 and o.lr_end >= 0, "lr_init and lr_end must be 0 or more"),
-        (o.epochs >= 1, f"epochs must be at least 1, got {o.epochs}"),
-        (o.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {o.warmup_epochs}"),
-        (0 <= o.momentum < 1, f"momentum must be in [0, 1), got {o.momentum}"),
-        (not o.nesterov or (o.optimizer == "sgd" and o.momentum > 0),
-         f"nesterov needs the sgd optimizer with momentum above 0 (got {o.optimizer}, momentum {o.momentum})"),
-        (o.weight_decay >= 0, f"weight_decay must be 0 or more, got {o.weight_decay}"),
-        (0 <= o.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {o.label_smoothing}"),
-        (o.grad_clip is None or o.grad_clip > 0, "grad_clip must be positive"),
-        (o.lr_reference_batch is None or o.lr_reference_batch >= 1, "lr_reference_batch must be at least 1"),
-        (r.ema_decay is None or 0 < r.ema_decay < 1, f"ema_decay must be in (0, 1), got {r.ema_decay}"),
-        (r.eval_every >= 0 and r.save_every >= 1, "eval_every must be 0 or more and save_every at least 1"),
-        (r.save_every_steps is None or r.save_every_steps >= 1, "save_every_steps must be at least 1"),
-        (r.keep_checkpoint_max >= 1, "keep_checkpoint_max must be at least 1"),
-        (r.max_steps is None or r.max_steps >= 1, f"max_steps must be at least 1, got {r.max_steps}"),
-        (m.num_classes is None or m.num_classes >= 1, f"num_classes must be at least 1, got {m.num_classes}"),
+    checks = [  # (fine, the setting, what is wrong with it)
+        (d.batch_size >= 1, "batch_size", f"must be at least 1, got {d.batch_size}"),
+        (d.eval_batch_size is None or d.eval_batch_size >= 1, "eval_batch_size", "must be at least 1"),
+        (d.image_size >= 16, "image_size", f"must be at least 16, got {d.image_size}"),
+        (d.workers is None or d.workers >= 0, "workers", "must be 0 or more"),
+        (0 <= d.random_erasing <= 1, "random_erasing", "must be a probability in [0, 1]"),
+        (d.mixup_alpha >= 0, "mixup_alpha", "must be 0 or more"),
+        (d.cutmix_alpha >= 0, "cutmix_alpha", "must be 0 or more"),
+        (d.synthetic_samples >= 1, "synthetic_samples", "must be at least 1"),
+        (d.val_split >= 0, "val_split", f"must be 0 or more, got {d.val_split}"),
+        (o.lr > 0, "lr", f"must be positive, got {o.lr}"),
+        (o.lr_init >= 0, "lr_init", "must be 0 or more"),
+        (o.lr_end >= 0, "lr_end", "must be 0 or more"),
+        (o.epochs >= 1, "epochs", f"must be at least 1, got {o.epochs}"),
+        (o.warmup_epochs >= 0, "warmup_epochs", f"must be 0 or more, got {o.warmup_epochs}"),
+        (0 <= o.momentum < 1, "momentum", f"must be in [0, 1), got {o.momentum}"),
+        (not o.nesterov or (o.optimizer == "sgd" and o.momentum > 0), "nesterov",
+         f"needs the sgd optimizer with momentum above 0 (got {o.optimizer}, momentum {o.momentum})"),
+        (o.weight_decay >= 0, "weight_decay", f"must be 0 or more, got {o.weight_decay}"),
+        (0 <= o.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {o.label_smoothing}"),
+        (o.grad_clip is None or o.grad_clip > 0, "grad_clip", "must be positive"),
+        (o.lr_reference_batch is None or o.lr_reference_batch >= 1, "lr_reference_batch", "must be at least 1"),
+        (r.ema_decay is None or 0 < r.ema_decay < 1, "ema_decay", f"must be in (0, 1), got {r.ema_decay}"),
+        (r.eval_every >= 0, "eval_every", "must be 0 or more"),
+        (r.save_every >= 1, "save_every", "must be at least 1"),
+        (r.save_every_steps is None or r.save_every_steps >= 1, "save_every_steps", "must be at least 1"),
+        (r.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be at least 1"),
+        (r.max_steps is None or r.max_steps >= 1, "max_steps", f"must be at least 1, got {r.max_steps}"),
+        (m.num_classes is None or m.num_classes >= 1, "num_classes", f"must be at least 1, got {m.num_classes}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    for fine, key, problem in checks:
+        if not fine:
+            raise SettingError(key, problem, config.source_of(key))
 
 
 def apply_over_run(config: Config, settings: dict) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .layers import BlockConfig, ConvBNAct, InvertedResidual, make_divisible
 from .registry import register_model
-from ..errors import UsageError
+from ..errors import SettingError, UsageError
 
 B = BlockConfig
 
@@ -219,7 +219,7 @@ def _init_weights(module: nn.Module) -> None:
 
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        raise SettingError(name, f"must be a positive integer, got {value!r}")
 
 
 def _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels, bn_eps, bn_momentum,
@@ -231,13 +231,13 @@ def _check_args(arch, num_classes, width_mult, dropout, in_chans, head_channels,
     if head_channels is not None:
         _check_positive_int("head_channels", head_channels)
     if not isinstance(width_mult, (int, float)) or not math.isfinite(width_mult) or width_mult <= 0:
-        raise UsageError(f"width_mult must be a positive number, got {width_mult!r}")
+        raise SettingError("width_mult", f"must be a positive number, got {width_mult!r}")
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise UsageError(f"dropout must be in [0, 1), got {dropout!r}")
+        raise SettingError("dropout", f"must be in [0, 1), got {dropout!r}")
     if not isinstance(bn_eps, (int, float)) or not bn_eps > 0:
-        raise UsageError(f"bn_eps must be positive, got {bn_eps!r}")
+        raise SettingError("bn_eps", f"must be positive, got {bn_eps!r}")
     if not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum <= 1:
-        raise UsageError(f"bn_momentum must be in [0, 1], got {bn_momentum!r}")
+        raise SettingError("bn_momentum", f"must be in [0, 1], got {bn_momentum!r}")
     if channel_rounding not in CHANNEL_ROUNDINGS:
         raise UsageError(f"channel_rounding must be one of {', '.join(CHANNEL_ROUNDINGS)}, got {channel_rounding!r}")
     if not isinstance(head_bias, bool):
