@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 
 BACKGROUND = 255  # white: what transparent pixels show through to
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 2-8 mirrored and/or rotated
+# Where PIL's getexif() finds an orientation: EXIF blocks (JPEG, PNG eXIf, WebP), ImageMagick's PNG text chunk,
+# XMP; TIFF's own tags (``tag_v2``)
+ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp")
 PLAIN_MODES = ("RGB", "L")
+LCMS_NOCACHE = 0x0040  # cmsFLAGS_NOCACHE (ImageCms.Flags.NOCACHE in Pillow >= 10.3): no 1-pixel cache, thread-safe
 SAMPLE_BITS = re.compile(r"(?:I|F|L|LA|RGB|RGBA|CMYK);(\d+)")  # a decoder's raw mode with bits per sample
 
 
@@ -99,11 +103,23 @@ def load_image(source: Union[str, Path, bytes], channels: int, conversions: Opti
 def to_mode(image, channels: int, conversions: Optional[Conversions] = None):
     """An opened PIL image decoded and converted to 8-bit RGB (``channels`` 3) or L (1) as a viewer shows it
     (see the module's docstring); counts its conversions into ``conversions``."""
-    done = Conversions(images=1)
     bits = stored_bits(image)  # the tile says what the file stores; gone once loaded
     image.load()
-    icc = image.info.get("icc_profile")
-    if _orientation(image) != 1:
+    mode, orientation, icc = "RGB" if channels == 3 else "L", _orientation(image), image.info.get("icc_profile")
+    if image.mode in PLAIN_MODES and bits <= 8 and orientation == 1 and _is_srgb(icc):  # the usual file
+        if conversions is not None:
+            conversions.images += 1
+        return image if image.mode == mode else image.convert(mode)  # no copy for the usual RGB JPEG
+    image, done = _as_shown(image, bits, orientation, icc)
+    if conversions is not None:
+        conversions.add(done)
+    return image if image.mode == mode else image.convert(mode)
+
+
+def _as_shown(image, bits: int, orientation: int, icc: Optional[bytes]) -> tuple[object, Conversions]:
+    """A loaded image that needs converting -> 8-bit RGB or L as a viewer shows it, and what was done."""
+    done = Conversions(images=1)
+    if orientation != 1:
         from PIL import ImageOps
 
         image = ImageOps.exif_transpose(image)
@@ -113,10 +129,7 @@ def to_mode(image, channels: int, conversions: Optional[Conversions] = None):
         done.high_depth_scaled = 1
     image, done.alpha_composited = _flatten(image)
     image, done.cmyk_converted, done.icc_converted = _to_srgb(image, icc)
-    mode = "RGB" if channels == 3 else "L"
-    if conversions is not None:
-        conversions.add(done)
-    return image if image.mode == mode else image.convert(mode)  # no copy for the usual RGB JPEG
+    return image, done
 
 
 def is_plain(image) -> bool:
@@ -129,15 +142,20 @@ def is_plain(image) -> bool:
 def stored_bits(image) -> int:
     """Bits per sample the file stores, from the decoder's raw mode ("I;16B", "RGB;16B", "F;32F"; not BMP's
     "BGR;16", 16 bits a pixel); 8 when it names none. Read before ``load()``, which clears it."""
-    raw_modes = [tile.args if isinstance(tile.args, str) else (tile.args or ("",))[0] for tile in image.tile]
-    found = [int(match.group(1)) for raw in raw_modes if isinstance(raw, str)
-             for match in [SAMPLE_BITS.match(raw)] if match]
+    found = 0
+    for tile in image.tile:
+        args = tile[3]  # (codec, extents, offset, args): the raw mode, or a tuple that starts with it
+        raw = args if isinstance(args, str) else args[0] if args else ""
+        match = SAMPLE_BITS.match(raw) if isinstance(raw, str) and ";" in raw else None
+        found = max(found, int(match.group(1))) if match else found
     if found:
-        return max(found)
+        return found
     return 32 if image.mode in ("I", "F") else 16 if image.mode.startswith("I;16") else 8
 
 
 def _orientation(image) -> int:
+    if not (hasattr(image, "tag_v2") or any(key in image.info for key in ORIENTATION_SOURCES)):
+        return 1  # nowhere for a tag to be: spares getexif's parsing (6 us) on the usual file
     try:
         return int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
     except (TypeError, ValueError, SyntaxError, OSError):  # a corrupt EXIF block: as if none
@@ -216,8 +234,7 @@ def _transform_to_srgb(icc: Optional[bytes], mode: str):
     if source is None:
         return None
     try:
-        return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB",
-                                       flags=ImageCms.Flags.NOCACHE)
+        return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB", flags=LCMS_NOCACHE)
     except (ImageCms.PyCMSError, ValueError, OSError, TypeError):
         return None
 
