@@ -421,6 +421,32 @@ def test_eval_scores_every_file_as_its_original_and_says_once_what_it_converted(
     assert said == [f"{folder}: {REPORT}"]
 
 
+def test_decode_gpu_gives_the_cpu_loaders_batches(files, cases, tmp_path):
+    """``--decode gpu`` (run on the CPU, as tests/test_gpu_decode.py does) sends only plain JPEGs to
+    ``decode_jpeg``: the rotated and CMYK ones are decoded in the worker by the same decoder as the CPU loader's,
+    so all are the CPU loader's images within the 2 levels of the device path's tensor resize (tests/
+    test_gpu_decode.py); a sideways image given to ``decode_jpeg`` would be tens of levels off."""
+    import torch
+
+    from mobilenetv3.data import build_loader, build_preset
+    from mobilenetv3.data.datasets import IMAGENET_STATS, image_folder
+
+    (tmp_path / "c0").mkdir()
+    for name, case in cases.items():
+        if case.suffix == ".jpg":
+            (tmp_path / "c0" / f"{name}.jpg").write_bytes(case.data)
+    data = image_folder(tmp_path, "val")
+    _, preprocessing = build_preset("seed-imagenet", 32, *IMAGENET_STATS, 3)
+
+    def images(**device):
+        loader = build_loader(data, None, preprocessing, train=False, batch_size=4, workers=0, **device)
+        return torch.cat([batch.images for batch in loader])
+
+    levels = (images() - images(decode_device=torch.device("cpu"))).abs().amax(dim=(1, 2, 3)) * 255 * max(
+        IMAGENET_STATS[1])
+    assert levels.max() <= 2, dict(zip([Path(path).stem for path, _ in data.samples], levels.tolist()))
+
+
 def test_predict_says_once_what_it_converted(files, cases, caplog):
     caplog.set_level(logging.INFO, logger="mobilenetv3")
     mobilenetv3.predict([str(files["converted"])], checkpoint=str(files["model"]), batch_size=4)

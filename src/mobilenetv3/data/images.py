@@ -157,9 +157,10 @@ def _orientation(image) -> int:
     if not (hasattr(image, "tag_v2") or any(key in image.info for key in ORIENTATION_SOURCES)):
         return 1  # nowhere for a tag to be: spares getexif's parsing (6 us) on the usual file
     try:
-        return int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
+        orientation = int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
     except (TypeError, ValueError, SyntaxError, OSError):  # a corrupt EXIF block: as if none
         return 1
+    return orientation if 1 <= orientation <= 8 else 1  # a value outside the table: as exif_transpose, upright
 
 
 def _to_8_bits(image, bits: int):
