@@ -27,6 +27,8 @@ def test_the_defaults_are_the_embedded_default_recipe():
     """A bare ``mobilenetv3 train`` runs what the README's demo runs (the fashion-mnist preset), not 120 epochs."""
     preset = load_config("fashion-mnist").to_dict()
     defaults = load_config(None).to_dict()
+    # the preset says which batch its LR is for; the bare command leaves it to auto.choose_for_data (the same 256)
+    assert preset["optim"].pop("lr_reference_batch") == 256 and defaults["optim"].pop("lr_reference_batch") is None
     for section in ("model", "data", "optim", "run"):
         assert defaults[section] == preset[section], section
 
@@ -58,10 +60,31 @@ def test_max_steps_ends_the_run_early_and_a_resume_with_more_continues_it(tmp_pa
     assert run.val_count == 12 and (tmp_path / "run" / "model.safetensors").is_file()
     assert lines[0].startswith("epoch: [  0/  1], step:[    0/    6]")
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["best.pt", "last.pt"]  # no epoch file: unfinished
-    resumed = mobilenetv3.train(None, run_dir=str(tmp_path / "run"), resume="auto", epochs=2, max_steps=9, **TINY)
+    assert "epoch 1/1: train loss" in caplog.text and "epoch 0/" not in caplog.text  # 1-based, cut short or not
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mobilenetv3"):
+        resumed = mobilenetv3.train(None, run_dir=str(tmp_path / "run"), resume="auto", epochs=2, max_steps=9,
+                                    **TINY)
     assert resumed.global_step == 9 and (resumed.epoch, resumed.step_in_epoch) == (1, 3)  # epoch 1 finished first
+    said = [m.group(1) for m in map(re.compile(r"(resuming from .* at epoch \d+|epoch \d+/\d+)[:,] ").match,
+                                   caplog.messages) if m]
+    assert said == [f"resuming from {tmp_path / 'run' / 'last.pt'} at epoch 1", "epoch 1/2", "epoch 2/2"]
     with pytest.raises(ValueError, match="--max-steps 9: .* is at step 9 already; give more steps to continue it"):
         mobilenetv3.train(None, run_dir=str(tmp_path / "run"), resume="auto", epochs=2, max_steps=9, **TINY)
+
+
+def test_max_steps_keeps_the_warmups_share_of_the_run(caplog):
+    """A smoke run of 30 steps of a 300-step schedule (3 epochs of 100, warmup 0.9 epoch): warmup 9 steps, the same
+    tenth of the run, so the LR reaches its peak; it stayed 90 steps, and the run never left warmup."""
+    from mobilenetv3.tasks.train import build_schedule
+
+    with caplog.at_level(logging.INFO, logger="mobilenetv3"):
+        smoke = build_schedule(load_config(None, dict(max_steps=30)), steps_per_epoch=100, world_size=1)
+    assert build_schedule(load_config(None), steps_per_epoch=100, world_size=1).warmup_steps == 90
+    assert (smoke.total_steps, smoke.warmup_steps) == (30, 9)
+    assert max(smoke.lr_at(step) for step in range(30)) == pytest.approx(smoke.lr_max, rel=0.01)
+    assert "max_steps 30: the run ends after 30 of its 300 steps; the schedule spans those, its warmup the same " \
+           "share of them: 9 steps" in caplog.text
 
 
 def test_resume_auto_starts_fresh_only_under_torchrun_restarts(tmp_path, monkeypatch):

@@ -71,6 +71,11 @@ def pretrained_kwargs(m: ModelConfig, weights: Weights, given: Collection[str]) 
         kwargs["bn_eps"] = m.bn_eps
     else:
         origin["bn_eps"] = "the weights'"
+    if "stem_stride" in given or "stem_stride" not in kwargs:  # a stride is no shape: foreign weights have none
+        origin["stem_stride"] = "given" if "stem_stride" in given else "the default for the image size"
+        kwargs["stem_stride"] = m.stem_stride or 2
+    else:
+        origin["stem_stride"] = "the weights'"
     was = kwargs.get("bn_momentum")
     kwargs["bn_momentum"] = m.bn_momentum
     origin["bn_momentum"] = ("given" if "bn_momentum" in given else "the default") + (

@@ -1,10 +1,10 @@
 """Training configuration: typed dataclasses, YAML presets, flag overrides, plain-dict round trips.
 
 Defaults live here and only here, and they are the embedded default recipe (the ``fashion-mnist``
-preset: Small at 32 px on Fashion-MNIST, 3 epochs), so ``mobilenetv3 train`` with no preset runs what
-the README's demo runs. A run's configuration is resolved in three layers: these defaults, then a YAML
-preset (``<name>.yaml`` in the package's ``configs/``, or a path), then command-line flags. The CLI
-builds one flag per field from the ``help`` metadata below (``--batch-size``, ``--lr``, ...).
+preset: Small at 28 px with a stride-1 stem on Fashion-MNIST, 3 epochs), so ``mobilenetv3 train`` with no
+preset runs what the README's demo runs. A run's configuration is resolved in three layers: these defaults,
+then a YAML preset (``<name>.yaml`` in the package's ``configs/``, or a path), then command-line flags. The
+CLI builds one flag per field from the ``help`` metadata below (``--batch-size``, ``--lr``, ...).
 """
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ class OptimConfig:
     optimizer: str = _f("sgd", "optimizer", ("sgd", "rmsprop", "adamw"))
     lr: float = _f(0.8, "peak learning rate at --lr-reference-batch")
     lr_reference_batch: Optional[int] = _f(None, "global batch that --lr is given for; the LR scales linearly "
-                                                 "with the real global batch (default: no scaling)")
+                                                 "with the real global batch (default: 256 for the built-in LR, "
+                                                 "a --lr you give is used as given)")
     lr_init: float = _f(0.0, "learning rate at the first warmup step")
     lr_end: float = _f(0.0, "learning rate at the last step")
     warmup_epochs: float = _f(0.9, "linear warmup length in epochs (scaled with --epochs when only that is given)")

@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import checkpoint as ckpt
+from .. import auto, checkpoint as ckpt
 from ..build import (build_datasets, build_eval_loader, build_model, build_train_loader, device_type, hold_out,
                      pick_device, recipe_for, record_architecture)
 from ..config import Config, RunConfig, load_config, replace, validate
@@ -294,12 +294,14 @@ class RunData:
     test: Optional[Dataset] = None  # with --val-split: the test split, scored once at the end
     test_loader: Optional[torch.utils.data.DataLoader] = None
     holdout: Optional[dict] = None  # with --val-split: what val_indices.json holds
+    choices: list = field(default_factory=list)  # auto.Choice: the settings chosen for this data
 
 
 def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: Optional[int] = None,
-               holdout: Optional[dict] = None) -> RunData:
+               holdout: Optional[dict] = None, pretrained: bool = False) -> RunData:
     """Datasets and loaders; ``in_chans`` defaults to the dataset's own channel count. With ``val_split``, the
-    held-out images are drawn with the run's seed, or taken from ``holdout`` (a resumed run's val_indices.json)."""
+    held-out images are drawn with the run's seed, or taken from ``holdout`` (a resumed run's val_indices.json).
+    Settings left at their defaults are first fitted to the training images (``auto.choose_for_data``)."""
     d, seed = config.data, config.run.seed
     train, test = build_datasets(d, seed, config.model.num_classes)
     num_classes = config.model.num_classes or len(train.classes)
@@ -313,6 +315,9 @@ def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: O
         train_images = len(train)
         train, val, indices = hold_out(d, train, seed, holdout["indices"] if holdout else None)
         holdout = dict(val_split=d.val_split, seed=seed, train_images=train_images, indices=indices)
+    choices = auto.choose_for_data(config, train, pretrained, info.world_size)
+    if choices:
+        validate(config)  # settings that follow the chosen ones (the stem stride follows the image size)
     recipe, preprocessing = recipe_for(d, train, in_chans or train.channels)
     pin = device.type == "cuda"
     train_loader = build_train_loader(d, train, recipe, preprocessing, num_classes, info, seed, pin, device)
@@ -320,7 +325,7 @@ def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: O
     test_loader = build_eval_loader(d, test, preprocessing, info, pin, device) if d.val_split else None
     classes = train.classes if len(train.classes) == num_classes else [str(i) for i in range(num_classes)]
     return RunData(train, val, preprocessing, train_loader, val_loader, num_classes, classes,
-                   test if d.val_split else None, test_loader, holdout if d.val_split else None)
+                   test if d.val_split else None, test_loader, holdout if d.val_split else None, choices)
 
 
 def saved_holdout(config: Config, resume: Optional[Resume]) -> Optional[dict]:
@@ -369,17 +374,19 @@ class Schedule:
 def build_schedule(config: Config, steps_per_epoch: int, world_size: int, stored: Optional[tuple] = None) -> Schedule:
     o, max_steps = config.optim, config.run.max_steps
     global_batch = config.data.batch_size * world_size
-    total = min(o.epochs * steps_per_epoch, max_steps or o.epochs * steps_per_epoch)
+    full = o.epochs * steps_per_epoch
+    total = min(full, max_steps or full)
     if o.warmup_epochs > o.epochs:
         log.warning("warmup_epochs %g is longer than the run (%d epochs): the LR warms up over the whole run",
                     o.warmup_epochs, o.epochs)
     scaled = config.source_of("warmup_epochs") or ""
     if scaled.endswith("scaled to the run"):
         log.info("%s: %g of %d epochs (--warmup-epochs sets it)", scaled, o.warmup_epochs, o.epochs)
-    if total < o.epochs * steps_per_epoch:
-        log.info("max_steps %d: the run ends after %d of its %d steps, the schedule spans those", total, total,
-                 o.epochs * steps_per_epoch)
-    return Schedule(steps_per_epoch, total, min(total, round(o.warmup_epochs * steps_per_epoch)),
+    warmup = min(total, round(o.warmup_epochs * steps_per_epoch * total / full))  # the same share of a shorter run
+    if total < full:
+        log.info("max_steps %d: the run ends after %d of its %d steps; the schedule spans those, its warmup the "
+                 "same share of them: %d steps", total, total, full, warmup)
+    return Schedule(steps_per_epoch, total, warmup,
                     scaled_lr(o.lr, global_batch, o.lr_reference_batch), o.lr_init, o.lr_end, global_batch,
                     -(-total // steps_per_epoch), stored)
 
@@ -413,12 +420,12 @@ def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.d
 
 
 def recompute_batchnorm(model: nn.Module, data: Dataset, preprocessing: Preprocessing, batch_size: int,
-                        device: torch.device, batches: int = EMA_BN_BATCHES) -> None:
+                        device: torch.device, batches: int = EMA_BN_BATCHES, workers: Optional[int] = None) -> None:
     """BatchNorm running statistics for ``model``'s own weights, from the first ``batches`` training batches
     (eval preprocessing, the same images in every process and every run: deterministic)."""
     from torch.optim.swa_utils import update_bn
 
-    loader = eval_loader(data, preprocessing, batch_size=batch_size)
+    loader = eval_loader(data, preprocessing, batch_size=batch_size, workers=workers)
     update_bn(itertools.islice(loader, batches), model, device=device)
 
 
@@ -468,8 +475,11 @@ class _Run:
         model = model.to(self.device)
         if config.run.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.data.choices += auto.choose_length(config, len(self.data.train_loader))
         self.schedule = build_schedule(config, len(self.data.train_loader), info.world_size,
                                        stored_rates(config, resume))
+        # A short run's BatchNorm statistics never settle at momentum 0.1 (15 steps: chance, re-estimated: 72%)
+        self.settle_bn = self.schedule.total_steps < auto.SETTLE_STEPS and not config.model.freeze_backbone
         self.trainable = build_trainable(config, model, self.schedule.lr_max, self.device)
         self.state = self._restore(resume) if resume is not None else ckpt.TrainState()
         if self.state.global_step >= self.schedule.total_steps and config.run.max_steps:
@@ -500,7 +510,7 @@ class _Run:
             return data, model
         weights = read_weights(m.pretrained) if m.pretrained else None
         in_chans = m.in_chans or (weights.model_kwargs.get("in_chans", 3) if weights else None)
-        data = build_data(self.config, self.info, self.device, in_chans, holdout)
+        data = build_data(self.config, self.info, self.device, in_chans, holdout, pretrained=weights is not None)
         model = build_model(m, data.num_classes, data.preprocessing.in_chans, weights, given=self.config.given("model"))
         return data, model
 
@@ -531,6 +541,8 @@ class _Run:
                 while self.state.epoch < self.schedule.epochs and self.state.global_step < self.schedule.total_steps:
                     if self._epoch(stop):
                         return self._result(stopped=True)
+            if self.info.is_main:
+                self._warn_if_chance()
         finally:
             self.runlog.close()
         self.runlog.plot(self.state.history)
@@ -560,9 +572,10 @@ class _Run:
         if finished:
             self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
             self.state.epoch_loss_sum, self.state.epoch_loss_steps = 0.0, 0
-        if self.trainable.ema is not None:
-            recompute_batchnorm(self.trainable.ema.module, self.data.train, self.data.preprocessing,
-                                self.config.data.batch_size, self.device)
+        ema = self.trainable.ema
+        for model in [self.trainable.model] * self.settle_bn + ([ema.module] if ema is not None else []):
+            recompute_batchnorm(model, self.data.train, self.data.preprocessing, self.config.data.batch_size,
+                                self.device, workers=self.config.data.workers)
         self.last_metrics = self._validate(record)
         record["wall_time"] = time.perf_counter() - self.started  # this process's, resumed runs restart it
         self.runlog.end_epoch(record)
@@ -615,8 +628,8 @@ class _Run:
             record.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
             metrics["ema"] = {k: ema_metrics[k] for k in ("top1", "top5", "loss", "count")}
         _check_count(metrics, self.data.val, "validation")
-        log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% (%d images%s)%s", epoch, epochs,
-                 record["train_loss"], 100 * metrics["top1"], 100 * metrics["top5"], metrics["count"],
+        log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% (%d images%s)%s", record["epoch"],
+                 epochs, record["train_loss"], 100 * metrics["top1"], 100 * metrics["top5"], metrics["count"],
                  f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else "",
                  f", EMA top-1 {100 * metrics['ema']['top1']:.2f}%" if "ema" in metrics else "")
         if final and self.data.test_loader is not None:
@@ -674,6 +687,16 @@ class _Run:
             ckpt.save_safetensors(self.trainable.ema.module.state_dict(), self.run_dir / "model_ema.safetensors",
                                   self.card)
 
+    def _warn_if_chance(self) -> None:
+        """A run that ends at chance says why it likely did (steps, LR or data) instead of ending quietly."""
+        losses = [r["train_loss"] for r in self.state.history if r.get("train_loss") is not None]
+        warning = auto.chance_warning(self.last_metrics.get("top1"), self.data.num_classes,
+                                      self.schedule.total_steps, losses[0] if len(losses) > 1 else None,
+                                      losses[-1] if len(losses) > 1 else None, self.schedule.lr_max)
+        if warning:
+            log.warning(warning)
+            self.runlog.line("warning: " + warning)
+
     def _write_config(self) -> None:
         """``config.yaml``: the resolved config, plus what it resolved to on this machine."""
         import yaml
@@ -681,7 +704,9 @@ class _Run:
         s, resolved = self.schedule, self.config.to_dict()
         resolved["resolved"] = dict(peak_lr=s.lr_max, global_batch=s.global_batch, world_size=self.info.world_size,
                                     steps_per_epoch=s.steps_per_epoch, num_classes=self.data.num_classes,
-                                    preprocessing=self.data.preprocessing.to_dict(), torch=str(torch.__version__))
+                                    preprocessing=self.data.preprocessing.to_dict(), torch=str(torch.__version__),
+                                    choices={c.key: dict(value=c.value, reason=c.reason) for c in self.data.choices},
+                                    bn_reestimated=self.settle_bn)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         if self.data.holdout is not None:
             write_atomic(self.run_dir / VAL_INDICES, json.dumps(self.data.holdout) + "\n")
@@ -691,6 +716,13 @@ class _Run:
                  f" (held out of the training split, {VAL_INDICES}; {len(test)} test images scored at the end)"
                  if test is not None else "", self.data.num_classes, s.global_batch, s.lr_max, o.lr,
                  o.lr_reference_batch or s.global_batch)
+        auto.log_choices(self.data.choices)
+        log.info("images: %s", auto.describe_pipeline(self.data.train, self.config.data.image_size,
+                                                      self.config.model.in_chans, self.data.train.channels))
+        if self.settle_bn:
+            log.info("a short run (%d steps): BatchNorm statistics are re-estimated from %d training batches before "
+                     "each validation (a few steps at momentum %g do not settle them)", s.total_steps, EMA_BN_BATCHES,
+                     self.config.model.bn_momentum)
 
     def _result(self, stopped: bool) -> TrainResult:
         run_dir, metrics, state = self.run_dir, self.last_metrics, self.state
