@@ -447,6 +447,25 @@ def test_decode_gpu_gives_the_cpu_loaders_batches(files, cases, tmp_path):
     assert levels.max() <= 2, dict(zip([Path(path).stem for path, _ in data.samples], levels.tolist()))
 
 
+def test_a_training_loader_says_once_over_its_epochs(cases, tmp_path, caplog):
+    """Three epochs of training batches: one line, after the first, counting each image once."""
+    from mobilenetv3.data import build_loader, build_preset
+    from mobilenetv3.data.datasets import IMAGENET_STATS, image_folder
+
+    for index, (name, case) in enumerate(cases.items()):
+        (tmp_path / f"c{index % 2}").mkdir(exist_ok=True)
+        (tmp_path / f"c{index % 2}" / f"{name}{case.suffix}").write_bytes(case.data)
+    data = image_folder(tmp_path, "train")
+    recipe, preprocessing = build_preset("seed-imagenet", 32, *IMAGENET_STATS, 3)
+    loader = build_loader(data, recipe, preprocessing, train=True, batch_size=len(cases), workers=0)
+    caplog.set_level(logging.INFO, logger="mobilenetv3")
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        assert sum(len(batch.labels) for batch in loader) == len(cases)
+    said = [r.getMessage() for r in caplog.records if "decoded as an image viewer shows them" in r.getMessage()]
+    assert said == [f"{tmp_path}: {REPORT}"]
+
+
 def test_predict_says_once_what_it_converted(files, cases, caplog):
     caplog.set_level(logging.INFO, logger="mobilenetv3")
     mobilenetv3.predict([str(files["converted"])], checkpoint=str(files["model"]), batch_size=4)

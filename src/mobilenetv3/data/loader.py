@@ -238,17 +238,17 @@ class BatchLoader(DataLoader):
 
 
 def _report_conversions(loader: BatchLoader, batches):
-    """The batches, passed on; at the end of the loader's first pass (whole or not), one log line of what the
-    decoder converted in it (the batches count it, as the worker processes cannot log it together)."""
+    """The batches, passed on; at the end of the loader's first whole pass (a training run's first epoch, an
+    evaluation), one log line of what the decoder converted in it: the worker processes count it in their
+    batches, as they cannot log it together. A pass cut short (``--max-steps``, a few batches for BatchNorm
+    statistics) says nothing."""
     seen = Conversions()
-    try:
-        for batch in batches:
-            seen.add(getattr(batch, "converted", None))
-            yield batch
-    finally:
-        if seen and not loader.conversions_reported:
-            loader.conversions_reported = True
-            log.info("%s: %s (decoded as an image viewer shows them)", loader.dataset.data.source, seen)
+    for batch in batches:
+        seen.add(getattr(batch, "converted", None))
+        yield batch
+    if seen and not loader.conversions_reported:
+        loader.conversions_reported = True
+        log.info("%s: %s (decoded as an image viewer shows them)", loader.dataset.data.source, seen)
 
 
 def _plain_worker_errors(batches):
