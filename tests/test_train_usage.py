@@ -203,12 +203,31 @@ def test_resuming_the_seed_says_which_schedule_it_follows(seed_training_checkpoi
     assert len(lines) == 2
     step_loss, mean_loss = re.search(r"loss:\[([\d.]+)/([\d.]+)\]", lines[0]).groups()
     assert step_loss == mean_loss  # the mean counts the one step run, not the seven before it
+    said = [message for message in caplog.messages if "learning rates" in message]  # one line, which says
     if schedule == "stored":
-        assert "following the 40 learning rates stored in" in caplog.text
+        assert said == [f"following the 40 learning rates stored in {seed_training_checkpoint}, from step 7"]
         assert [re.search(r"lr:\[([\d.]+)\]", line).group(1) for line in lines] == ["0.070", "0.080"]
     else:
-        assert "stores the seed's own learning rates (40 steps); this run follows the schedule it is configured " \
-               "with (--lr-schedule) from step 7" in caplog.text
+        assert said == [f"{seed_training_checkpoint} stores the seed's own learning rates (40 steps); this run "
+                        "follows its warmup-cosine schedule from step 7 instead (--lr-schedule stored follows them)"]
+
+
+def test_a_run_longer_than_the_stored_rates_says_what_the_steps_past_them_get(tmp_path, caplog):
+    """8 stored rates, a 9-step run from step 7: step 8 keeps the last rate, said once at the start (it was silent)."""
+    model = create_model("mobilenetv3_small", num_classes=10, head_channels=1280, dropout=0.0)
+    path = tmp_path / "mobilenetV3-2_3.ckpt"
+    write_ckpt(dict(to_mindspore(model.state_dict()), global_step=torch.tensor([7], dtype=torch.int32),
+                    learning_rate=torch.tensor([0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07])), path)
+    settings = dict(TINY, synthetic_samples=24, width_mult=1.0)  # 3 steps an epoch
+    with caplog.at_level(logging.INFO, logger="mobilenetv3"):
+        mobilenetv3.train(None, resume=str(path), run_dir=str(tmp_path / "run"), epochs=3, lr_schedule="stored",
+                          **settings)
+    said = [record for record in caplog.records if "learning rates" in record.getMessage()]
+    assert [(r.levelname, r.getMessage()) for r in said] == [
+        ("WARNING", f"following the 8 learning rates stored in {path}, from step 7; the run has 9 steps: step 8 is "
+                    "past them and keeps the last one, 0.07")]
+    lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if line.startswith("epoch: [")]
+    assert [re.search(r"lr:\[([\d.]+)\]", line).group(1) for line in lines] == ["0.070", "0.070"]
 
 
 def test_the_stored_schedule_needs_a_seed_checkpoint_that_has_one(tmp_path):

@@ -289,9 +289,6 @@ def restore_seed(seed, trainable: Trainable, steps_per_epoch: int, source: str) 
         trainable.ema.module.load_state_dict(model.state_dict())
     step = seed.global_step or 0
     log.info("continuing the seed's run at global step %d (momentum buffers: %d)", step, len(seed.momentum_buffers))
-    if seed.learning_rate is not None:
-        log.info("%s stores the seed's own learning rates (%d steps); this run follows the schedule it is "
-                 "configured with (--lr-schedule) from step %d", source, seed.learning_rate.numel(), step)
     return TrainState(epoch=step // steps_per_epoch, step_in_epoch=step % steps_per_epoch, global_step=step)
 
 

@@ -399,8 +399,27 @@ def stored_rates(config: Config, resume: Optional[Resume]) -> Optional[tuple]:
     if rates is None or rates.numel() == 0:
         raise UsageError("--lr-schedule stored follows the learning rates a seed training .ckpt stores: resume "
                          "one that has them (--resume PATH.ckpt)")
-    log.info("following the %d learning rates stored in %s", rates.numel(), resume.path)
     return tuple(float(v) for v in rates.reshape(-1))
+
+
+def say_seed_rates(resume: Resume, schedule: Schedule, start: int) -> None:
+    """One line on the learning rates a resumed seed ``.ckpt`` stores: followed from step ``start`` (and what the
+    steps past their end get), or not followed."""
+    rates = resume.seed.learning_rate
+    if rates is None or rates.numel() == 0:
+        return
+    if schedule.stored is None:
+        log.info("%s stores the seed's own learning rates (%d steps); this run follows its warmup-cosine schedule "
+                 "from step %d instead (--lr-schedule stored follows them)", resume.path, rates.numel(), start)
+        return
+    stored, total = len(schedule.stored), schedule.total_steps
+    if total <= stored:
+        log.info("following the %d learning rates stored in %s, from step %d", stored, resume.path, start)
+        return
+    past = f"step {stored} is past them and keeps" if total - stored == 1 else \
+        f"steps {stored} to {total - 1} are past them and keep"
+    log.warning("following the %d learning rates stored in %s, from step %d; the run has %d steps: %s the last "
+                "one, %.4g", stored, resume.path, start, total, past, schedule.stored[-1])
 
 
 def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.device) -> ckpt.Trainable:
@@ -517,6 +536,7 @@ class _Run:
     def _restore(self, resume: Resume) -> ckpt.TrainState:
         if resume.seed is not None:
             state = ckpt.restore_seed(resume.seed, self.trainable, self.schedule.steps_per_epoch, str(resume.path))
+            say_seed_rates(resume, self.schedule, state.global_step)
         else:
             state = resume.checkpoint.restore(self.trainable, self.info.rank, self.info.world_size, str(resume.path))
         log.info("resuming from %s at epoch %d, step %d", resume.path, state.epoch + 1, state.step_in_epoch)
