@@ -168,7 +168,7 @@ def int8_export(checkpoint, tmp_path_factory):
 
 def test_int8_export_calibrates_on_an_image_folder_and_records_it(int8_export):
     out, result, root = int8_export
-    assert result.stderr == ""
+    assert all("decoded as an image viewer shows them" in line for line in result.stderr.splitlines())  # the CMYK
     lines = result.stdout.splitlines()
     assert lines[:2] == [f"exported executorch-int8: {out}",
                          f"  calibrated on 8 of {5 * CLASSES} training images, drawn at random with seed 0"]

@@ -231,24 +231,26 @@ class BatchLoader(DataLoader):
     that name a bad file the message should stay the one line that names it.
     """
 
-    conversions_reported = False
-
     def __iter__(self):
         return _report_conversions(self, _plain_worker_errors(super().__iter__()))
 
 
 def _report_conversions(loader: BatchLoader, batches):
-    """The batches, passed on; at the end of the loader's first whole pass (a training run's first epoch, an
-    evaluation), one log line of what the decoder converted in it: the worker processes count it in their
-    batches, as they cannot log it together. A pass cut short (``--max-steps``, a few batches for BatchNorm
-    statistics) says nothing."""
+    """The batches, passed on; at the end of a whole pass (a training run's first epoch, an evaluation), one
+    log line of what the decoder converted in it, once per dataset folder in a process (a command): the worker
+    processes count it in their batches, as they cannot log it together. A pass cut short (``--max-steps``, a
+    few batches for BatchNorm statistics) says nothing."""
     seen = Conversions()
     for batch in batches:
         seen.add(getattr(batch, "converted", None))
         yield batch
-    if seen and not loader.conversions_reported:
-        loader.conversions_reported = True
-        log.info("%s: %s (decoded as an image viewer shows them)", loader.dataset.data.source, seen)
+    source = loader.dataset.data.source
+    if seen and source not in _CONVERSIONS_SAID:
+        _CONVERSIONS_SAID.add(source)
+        log.info("%s: %s (decoded as an image viewer shows them)", source, seen)
+
+
+_CONVERSIONS_SAID: set[str] = set()  # the dataset folders whose conversions this process has logged
 
 
 def _plain_worker_errors(batches):
