@@ -168,7 +168,7 @@ class _System:
     (lambda p: torch.save({"model": _System()}, p), ["eval", "--checkpoint"],
      r"refused to load: it holds Python objects that could run code \(global (posix|nt)\.system\)"),
     (lambda p: p.write_bytes(b"\xff" * 16), ["train", "--resume"],
-     r"not a readable PyTorch checkpoint \(truncated or another format: SafetensorError"),
+     r"w.safetensors: not a readable safetensors file \(SafetensorError: "),
     (lambda p: p.write_bytes(pickle.dumps({"a": 1}, protocol=4)), ["eval", "--checkpoint"],
      r"not a readable PyTorch checkpoint"),
 ], ids=["os.system payload", "malformed safetensors to resume", "raw pickle"])

@@ -69,17 +69,19 @@ def load_file(path) -> Any:
     except pickle.UnpicklingError as err:
         refused = refused_global(str(err))
         if refused is None:  # not a pickle of ours at all
-            raise _unreadable(path) from None
+            raise _unreadable(path, err) from None
         raise UsageError(f"{path}: refused to load: it holds Python objects that could run code (global "
                          f"{refused}); only tensors and plain data are loaded") from None
-    except Exception:  # noqa: BLE001 - torch's messages (a cut-off miniz note, weights_only's history) say less
-        raise _unreadable(path) from None
+    except Exception as err:  # noqa: BLE001 - torch's messages (a cut-off miniz note, weights_only's history) say less
+        raise _unreadable(path, err) from None
 
 
-def _unreadable(path: Path) -> UsageError:
+def _unreadable(path: Path, err: Exception) -> UsageError:
     """What a file ``torch.load`` could not read is, said in the user's words rather than torch's internals."""
     import zipfile
 
+    if path.suffix == ".safetensors":  # torch.load hands these to safetensors, whose message says what is wrong
+        return UsageError(f"{path}: not a readable safetensors file ({type(err).__name__}: {first_line(err)})")
     unreadable = UsageError(f"{path}: not a readable PyTorch checkpoint (truncated or not a PyTorch file)")
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":  # not a zip archive: torch.save's format since PyTorch 1.6, TorchScript's
