@@ -208,6 +208,8 @@ def build_cases(fashion) -> dict[str, Case]:
     rgba = np.concatenate([np.where(alpha[..., None] == 0, 0, color), alpha[..., None]], axis=-1)
     cases["rgba"] = Case(png_bytes(rgba.reshape(28, -1), samples=4, greyscale=False, alpha=True, bitdepth=8),
                          ".png", on_white(color, alpha), {"alpha_composited": 1})
+    cases["gray-trns"] = Case(png_bytes(gray, greyscale=True, bitdepth=8, transparent=0), ".png",
+                              np.repeat(np.where(gray == 0, 255, gray)[..., None], 3, -1), {"alpha_composited": 1})
     gray_alpha = np.stack([np.where(alpha == 0, 0, gray), alpha], axis=-1)
     cases["gray-alpha"] = Case(png_bytes(gray_alpha.reshape(28, -1), samples=2, greyscale=True, alpha=True,
                                          bitdepth=8), ".png", np.repeat(on_white(gray, alpha)[..., None], 3, -1),
@@ -222,9 +224,10 @@ def cases(fashion) -> dict[str, Case]:
     return build_cases(fashion)
 
 
-CASE_NAMES = [f"exif-{o}" for o in STORED] + ["gray16", "rgb16", "palette-trns", "rgba", "gray-alpha", "cmyk", "icc"]
+CASE_NAMES = [f"exif-{o}" for o in STORED] + ["gray16", "rgb16", "palette-trns", "gray-trns", "rgba", "gray-alpha",
+                                             "cmyk", "icc"]
 # What the decoder says once for all of them: the sums of the cases' counts
-REPORT = (f"of {len(CASE_NAMES)} images decoded: 7 EXIF-rotated, 2 scaled from 16/32 bits to 8, 3 alpha composited "
+REPORT = (f"of {len(CASE_NAMES)} images decoded: 7 EXIF-rotated, 2 scaled from 16/32 bits to 8, 4 alpha composited "
           "on white, 1 CMYK to RGB, 1 ICC profile to sRGB (decoded as an image viewer shows them)")
 
 
@@ -392,7 +395,7 @@ def test_the_server_gives_predicts_answers(files, cases, predicted):
         metrics = client.get("/metrics").text
     counted = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
                if line.startswith("mobilenetv3_images_converted_total{")}
-    assert counted == {"exif_rotated": 7.0, "high_depth_scaled": 2.0, "alpha_composited": 3.0, "cmyk_converted": 1.0,
+    assert counted == {"exif_rotated": 7.0, "high_depth_scaled": 2.0, "alpha_composited": 4.0, "cmyk_converted": 1.0,
                        "icc_converted": 1.0}
 
 

@@ -1,21 +1,22 @@
 """Image files decoded as the user sees them in an image viewer: the one decoder of training, eval, predict and
 the server.
 
-``to_mode`` turns an opened PIL image into 8-bit RGB (``channels`` 3) or L (1), in this order:
+``to_mode`` turns an opened PIL image into 8-bit RGB (``channels`` 3) or L (1):
 
+- **orientation**: the EXIF orientation tag (all 8 values; every phone camera writes one) is applied
+  (``PIL.ImageOps.exif_transpose``).
 - **bit depth**: 16-bit modes (``I;16``, ``I;16B``, a 16-bit PNG or TIFF) are scaled, value / 257, never
   clipped. The depth the *file* declares decides, not the values it holds: a 16-bit PNG whose values all lie
   below 256 is a dark image and stays dark. ``I`` images (32-bit integers) are scaled from the depth their file
   stores (16 bits: / 257; 32 bits: / 16843009, so that 2**32 - 1 is white; negatives are black); ``F`` (32-bit
   float) is taken as 0..1, as float TIFFs are written, times 255, clipped as a display clips. 16-bit RGB(A) and
   LA PNGs Pillow itself brings to 8 bits by their high byte (within 1 of value / 257).
-- **palette and alpha**: ``P`` becomes RGB, or RGBA when it has a transparent colour (tRNS); ``RGBA``, ``LA``,
-  ``PA`` are composited on a **white** background, as browsers and image viewers show transparency on a page.
+- **palette and alpha**: ``P`` becomes RGB, or RGBA when it has a transparent colour (tRNS, as have some RGB
+  and L PNGs); ``RGBA``, ``LA``, ``PA`` are composited on a **white** background, as browsers and image viewers
+  show transparency on a page.
 - **colour**: an embedded ICC profile other than sRGB is converted to sRGB (LittleCMS through ``PIL.ImageCms``,
   perceptual intent); CMYK goes to sRGB through its profile, or Pillow's plain formula without one; LAB through
   the CIE profile. A profile Pillow cannot use is ignored (the pixels are taken as sRGB).
-- **orientation**: the EXIF orientation tag (all 8 values; every phone camera writes one) is applied
-  (``PIL.ImageOps.exif_transpose``).
 
 The usual 8-bit RGB or grayscale JPEG/PNG without a rotation tag or profile is returned as decoded, without
 a copy. What was converted is added to a ``Conversions`` count, which the callers report once per run.
@@ -95,8 +96,8 @@ def load_image(source: Union[str, Path, bytes], channels: int, conversions: Opti
     try:
         with open_image(source) as image:
             return to_mode(image, channels, conversions)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
-        label = name or (str(source) if not isinstance(source, bytes) else "image")  # UnidentifiedImageError: OSError
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:  # OSError: unidentified
+        label = name or (str(source) if not isinstance(source, bytes) else "image")
         raise UsageError(f"{label}: unreadable image ({' '.join(str(err).split())})") from None
 
 
@@ -106,7 +107,7 @@ def to_mode(image, channels: int, conversions: Optional[Conversions] = None):
     bits = stored_bits(image)  # the tile says what the file stores; gone once loaded
     image.load()
     mode, orientation, icc = "RGB" if channels == 3 else "L", _orientation(image), image.info.get("icc_profile")
-    if image.mode in PLAIN_MODES and bits <= 8 and orientation == 1 and _is_srgb(icc):  # the usual file
+    if _plain(image, bits, orientation, icc):  # the usual file
         if conversions is not None:
             conversions.images += 1
         return image if image.mode == mode else image.convert(mode)  # no copy for the usual RGB JPEG
@@ -135,8 +136,12 @@ def _as_shown(image, bits: int, orientation: int, icc: Optional[bytes]) -> tuple
 def is_plain(image) -> bool:
     """Whether an opened image decodes to its pixels as stored: 8-bit RGB or L, upright, sRGB (or no profile);
     what a decoder that knows nothing of the above (``torchvision.io.decode_jpeg``) gets right."""
-    return (image.mode in PLAIN_MODES and stored_bits(image) <= 8 and _orientation(image) == 1
-            and _is_srgb(image.info.get("icc_profile")))
+    return _plain(image, stored_bits(image), _orientation(image), image.info.get("icc_profile"))
+
+
+def _plain(image, bits: int, orientation: int, icc: Optional[bytes]) -> bool:
+    return (image.mode in PLAIN_MODES and bits <= 8 and orientation == 1 and "transparency" not in image.info
+            and _is_srgb(icc))
 
 
 def stored_bits(image) -> int:
@@ -187,8 +192,10 @@ def _flatten(image) -> tuple[object, int]:
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif image.mode in ("PA", "RGBa"):
         image = image.convert("RGBA")
-    elif image.mode == "La":
+    elif image.mode == "La" or (image.mode == "L" and "transparency" in image.info):
         image = image.convert("LA")
+    elif image.mode == "RGB" and "transparency" in image.info:  # one colour transparent (tRNS)
+        image = image.convert("RGBA")
     if image.mode not in ("RGBA", "LA"):
         return image, 0
     base_mode, alpha = image.mode[:-1], image.getchannel("A")
