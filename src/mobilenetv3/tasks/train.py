@@ -439,13 +439,15 @@ def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.d
 
 
 def recompute_batchnorm(model: nn.Module, data: Dataset, preprocessing: Preprocessing, batch_size: int,
-                        device: torch.device, batches: int = EMA_BN_BATCHES, workers: Optional[int] = None) -> None:
+                        device: torch.device, batches: int = EMA_BN_BATCHES, workers: Optional[int] = None,
+                        skip_bad_images: bool = False) -> None:
     """BatchNorm running statistics for ``model``'s own weights, from the first ``batches`` training batches
     (eval preprocessing, the same images in every process and every run: deterministic)."""
     from torch.optim.swa_utils import update_bn
 
-    loader = eval_loader(data, preprocessing, batch_size=batch_size, workers=workers)
-    update_bn(itertools.islice(loader, batches), model, device=device)
+    loader = eval_loader(data, preprocessing, batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images)
+    images = (batch.images for batch in itertools.islice(loader, batches) if len(batch.images))
+    update_bn(images, model, device=device)
 
 
 class StopSignal:
@@ -595,7 +597,8 @@ class _Run:
         ema = self.trainable.ema
         for model in [self.trainable.model] * self.settle_bn + ([ema.module] if ema is not None else []):
             recompute_batchnorm(model, self.data.train, self.data.preprocessing, self.config.data.batch_size,
-                                self.device, workers=self.config.data.workers)
+                                self.device, workers=self.config.data.workers,
+                                skip_bad_images=self.config.data.skip_bad_images)
         self.last_metrics = self._validate(record)
         record["wall_time"] = time.perf_counter() - self.started  # this process's, resumed runs restart it
         self.runlog.end_epoch(record)
