@@ -132,12 +132,14 @@ def write_idx(root: Path, gz: bool, seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------------------------- weights files
 def write_weights(path: Path, num_classes: int = 3, bias=None, preprocessing: dict = None,
-                  responsive: bool = False) -> Path:
+                  responsive: bool = False, trained_on: dict = None) -> Path:
     """Our weights file (format ``mobilenetv3``) of a fresh MobileNetV3-Small at width 0.5; with ``bias``
     (one number per class) a model that ignores its input: zero classifier weights, that bias. With
     ``preprocessing`` (resize=..., crop=..., mean=...) the file names its classes c0, c1, ... too.
     ``responsive``: batch-norm statistics measured on random images and a wider classifier, seeded, so that
-    the outputs differ from image to image (a fresh network's hardly do)."""
+    the outputs differ from image to image (a fresh network's hardly do). ``trained_on``: settings of the run
+    that saved it (``dict(dataset=..., data_path=...)``), kept as a training checkpoint keeps its config: what
+    an export records as its training data."""
     import torch
 
     from mobilenetv3 import weights as wts
@@ -153,7 +155,15 @@ def write_weights(path: Path, num_classes: int = 3, bias=None, preprocessing: di
     extra = dict(classes=[f"c{i}" for i in range(num_classes)], preprocessing=preprocessing) if preprocessing else {}
     weights = wts.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3", **extra)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wts.write_weights(weights, path, "mobilenetv3")
+    if trained_on is None:
+        wts.write_weights(weights, path, "mobilenetv3")
+        return path
+    from mobilenetv3.checkpoint import Checkpoint
+    from mobilenetv3.config import Config
+
+    config = Config()
+    config.update(trained_on)
+    Checkpoint(**weights.card(), model=weights.state_dict, config=config.to_dict()).save(path)
     return path
 
 

@@ -25,11 +25,16 @@ PREPROCESSING = dict(resize=32, crop=32, interpolation="bilinear", mean=(0.5,) *
 SYNTHETIC = ["--dataset", "synthetic", "--synthetic-samples", "40", "--seed", "2"]  # no --image-size: the file's own
 
 
+TRAINED_ON = dict(dataset="synthetic", synthetic_samples=40, seed=2, image_size=32)  # the checkpoint's run
+# what every file exported from it records of that data (beside the card; eval --exported scores it there)
+RECORD = dict(dataset="synthetic", data_path=None, classes=[f"c{k}" for k in range(CLASSES)], synthetic_samples=40,
+              image_size=32, seed=2)
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny model whose outputs differ from image to image, with class names and preprocessing."""
+    """A tiny model whose outputs differ from image to image, with class names, preprocessing and the config of
+    the run that trained it."""
     return write_weights(tmp_path_factory.mktemp("et") / "tiny.pt", num_classes=CLASSES, responsive=True,
-                         preprocessing=PREPROCESSING)
+                         preprocessing=PREPROCESSING, trained_on=TRAINED_ON)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +121,7 @@ def test_predict_through_the_pte_gives_the_checkpoints_answers(pte, checkpoint, 
     assert by_pte.stderr == ""
     pte_answers, weights_answers = json.loads(by_pte.stdout), json.loads(by_weights.stdout)
     assert len(pte_answers) == 3
+    assert card["dataset"] == module.dataset == RECORD  # the data it was trained on, beside the card
     for got, expected in zip(pte_answers, weights_answers):
         assert (got["runtime"], got["precision"]) == ("executorch", "fp32")
         assert [t["class"] for t in got["top"]] == [t["class"] for t in expected["top"]]
@@ -193,6 +199,7 @@ def test_int8_runs_in_xnnpack_and_agrees_with_pytorch_on_most_images(int8_export
     diff = float(real.split("PyTorch ")[1].split(",")[0])
     agreement = float(real.split("agreement ")[1].rstrip("%")) / 100
     assert diff > 1e-4  # quantised: not the fp32 network
+    assert module.dataset == open_exported(out.parent / "m.pte").dataset == RECORD  # both files know their data
     assert agreement >= 0.75, real
     model, module = pytorch_model(checkpoint), ExecuTorchModule(out)
     generator = torch.Generator().manual_seed(3)

@@ -141,6 +141,24 @@ def card_of(model: torch.nn.Module) -> dict:
                       getattr(model, "preprocessing", None))
 
 
+def dataset_record(config: Optional[dict], classes: Optional[list]) -> Optional[dict]:
+    """What the data a training run learnt from was, for the files exported from its checkpoint (beside the model
+    card, whose preprocessing is the eval protocol): the dataset format, its folder (made absolute where it
+    exists), the class names as the dataset has them and, for synthetic data, the settings that make its images.
+    ``None`` without the run's ``config`` (weights of another framework, a checkpoint without one)."""
+    data = (config or {}).get("data")
+    if not isinstance(data, dict) or not data.get("dataset"):
+        return None
+    path = data.get("data_path")
+    if path and Path(path).expanduser().exists():
+        path = str(Path(path).expanduser().resolve())
+    record = dict(dataset=data["dataset"], data_path=path, classes=list(classes) if classes is not None else None)
+    if data["dataset"] == "synthetic":
+        record.update(synthetic_samples=data.get("synthetic_samples"), image_size=data.get("image_size"),
+                      seed=(config.get("run") or {}).get("seed"))
+    return record
+
+
 def card_from_metadata(metadata: dict[str, str]) -> Optional[dict]:
     """The model card stored in safetensors metadata by ``save_safetensors``; ``None`` when there is none."""
     import json

@@ -312,9 +312,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  accuracy on {a['dataset']} val ({a['count']} images): INT8 top-1 {100 * a['int8_top1']:.2f}%, "
               f"fp32 top-1 {100 * a['fp32_top1']:.2f}%, same top-1 answer on {100 * a['agreement']:.2f}%")
     return 0
+    print(f"  {_dataset_line(result.dataset)}")
 
 
 def _delegation_line(counts: dict) -> str:
+def _dataset_line(record) -> str:
+    """What an exported file records of the data its model was trained on (eval --exported's default dataset)."""
+    if not record:
+        return "records no training data (the weights carry no training config): eval it with --dataset"
+    where = f" at {record['data_path']}" if record.get("data_path") else ""
+    classes = f", {len(record['classes'])} classes" if record.get("classes") else ""
+    return f"records its training data: {record['dataset']}{where}{classes}"
+
+
     """``XNNPACK runs 184 of 184 operators (1 delegated subgraph)``, and the kinds left to the portable runtime."""
     total = counts["xnnpack"] + counts["portable"]
     subgraphs = counts["subgraphs"]
@@ -347,6 +357,10 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out unreadable images (named in one line) instead of stopping at the first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--classes", metavar="NAMES",
+                   help="class names to show instead of the file's: a text file of one name per line, or a,b,c; "
+                        "refused unless they are the model's classes (their count, and their names where the file "
+                        "has real ones)")
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -354,7 +368,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .tasks import predict
 
     results = predict(args.images, checkpoint=args.checkpoint, **_exported_options(args), topk=args.topk,
-                      batch_size=args.batch_size, skip_bad_images=args.skip_bad_images)
+                      batch_size=args.batch_size, skip_bad_images=args.skip_bad_images, classes=args.classes)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0

@@ -39,6 +39,11 @@ class Weights:
     def card(self) -> dict:
         return ckpt.model_card(self.model_name, self.model_kwargs, self.classes, self.preprocessing)
 
+    def dataset(self) -> Optional[dict]:
+        """The data they were trained on (``checkpoint.dataset_record``), when their training config says."""
+        config = self.checkpoint.config if self.checkpoint is not None else None
+        return ckpt.dataset_record(config, self.classes)
+
 
 EXPORTED = {".onnx": "an ONNX model", ".xml": "an OpenVINO IR", ".pte": "an ExecuTorch program",
             ".pt2": "a torch.export program"}  # files export writes that are models, not weights
@@ -151,7 +156,8 @@ def _read_mindspore(path: Path) -> Weights:
 
 def model_from_weights(weights: Weights, **overrides) -> torch.nn.Module:
     """The network ``weights`` describe, with their values, in eval mode; ``classes`` and ``preprocessing``
-    attached (the model's registry default when the file has none)."""
+    attached (the model's registry default when the file has none), and ``dataset``, the data they were trained
+    on (``Weights.dataset``, ``None`` when unknown), which export records."""
     from .convert import check_shapes
     from .models import create_model, default_preprocessing
 
@@ -160,6 +166,7 @@ def model_from_weights(weights: Weights, **overrides) -> torch.nn.Module:
     model.load_state_dict(weights.state_dict)
     model.classes = weights.classes
     model.preprocessing = weights.preprocessing or default_preprocessing(weights.model_name, model.in_chans)
+    model.dataset = weights.dataset()
     return model.eval()
 
 

@@ -24,6 +24,8 @@ class WithSoftmax(nn.Module):
 
 
 def describe(model: nn.Module, softmax: bool) -> dict:
-    """What an exported file says about itself: the model card plus whether a softmax is appended (read back
-    by ``OnnxModule`` and ``load_exported``)."""
-    return dict(card_of(model), softmax=softmax)
+    """What an exported file says about itself: the model card, whether a softmax is appended, and ``dataset``,
+    the data it was trained on (``checkpoint.dataset_record``, attached to the model by ``model_from_weights``;
+    ``None`` when unknown), which ``eval --exported`` scores it on by default. Read back by each runtime's module
+    (``OnnxModule``, ``OpenVinoModule``, ``ExecuTorchModule``, ``TorchProgramModule``)."""
+    return dict(card_of(model), softmax=softmax, dataset=getattr(model, "dataset", None))

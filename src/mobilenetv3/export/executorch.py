@@ -281,6 +281,7 @@ class ExecuTorchModule(nn.Module):
         self.classes, self.preprocessing = info.get("classes"), info.get("preprocessing")
         self.model_name, self.model_kwargs = info.get("model_name", self.path.stem), info.get("model_kwargs", {})
         self.softmax = bool(info.get("softmax", False))
+        self.dataset = info.get("dataset")  # the data it was trained on (None: not recorded)
         self.int8 = _constant(self.program, INT8_KEY)  # how it was quantised; None for fp32
         self.calibration = _constant(self.program, CALIBRATION_KEY)
         self.quantized = self.int8 is not None

@@ -181,6 +181,7 @@ class OnnxModule(nn.Module):
         self.classes, self.preprocessing = info.get("classes"), info.get("preprocessing")
         self.model_name, self.model_kwargs = info.get("model_name", path.stem), info.get("model_kwargs", {})
         self.softmax = bool(info.get("softmax", False))
+        self.dataset = info.get("dataset")  # the data it was trained on (None: not recorded)
         self.precision = "int8" if _quantized(path) else "fp32"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

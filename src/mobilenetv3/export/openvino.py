@@ -379,6 +379,7 @@ class OpenVinoModule(nn.Module):
         self.classes, self.preprocessing = info.get("classes"), info.get("preprocessing")
         self.model_name, self.model_kwargs = info.get("model_name", path.stem), info.get("model_kwargs", {})
         self.softmax = bool(info.get("softmax", False))
+        self.dataset = info.get("dataset")  # the data it was trained on (None: not recorded)
         self.quantized = any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
         self.precision = ("int8+" + precision if precision != "fp32" else "int8") if self.quantized else precision
 

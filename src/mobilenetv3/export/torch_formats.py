@@ -98,6 +98,7 @@ class TorchProgramModule(nn.Module):
         self.model_name, self.model_kwargs = info.get("model_name", path.stem), kwargs
         self.classes, self.preprocessing = info.get("classes"), info.get("preprocessing")
         self.softmax = bool(info.get("softmax", False))
+        self.dataset = info.get("dataset")  # the data it was trained on (None: not recorded)
         self.num_classes, self.in_chans = kwargs.get("num_classes"), kwargs.get("in_chans", 3)
         if self.num_classes is None:
             raise UsageError(f"{path}: its model card does not say how many classes it has")

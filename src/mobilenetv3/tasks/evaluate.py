@@ -8,7 +8,6 @@ to, so a caller (the CLI) can show the metrics before the report is written, or 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -17,8 +16,9 @@ import torch
 from torch import nn
 
 from ..build import build_dataset_split, build_eval_loader, device_type, pick_device, preprocessing_for
-from ..config import Config, DataConfig, apply_over_run, validate
+from ..config import FIELD_SECTION, Config, DataConfig, apply_over_run, validate
 from ..data import check_labels
+from ..data.classes import class_mismatch, names_are_indices
 from ..data.transforms import Preprocessing
 from ..dist import destroy_distributed, init_distributed
 from ..engine import evaluate as score
@@ -82,6 +82,9 @@ class _Scored:
     preprocessing: Optional[dict]  # as the file has it (None: it has none; not the registry default)
     trained_config: bool  # the file carries its training run's config
     ema: bool
+    dataset_from: str = "default"  # "given" (flags), "recorded" (the run's config, an exported file's record), or
+    #                                "default" (neither: the default dataset is a guess)
+    names_known: bool = False  # its class names are those of the data it was trained on (recorded with it)
 
 
 def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, exported: Optional[str] = None,
@@ -153,7 +156,7 @@ def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: 
     val = build_dataset_split(config.data, "val", config.run.seed, model.num_classes)
     check_labels(val, model.num_classes, f"the model has {model.num_classes} classes: score it on a dataset of "
                                          "those classes, with --dataset and --data-path")
-    classes, notes = _class_names(scored.classes, model.num_classes, val, by_index)
+    classes, notes = _class_names(scored, model.num_classes, val, by_index)
     preprocessing, source = _preprocessing(scored, config.data, val, model.in_chans, asked)
     notes += _channel_notes(val.channels, model.in_chans)
     loader = build_eval_loader(config.data, val, preprocessing, info, pin_memory=device.type == "cuda")
@@ -190,10 +193,11 @@ def _open(weights: Optional[str], exported: Optional[str], ema: bool, settings: 
 
     if not weights and not exported:
         raise UsageError("give --checkpoint PATH (or --exported FILE)")
-    saved = None
+    saved, record = None, None
     if exported:
         model: nn.Module = open_exported(exported, runtime, precision)
         source, classes, preprocessing = str(exported), model.classes, model.preprocessing
+        record = model.dataset  # the data it was trained on, as export recorded it (None: an older file)
         runtime, precision, kind = model.runtime, model.precision, _KINDS[exported_kind(Path(exported))]
     else:
         check_pytorch_options(runtime, precision)
@@ -208,31 +212,35 @@ def _open(weights: Optional[str], exported: Optional[str], ema: bool, settings: 
     config = Config.from_dict(saved) if saved else Config()
     config.data.skip_bad_images = False  # an evaluation setting: the eval command's own, never the training run's
     config.data.decode = "cpu"  # the training run's --decode gpu would tie evaluation to a GPU
+    if record:
+        config.update(_recorded_settings(record), source=f"{source}'s dataset record")
     apply_over_run(config, settings)
     validate(config)
+    dataset_from = "given" if "dataset" in settings else "recorded" if saved or record else "default"
     return _Scored(model, config, source, runtime, precision, kind, classes, preprocessing,
-                   trained_config=bool(saved), ema=ema)
+                   trained_config=bool(saved), ema=ema, dataset_from=dataset_from, names_known=bool(saved or record))
+
+
+def _recorded_settings(record: dict) -> dict:
+    """The settings an exported file's dataset record gives (``dataset``, ``data_path``; synthetic data: what
+    makes its images), as a checkpoint's training config gives them; its class names are checked, not set."""
+    return {key: value for key, value in record.items() if key in FIELD_SECTION and value is not None}
 
 
 # ------------------------------------------------------------------------------------------ classes
-_INDEX_NAME = re.compile(r"\D*?(\d+)")
-
-
-def _names_are_indices(names) -> bool:
-    """Names that only number the classes (``0``, ``c1``, ``class_2``, ...): nothing to compare them by."""
-    matches = [_INDEX_NAME.fullmatch(str(name)) for name in names]
-    return all(m is not None and int(m.group(1)) == i for i, m in enumerate(matches))
-
-
-def _class_names(weights_classes: Optional[list], num_classes: int, val,
-                 by_index: bool) -> tuple[list[str], list[str]]:
+def _class_names(scored: _Scored, num_classes: int, val, by_index: bool) -> tuple[list[str], list[str]]:
     """The class names to report and the notes to make, once the dataset's classes are checked against the
-    weights': a class-count or class-name mismatch is a ``UsageError`` unless ``by_index``. The names are the
+    weights' (``data.class_mismatch``): a class-count or class-name mismatch is a ``UsageError`` unless
+    ``by_index``; on the default dataset of a file that records none, always (it was a guess). The names are the
     weights' unless they only number classes the dataset names."""
     data = [str(name) for name in val.classes]
-    fits = weights_classes is not None and len(weights_classes) == num_classes
-    named = [str(name) for name in weights_classes] if fits else None
-    problem = _class_mismatch(named, num_classes, data, val.source)
+    fits = scored.classes is not None and len(scored.classes) == num_classes
+    named = [str(name) for name in scored.classes] if fits else None
+    guessed = scored.dataset_from == "default"
+    problem = class_mismatch(named, num_classes, data, val.source, names_known=scored.names_known or guessed)
+    if problem and guessed:
+        raise UsageError(f"{scored.source} does not record the data it was trained on, and the default dataset "
+                         f"({scored.config.data.dataset}) is not it: {problem}; give --dataset and --data-path")
     notes = []
     if problem and not by_index:
         raise UsageError(f"{problem}; add --by-index to score dataset label i as the model's class i")
@@ -240,28 +248,9 @@ def _class_names(weights_classes: Optional[list], num_classes: int, val,
         notes.append(f"{problem}; scored by index (--by-index): dataset label i as the model's class i")
     if len(data) != num_classes:  # scored by index
         data = [str(i) for i in range(num_classes)]
-    if named is None or (_names_are_indices(named) and not _names_are_indices(data)):
+    if named is None or (names_are_indices(named) and not names_are_indices(data)):
         return data, notes
     return named, notes
-
-
-def _class_mismatch(named: Optional[list[str]], num_classes: int, data: list[str], source: str) -> Optional[str]:
-    """What is wrong between the dataset's classes and the weights' (``named``: their names, if any); None if
-    nothing. Names are compared only when both sides have names that are more than indices."""
-    if len(data) != num_classes:
-        theirs = f" ({_shown(named)})" if named else ""
-        return f"{source} has {len(data)} classes ({_shown(data)}), the weights {num_classes}{theirs}"
-    if named is None or named == data or _names_are_indices(named) or _names_are_indices(data):
-        return None
-    if sorted(named) == sorted(data):
-        return f"{source} has the weights' classes in another order ({_shown(data)}; the weights: {_shown(named)})"
-    differ = [i for i in range(num_classes) if data[i] != named[i]]
-    return (f"{source} has other classes than the weights ({len(differ)} of {num_classes} differ: class {differ[0]} "
-            f"is {data[differ[0]]!r} there, {named[differ[0]]!r} in the weights)")
-
-
-def _shown(names: list[str], most: int = 4) -> str:
-    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 def _channel_notes(data_channels: int, in_chans: int) -> list[str]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from ..build import build_dataset_split
 from ..config import Config, DataConfig, apply_over_run
 from ..data import Dataset, check_labels, eval_loader
+from ..data.classes import class_mismatch
 from ..data.datasets import subset
 from ..data.transforms import Preprocessing
 from ..errors import UsageError
@@ -71,6 +72,7 @@ class ExportResult:
     delegation: Optional[dict] = None  # ExecuTorch: operators run by XNNPACK and by the portable runtime
     validation_sample: Optional[ImageSample] = None  # OpenVINO INT8 with accuracy control: the images it checked
     int8: Optional[dict] = None  # OpenVINO INT8: how it was quantised (the IR's ``INT8_KEY`` record)
+    dataset: Optional[dict] = None  # the data the model was trained on, recorded in the file (None: unknown)
 
 
 @dataclass
@@ -131,8 +133,10 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     apply_over_run(config, settings)
     d = config.data
     has_data = use_dataset and (d.dataset in ("fashion-mnist", "synthetic") or d.data_path)
+    guessed = model.dataset is None and "dataset" not in settings  # the default dataset, not the model's own
     data = _export_data(config, model.num_classes, pre, format in INT8_FORMATS, calibration_images, verify_images,
-                        sample_seed, validation_images, source) if has_data else ExportData()
+                        sample_seed, validation_images, source,
+                        check_classes=lambda val: _check_classes(model, val, guessed)) if has_data else ExportData()
     if validation_images:
         int8.update(validation=data.validation or (),
                     validation_info=data.validation_sample.to_dict() if data.validation_sample else None)
@@ -144,12 +148,24 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     result = ExportResult(format, figures["path"], softmax, figures["random"], figures.get("real"),
                           figures.get("fp32_path"), real_sample=data.real_sample,
                           calibration_sample=data.calibration_sample, delegation=figures.get("delegation"),
-                          validation_sample=data.validation_sample)
+                          validation_sample=data.validation_sample, dataset=model.dataset)
     if format == "openvino-int8":
         result.int8 = read_int8_info(path)
     if format in INT8_FORMATS and data.val is not None:
         result.accuracy = _int8_accuracy(result, data.val, pre, config)
     return result
+
+
+def _check_classes(model, val: Dataset, guessed: bool) -> None:
+    """INT8 is calibrated and scored on ``val``'s dataset: its classes must be the model's, as eval checks them
+    (``data.class_mismatch``); where the weights record no data and none was given (``guessed``: the default
+    dataset), names are compared even when they only number the classes."""
+    problem = class_mismatch(model.classes, model.num_classes, val.classes, str(val.source),
+                             names_known=model.dataset is not None or guessed)
+    if problem:
+        why = " (the weights do not record their data: that is the default dataset)" if guessed else ""
+        raise UsageError(f"{problem}{why}; INT8 is calibrated and scored on it: give --dataset and --data-path of "
+                         "the model's own data")
 
 
 def _int8_settings(format: str, keep_fp32: Optional[Sequence[str]], overflow_fix: Optional[str],
@@ -194,12 +210,17 @@ def _check_pte_output(path: Path, fp32_path: Optional[Path]) -> None:
 
 def _export_data(config: Config, num_classes: int, pre: Preprocessing, int8: bool, calibration_images: int,
                  verify_images: int = 128, seed: int = 0, validation_images: int = 0,
-                 checkpoint: Optional[Path] = None) -> ExportData:
+                 checkpoint: Optional[Path] = None,
+                 check_classes: Optional[Callable[[Dataset], None]] = None) -> ExportData:
     """Validation images to verify on and (INT8) training images to calibrate with, each drawn at random, and
-    ``validation_images`` training images apart from the calibration images for accuracy control."""
+    ``validation_images`` training images apart from the calibration images for accuracy control. INT8:
+    ``check_classes`` is given the validation split first (INT8's accuracy is scored on it)."""
     d = config.data
     val = build_dataset_split(d, "val", config.run.seed, num_classes)
-    check_labels(val, num_classes)
+    if int8 and check_classes is not None:
+        check_classes(val)
+    check_labels(val, num_classes, f"the model has {num_classes} classes: give --dataset and --data-path of data "
+                                   "with those classes")
     real, real_sample = _sample_batches(val, "val", _draw(range(len(val)), verify_images or len(val), seed), seed, d,
                                         pre)
     data = ExportData(val, tuple(real), real_sample)

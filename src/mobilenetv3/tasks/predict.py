@@ -5,12 +5,13 @@ import glob
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..data.classes import class_mismatch
 from ..data.images import Conversions, load_image
 from ..data.transforms import Preprocessing, image_transform, normalize_batch
 from ..errors import UsageError
@@ -36,15 +37,18 @@ class Prediction:
 
 def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Optional[str] = None,
             exported: Optional[str] = None, runtime: Optional[str] = None, precision: Optional[str] = None,
-            topk: Optional[int] = None, batch_size: int = 32, skip_bad_images: bool = False) -> list[Prediction]:
+            topk: Optional[int] = None, batch_size: int = 32, skip_bad_images: bool = False,
+            classes: Union[str, Sequence[str], None] = None) -> list[Prediction]:
     """Classify ``images`` (files, folders searched recursively, globs) with ``checkpoint`` (any weights format)
     or an ``exported`` model (``.onnx``, an OpenVINO IR ``.xml``, an ExecuTorch ``.pte``, a ``.torchscript.pt`` or a
     ``.pt2``; ``onnx=`` is the older name), run in its own runtime unless ``runtime="openvino"`` (an ONNX file in
     OpenVINO), in ``precision`` ``fp32`` (default) or ``bf16`` (OpenVINO); class names and preprocessing come
-    from the file. ``topk``
-    defaults to 5 (or all classes, when there are fewer); a ``topk`` above the class count shows them all and
-    says so. An unreadable image is a ``UsageError`` naming it, unless ``skip_bad_images``: then it is left out
-    of the results, and the ones left out are named in one logged line."""
+    from the file. ``classes`` (names, a text file of one per line, or ``"a,b,c"``) names the classes instead:
+    they must be the file's (``data.class_mismatch``: their count, and the names where the file's are more than
+    indices or recorded with its training data). ``topk`` defaults to 5 (or all classes, when there are fewer); a
+    ``topk`` above the class count shows them all and says so. An unreadable image is a ``UsageError`` naming
+    it, unless ``skip_bad_images``: then it is left out of the results, and the ones left out are named in one
+    logged line."""
     from ..export import check_pytorch_options, open_exported
     from ..weights import load_model
 
@@ -63,13 +67,29 @@ def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Op
         model = load_model(checkpoint)
     if not model.preprocessing:
         raise UsageError(f"{exported} carries no preprocessing metadata (export it with `mobilenetv3 export`)")
-    predictions = classify(model, paths, Preprocessing.from_dict(model.preprocessing), model.classes, topk,
+    names = model.classes if classes is None else _given_classes(classes, model)
+    predictions = classify(model, paths, Preprocessing.from_dict(model.preprocessing), names, topk,
                            batch_size, outputs_probabilities=getattr(model, "softmax", False),
                            skip_bad_images=skip_bad_images)
     for prediction in predictions:
         prediction.runtime = getattr(model, "runtime", "pytorch")
         prediction.precision = getattr(model, "precision", "fp32")
     return predictions
+
+
+def _given_classes(classes: Union[str, Sequence[str]], model: nn.Module) -> list[str]:
+    """The class names given (``--classes``): a list, a text file of one name per line, or ``"a,b,c"``; a
+    ``UsageError`` when they are not the model's classes (their count; the names where the model's are known)."""
+    if isinstance(classes, str):
+        path = Path(classes).expanduser()
+        text = path.read_text(encoding="utf-8") if path.is_file() else classes.replace(",", "\n")
+        classes = [line.strip() for line in text.splitlines() if line.strip()]
+    names = [str(name) for name in classes]
+    problem = class_mismatch(model.classes, model.num_classes, names, "--classes",
+                             names_known=getattr(model, "dataset", None) is not None)
+    if problem:
+        raise UsageError(f"{problem}; leave --classes out to show the model's own names")
+    return names
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
