@@ -23,12 +23,12 @@ from mobilenetv3.export import (CALIBRATION_KEY, INT8_KEY, MAX_BATCH, METADATA_K
 CLASSES = 4
 PREPROCESSING = dict(resize=32, crop=32, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3, in_chans=3)
 SYNTHETIC = ["--dataset", "synthetic", "--synthetic-samples", "40", "--seed", "2"]  # no --image-size: the file's own
-
-
 TRAINED_ON = dict(dataset="synthetic", synthetic_samples=40, seed=2, image_size=32)  # the checkpoint's run
 # what every file exported from it records of that data (beside the card; eval --exported scores it there)
 RECORD = dict(dataset="synthetic", data_path=None, classes=[f"c{k}" for k in range(CLASSES)], synthetic_samples=40,
               image_size=32, seed=2)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny model whose outputs differ from image to image, with class names, preprocessing and the config of
@@ -109,6 +109,7 @@ def test_the_program_carries_the_card_and_the_module_reads_it(pte, checkpoint):
     assert module.preprocessing == json.loads(json.dumps(card["preprocessing"]))
     assert (module.model_name, module.softmax) == ("mobilenetv3_small", False)
     assert (module.runtime, module.precision, module.quantized, module.int8) == ("executorch", "fp32", False, None)
+    assert card["dataset"] == module.dataset == RECORD  # the data it was trained on, beside the card
     assert module.input_shape == (MAX_BATCH, 3, 32, 32)  # planned for the declared batch range, not a narrower one
     with pytest.raises(UsageError, match=r"takes \(N, 3, 32, 32\) images, not \(1, 3, 40, 40\)"):
         module(torch.zeros(1, 3, 40, 40))
@@ -121,7 +122,6 @@ def test_predict_through_the_pte_gives_the_checkpoints_answers(pte, checkpoint, 
     assert by_pte.stderr == ""
     pte_answers, weights_answers = json.loads(by_pte.stdout), json.loads(by_weights.stdout)
     assert len(pte_answers) == 3
-    assert card["dataset"] == module.dataset == RECORD  # the data it was trained on, beside the card
     for got, expected in zip(pte_answers, weights_answers):
         assert (got["runtime"], got["precision"]) == ("executorch", "fp32")
         assert [t["class"] for t in got["top"]] == [t["class"] for t in expected["top"]]
@@ -186,6 +186,7 @@ def test_int8_export_calibrates_on_an_image_folder_and_records_it(int8_export):
                                       of=5 * CLASSES, seed=0)
     assert module.int8["weights"] == "int8, symmetric, per output channel" and "torchao" in module.int8["tool"]
     assert module.classes[0] == "c0"  # the card stays
+    assert module.dataset == open_exported(out.parent / "m.pte").dataset == RECORD  # both files know their data
     for key in (METADATA_KEY, INT8_KEY, CALIBRATION_KEY):
         assert key in module.program.method_names
     assert open_exported(out.parent / "m.pte").precision == "fp32"
@@ -199,7 +200,6 @@ def test_int8_runs_in_xnnpack_and_agrees_with_pytorch_on_most_images(int8_export
     diff = float(real.split("PyTorch ")[1].split(",")[0])
     agreement = float(real.split("agreement ")[1].rstrip("%")) / 100
     assert diff > 1e-4  # quantised: not the fp32 network
-    assert module.dataset == open_exported(out.parent / "m.pte").dataset == RECORD  # both files know their data
     assert agreement >= 0.75, real
     model, module = pytorch_model(checkpoint), ExecuTorchModule(out)
     generator = torch.Generator().manual_seed(3)

@@ -21,11 +21,11 @@ from mobilenetv3.export import (CALIBRATION_KEY, INT8_KEY, METADATA_KEY, OpenVin
 CLASSES = 4
 PREPROCESSING = dict(resize=32, crop=32, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3, in_chans=3)
 SYNTHETIC = ["--dataset", "synthetic", "--synthetic-samples", "40", "--seed", "2"]  # no --image-size: the IR's own
-
 TRAINED_ON = dict(dataset="synthetic", synthetic_samples=40, seed=2, image_size=32)  # the checkpoint's run
 # what every file exported from it records of that data (beside the card; eval --exported scores it there)
 RECORD = dict(dataset="synthetic", data_path=None, classes=[f"c{k}" for k in range(CLASSES)], synthetic_samples=40,
               image_size=32, seed=2)
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -87,8 +87,8 @@ def test_runtime_info_carries_the_card_and_the_module_reads_it(ir, checkpoint):
     assert (module.classes, module.num_classes, module.in_chans) == (card["classes"], CLASSES, 3)
     assert module.preprocessing == card["preprocessing"] and module.model_name == "mobilenetv3_small"
     assert (module.runtime, module.precision, module.quantized) == ("openvino", "fp32", False)
-    assert module.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # set, not OpenVINO's default
     assert card["dataset"] == module.dataset == RECORD  # the data it was trained on, beside the card
+    assert module.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # set, not OpenVINO's default
     assert module.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert str(module.compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
 
@@ -108,7 +108,6 @@ def test_predict_through_the_ir_gives_the_checkpoints_answers(ir, checkpoint, im
     assert table.stdout.splitlines()[0] == f"model: {ir[0]} (openvino fp32)"
 
 
-def test_eval_of_the_ir_uses_its_card_and_says_runtime_and_precision(ir, checkpoint, tmp_path):
 def test_eval_of_the_ir_scores_the_data_it_records(ir, checkpoint, tmp_path):
     """No --dataset: the IR's training data, as the checkpoint's own run config gives it to eval."""
     by_ir = run_cli("eval", "--exported", ir[0], "--json", "--out", tmp_path / "ir")
@@ -119,6 +118,7 @@ def test_eval_of_the_ir_scores_the_data_it_records(ir, checkpoint, tmp_path):
     assert (got["count"], got["top1"], got["data_path"]) == (expected["count"], expected["top1"], expected["data_path"])
 
 
+def test_eval_of_the_ir_uses_its_card_and_says_runtime_and_precision(ir, checkpoint, tmp_path):
     by_ir = run_cli("eval", "--exported", ir[0], *SYNTHETIC, "--json", "--out", tmp_path / "ir")
     by_weights = run_cli("eval", "--checkpoint", checkpoint, *SYNTHETIC, "--json", "--out", tmp_path / "pt")
     assert by_ir.returncode == by_weights.returncode == 0, by_ir.stderr
@@ -186,8 +186,8 @@ def test_int8_export_calibrates_on_an_image_folder_and_records_it(int8_export):
     assert inside_kept_layers(rt) == []  # (the SE product is quantised: it is the project conv's input)
     module = open_exported(out)
     assert (module.precision, module.quantized) == ("int8", True)
-
     assert module.dataset == open_exported(tmp_path / "m.xml").dataset == RECORD  # both files know their data
+
 
 def module_layers() -> list:
     """The module paths of the tiny model's convolutions and Linears, in order (``stem``, ``blocks.0.dw``, ...)."""

@@ -311,11 +311,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         a = result.accuracy
         print(f"  accuracy on {a['dataset']} val ({a['count']} images): INT8 top-1 {100 * a['int8_top1']:.2f}%, "
               f"fp32 top-1 {100 * a['fp32_top1']:.2f}%, same top-1 answer on {100 * a['agreement']:.2f}%")
-    return 0
     print(f"  {_dataset_line(result.dataset)}")
+    return 0
 
 
-def _delegation_line(counts: dict) -> str:
 def _dataset_line(record) -> str:
     """What an exported file records of the data its model was trained on (eval --exported's default dataset)."""
     if not record:
@@ -325,6 +324,7 @@ def _dataset_line(record) -> str:
     return f"records its training data: {record['dataset']}{where}{classes}"
 
 
+def _delegation_line(counts: dict) -> str:
     """``XNNPACK runs 184 of 184 operators (1 delegated subgraph)``, and the kinds left to the portable runtime."""
     total = counts["xnnpack"] + counts["portable"]
     subgraphs = counts["subgraphs"]
@@ -356,11 +356,11 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out unreadable images (named in one line) instead of stopping at the first")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--classes", metavar="NAMES",
                    help="class names to show instead of the file's: a text file of one name per line, or a,b,c; "
                         "refused unless they are the model's classes (their count, and their names where the file "
                         "has real ones)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_cmd_predict)
 
 
