@@ -51,11 +51,12 @@ def logits(model: torch.nn.Module, size: int = 64) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny run trained from the CLI with ``--no-head-bias``: its last.pt."""
+    """A tiny run trained from the CLI as the seed's network (``--no-head-bias``, a 1280-wide head, RGB, a
+    stride-2 stem): its last.pt."""
     from mobilenetv3.cli import main
 
     run_dir = tmp_path_factory.mktemp("no-head-bias") / "run"
-    assert main(["train", *TINY, "--no-head-bias", "--run-dir", str(run_dir)]) == 0
+    assert main(["train", *TINY, "--no-head-bias", "--head-channels", "1280", "--run-dir", str(run_dir)]) == 0
     return run_dir / "last.pt"
 
 
@@ -83,6 +84,66 @@ def test_a_model_trained_with_the_head_bias_is_refused_with_the_way_out(tmp_path
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "head_fc.bias is not zero" in result.stderr and "--no-head-bias" in result.stderr
     assert not (tmp_path / "w.ckpt").exists()
+
+
+def our_weights(path, **kwargs):
+    """Our weights file of a randomised model built with ``kwargs``."""
+    model = randomised(create_model(**kwargs))
+    wts.write_weights(wts.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3"), path,
+                      "mobilenetv3")
+    return path, model
+
+
+# The user's case: the default Small on Fashion-MNIST (one channel, a 1024-wide head) with --no-head-bias
+# --stem-stride 2 became a .ckpt without a word, which the seed's network (SEED.md: a 3-channel stride-2 stem,
+# a 1280-wide head without bias) cannot load.
+GRAYSCALE_SMALL = dict(name="mobilenetv3_small", num_classes=10, in_chans=1, head_bias=False, stem_stride=2)
+
+
+def test_weights_that_are_not_the_seed_network_are_refused_naming_each_difference(tmp_path):
+    source, _ = our_weights(tmp_path / "small.pt", **GRAYSCALE_SMALL, width_mult=0.75)
+    result = run_cli("convert", source, tmp_path / "w.ckpt")
+    assert result.returncode == 2 and result.stdout == "" and not (tmp_path / "w.ckpt").exists()
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "not the seed's network" in line, line
+    for difference in ("1 input channel(s), stem weight (16, 1, 3, 3) (the seed's stem takes RGB, 3 channels)",
+                       "width_mult 0.75 (the seed's network is width 1.0)",
+                       "head width 768 (the seed's head is 1280 wide, Small's too)"):
+        assert difference in line
+    assert "Weights of the cifar10-cpu and imagenet-gpu presets go back" in line and "--any-architecture" in line
+
+
+def test_any_architecture_writes_what_a_ckpt_holds_and_it_reads_back(tmp_path):
+    source, model = our_weights(tmp_path / "small.pt", **GRAYSCALE_SMALL)
+    result = run_cli("convert", source, tmp_path / "w.ckpt", "--any-architecture")
+    assert result.returncode == 0, result.stderr
+    assert "writing a .ckpt of another network than the seed's (--any-architecture): 1 input channel(s)" in \
+        result.stderr and "head width 1024" in result.stderr
+    back = mobilenetv3.load_model(tmp_path / "w.ckpt")
+    assert (back.in_chans, back.model_kwargs["head_channels"]) == (1, 1024)
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    (dict(stem_stride=1), "stem stride 1 (the seed's is 2, and a .ckpt holds no stride"),
+    (dict(head_bias=True), "head_fc.bias is not zero"),
+], ids=["stem stride", "head bias"])
+def test_what_a_ckpt_cannot_hold_is_refused_even_with_any_architecture(kwargs, says, tmp_path):
+    source, _ = our_weights(tmp_path / "w.pt", **dict(GRAYSCALE_SMALL, **kwargs))
+    result = run_cli("convert", source, tmp_path / "w.ckpt", "--any-architecture")
+    assert result.returncode == 2 and says in result.stderr and not (tmp_path / "w.ckpt").exists()
+    assert "--any-architecture writes it anyway" not in result.stderr
+
+
+def test_the_seed_network_with_another_class_count_goes_back_and_says_the_config_needs_it(tmp_path):
+    source, _ = our_weights(tmp_path / "seven.pt", name="mobilenetv3_large", num_classes=7, head_bias=False,
+                            head_channels=1280)
+    result = run_cli("convert", source, tmp_path / "w.ckpt")
+    assert result.returncode == 0, result.stderr
+    assert "7 classes: the seed's configs have 10 (CPU, CIFAR-10) or 1000 (GPU, ImageNet); set num_classes 7 in " \
+           "its config to load them" in result.stderr
 
 
 @pytest.mark.parametrize("name, kwargs, mindspore_params", [

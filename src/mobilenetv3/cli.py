@@ -452,13 +452,18 @@ def _add_convert(subparsers) -> None:
     p.add_argument("--crc", action=argparse.BooleanOptionalAction, default=None,
                    help="end the .ckpt in MindSpore's CRC trailer (save_checkpoint's crc_check=True); "
                         "default: when SRC is a .ckpt with one")
+    p.add_argument("--any-architecture", action="store_true",
+                   help="write a .ckpt of weights that are not the seed's network (another input channel count, "
+                        "width or head width: for a seed network changed to match); a stem stride or head bias "
+                        "stays refused (default: refused, each difference named)")
     p.set_defaults(handler=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .tasks import convert_weights
 
-    r = convert_weights(args.src, args.dst, to=args.to, from_format=args.from_format, ema=args.ema, crc=args.crc)
+    r = convert_weights(args.src, args.dst, to=args.to, from_format=args.from_format, ema=args.ema, crc=args.crc,
+                        any_architecture=args.any_architecture)
     shown = ", ".join(f"{k}={v}" for k, v in r.model_kwargs.items() if k in ("num_classes", "width_mult",
                                                                              "head_channels", "head_bias"))
     print(f"{r.src} ({r.source_format}, {r.model_name}, {shown}) -> {r.dst} ({r.target_format}"

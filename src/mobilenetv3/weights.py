@@ -197,22 +197,29 @@ def writes_crc(weights: Weights, fmt: str, crc: Optional[bool] = None) -> bool:
     return crc if crc is not None else fmt == "mindspore" and weights.seed is not None and weights.seed.crc
 
 
-def write_weights(weights: Weights, path: Path, fmt: str, crc: Optional[bool] = None) -> None:
+def write_weights(weights: Weights, path: Path, fmt: str, crc: Optional[bool] = None,
+                  any_architecture: bool = False) -> None:
     """Write ``weights`` as ``fmt``: ``mobilenetv3`` (a weights-only checkpoint of ours), ``safetensors``,
     ``torchvision`` or ``timm`` (their state dicts, for their models) or ``mindspore`` (the seed's ``.ckpt``).
 
     A ``.ckpt`` keeps a seed training checkpoint's state (``writes_training_state``) and ends in a CRC
-    trailer when ``crc`` says so, by default when the source ``.ckpt`` had one (``writes_crc``).
+    trailer when ``crc`` says so, by default when the source ``.ckpt`` had one (``writes_crc``); it holds the
+    seed's network only (``convert.mindspore.check_seed_network``: each difference named, a ``UsageError``),
+    unless ``any_architecture``.
     Frameworks fix BatchNorm eps in code (torchvision 1e-3, timm and the seed 1e-5): weights trained with
     another eps compute a slightly different function there, which is logged.
     """
     from .convert import to_timm, to_torchvision
-    from .convert.mindspore import to_mindspore, training_tensors, write_ckpt
+    from .convert.mindspore import check_seed_network, to_mindspore, training_tensors, write_ckpt
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown weights format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     with_crc = writes_crc(weights, fmt, crc)
-    if fmt in ("torchvision", "timm", "mindspore") and weights.model_kwargs.get("stem_stride", 2) != 2:
+    if any_architecture and fmt != "mindspore":
+        raise UsageError(f"--any-architecture is for MindSpore .ckpt files, not {fmt} files")
+    if fmt == "mindspore":
+        check_seed_network(weights.model_kwargs, weights.state_dict, any_architecture)
+    if fmt in ("torchvision", "timm") and weights.model_kwargs.get("stem_stride", 2) != 2:
         raise UsageError(f"these weights were trained with stem_stride {weights.model_kwargs['stem_stride']}; "
                          f"{fmt}'s MobileNetV3 has a stride-2 stem: keep them in our formats (.pt, .safetensors)")
     state = {k: v.detach().cpu() for k, v in weights.state_dict.items()}

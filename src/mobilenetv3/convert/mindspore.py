@@ -26,8 +26,8 @@ Names: the seed keeps everything in one ``features`` SequentialCell whose activa
 hold no tensors, so its indices skip (Small: stem conv 0, BN 1, blocks 3-13, final conv 14, BN 15,
 head conv 18); the layout is read from the tags, never assumed. BatchNorm ``gamma/beta/moving_mean/
 moving_variance`` are our ``weight/bias/running_mean/running_var``. The seed's head conv has no bias:
-a ``.ckpt`` gives a ``head_bias=False`` model, and only weights whose ``head_fc`` has no bias (or a zero
-one) go back to a ``.ckpt``.
+a ``.ckpt`` gives a ``head_bias=False`` model. Only weights of the seed's network go back to a ``.ckpt``
+(``check_seed_network``: an RGB stem of stride 2, width 1.0, a 1280-wide head without bias, or a zero one).
 """
 from __future__ import annotations
 
@@ -558,6 +558,57 @@ def to_mindspore(state_dict: StateDict) -> dict[str, torch.Tensor]:
         if key not in weights or weights[key].dim() != 2:
             raise UsageError(f"missing or mis-shaped {key}")
     return _mindspore_order(_theirs(weights))
+
+
+SEED_PRESETS = ("cifar10-cpu", "imagenet-gpu")  # our presets that train the seed's network (RGB, stride 2, ...)
+SEED_CLASSES = {10: "CPU, CIFAR-10", 1000: "GPU, ImageNet"}  # the class counts of the seed's two configs
+
+
+def seed_differences(model_kwargs: Mapping[str, Any], state_dict: StateDict) -> tuple[list[str], list[str]]:
+    """How weights differ from the seed's network (``SEED.md``: a stride-2 stem taking RGB, width 1.0, a
+    1280-wide head conv without bias), one phrase each, in two lists: what a ``.ckpt`` can hold, for a seed
+    network changed to match (input channels, width, head width), and what it cannot (a stem stride, which no
+    ``.ckpt`` holds, so the weights would compute another function; a head bias, which the seed's head conv
+    lacks). Both empty: the seed's network."""
+    storable, never = [], []
+    stem = tuple(state_dict["stem.conv.weight"].shape) if "stem.conv.weight" in state_dict else None
+    if model_kwargs.get("in_chans", 3) != 3:
+        storable.append(f"{model_kwargs['in_chans']} input channel(s), stem weight {stem} (the seed's stem takes "
+                        "RGB, 3 channels)")
+    if model_kwargs.get("width_mult", 1.0) != 1.0:
+        storable.append(f"width_mult {model_kwargs['width_mult']} (the seed's network is width 1.0)")
+    if model_kwargs.get("head_channels") != 1280:
+        storable.append(f"head width {model_kwargs.get('head_channels')} (the seed's head is 1280 wide, Small's "
+                        "too)")
+    if model_kwargs.get("stem_stride", 2) != 2:
+        never.append(f"stem stride {model_kwargs['stem_stride']} (the seed's is 2, and a .ckpt holds no stride: "
+                     "read back, the weights would compute another function; keep them in our formats)")
+    bias = state_dict.get("head_fc.bias")
+    if bias is not None and torch.count_nonzero(bias):
+        never.append(f"head_fc.bias is not zero (max |bias| {bias.abs().max().item():.3g}; the seed's head conv "
+                     "has none: train with --no-head-bias)")
+    return storable, never
+
+
+def check_seed_network(model_kwargs: Mapping[str, Any], state_dict: StateDict, any_architecture: bool = False) -> None:
+    """Weights go to a ``.ckpt`` only as the seed's network, which MindSpore's MobileNetV3 code builds and loads:
+    every difference (``seed_differences``) is named in one ``UsageError``. ``any_architecture`` writes the ones
+    a ``.ckpt`` can hold anyway (logged), for a seed network changed to match; never a stem stride or a head
+    bias. A class count other than the seed's configs' (10, 1000) is logged: its config then needs it."""
+    storable, never = seed_differences(model_kwargs, state_dict)
+    refused = never + ([] if any_architecture else storable)
+    if refused:
+        way_out = "" if never else "; --any-architecture writes it anyway, for a seed network changed to match"
+        raise UsageError(f"these weights are not the seed's network, which its MindSpore code could not load: "
+                         f"{'; '.join(refused)}. Weights of the {' and '.join(SEED_PRESETS)} presets go back"
+                         f"{way_out}")
+    if storable:
+        logger.warning("writing a .ckpt of another network than the seed's (--any-architecture): %s",
+                       "; ".join(storable))
+    classes = model_kwargs.get("num_classes")
+    if classes not in SEED_CLASSES:
+        logger.warning("%s classes: the seed's configs have %s; set num_classes %s in its config to load them",
+                       classes, " or ".join(f"{n} ({where})" for n, where in SEED_CLASSES.items()), classes)
 
 
 def training_tensors(checkpoint: MindSporeCheckpoint) -> dict[str, torch.Tensor]:

@@ -26,13 +26,15 @@ class ConvertResult:
 
 
 def convert_weights(src: str, dst: str, *, to: Optional[str] = None, from_format: Optional[str] = None,
-                    ema: bool = False, crc: Optional[bool] = None) -> ConvertResult:
+                    ema: bool = False, crc: Optional[bool] = None, any_architecture: bool = False) -> ConvertResult:
     """Convert ``src`` (format detected from the file; checked against ``from_format`` if given) to ``dst``,
     whose format is ``to`` or told by its extension (``.ckpt`` MindSpore, ``.pt`` ours, ``.safetensors``).
 
     A seed training checkpoint's state (``global_step``, ``momentum``, ``learning_rate``, ``moments.*``) goes
     to a ``.ckpt`` and is dropped elsewhere, as the result says; a ``.ckpt`` ends in a CRC trailer when
-    ``crc`` says so, by default when ``src`` is a ``.ckpt`` with one.
+    ``crc`` says so, by default when ``src`` is a ``.ckpt`` with one. A ``.ckpt`` is written only of the seed's
+    network (each difference named in a ``UsageError``), unless ``any_architecture``: then of any network whose
+    tensors a ``.ckpt`` holds (not another stem stride, not a head bias).
     """
     target = to or SUFFIX_FORMATS.get(Path(dst).suffix)
     if target is None:
@@ -44,7 +46,7 @@ def convert_weights(src: str, dst: str, *, to: Optional[str] = None, from_format
     if from_format and from_format != source_format:
         raise UsageError(f"{src} holds {source_format} weights, not {from_format}")
     with_crc = writes_crc(weights, target, crc)
-    write_weights(weights, Path(dst), target, crc=crc)
+    write_weights(weights, Path(dst), target, crc=crc, any_architecture=any_architecture)
     return ConvertResult(str(src), str(dst), source_format, target, weights.model_name, dict(weights.model_kwargs),
                          _training_state(weights), writes_training_state(weights, target), with_crc)
 
