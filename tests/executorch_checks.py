@@ -3,7 +3,9 @@ eval and predict use, runs any batch size, INT8 by PT2E records its calibration 
 most images, and a damaged ``.pte`` is one line.
 
 Run by test_executorch.py in a process of its own. Its other mistakes (one line, exit code 2) are cases of
-test_bad_input.py. Skipped without the executorch extra.
+test_bad_input.py. Skipped without the executorch extra. Every ExecuTorch export takes 20 s or more on 2 cores (the
+lowering, not the model's size): the default run makes one, the fp32 program the other tests share; the INT8 export
+and the Large model are ``slow`` (``pytest -m slow``).
 """
 import json
 
@@ -76,16 +78,26 @@ def test_fp32_pte_agrees_with_pytorch_with_every_operator_in_xnnpack(pte):
     assert result.stderr == ""  # no torchao note, no runtime log lines
 
 
+def test_the_pte_runs_any_batch_as_pytorch_does(pte, checkpoint):
+    """Batches it was not traced with, the largest in two slices of the planned input buffer."""
+    model, module = pytorch_model(checkpoint), ExecuTorchModule(pte[0])
+    for batch in (1, 5, MAX_BATCH + 3):
+        x = torch.randn(batch, 3, 32, 32)
+        torch.testing.assert_close(module(x), model(x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow  # two more lowerings, of Small and Large: about a minute
 def test_both_architectures_lower_whole_to_xnnpack_and_run_any_batch(tmp_path):
     """The operators XNNPACK runs are those of the network: one convolution per Conv2d, one linear per Linear
     (counted from the modules, not by ExecuTorch), the softmax of --softmax; none in the portable runtime."""
     from mobilenetv3.models import create_model
 
-    for name in ("mobilenetv3_small", "mobilenetv3_large"):
+    for name, traced_batch in (("mobilenetv3_small", 2), ("mobilenetv3_large", 1)):
         model = create_model(name, num_classes=7, width_mult=0.5).eval()
         softmax = name.endswith("large")
         path = tmp_path / f"{name}.pte"
-        figures = export_verified(model, "executorch", path, torch.randn(2, 3, 64, 64), softmax=softmax)
+        # traced at batch 1 (as the inference benchmark does), where torch.export would fix the batch at 1
+        figures = export_verified(model, "executorch", path, torch.randn(traced_batch, 3, 64, 64), softmax=softmax)
         assert figures["random"]["max_abs_diff"] <= 1e-4 and figures["random"]["compared"] == 4
         counts = figures["delegation"]
         assert (counts["portable"], counts["portable_ops"], counts["subgraphs"]) == (0, {}, 1), counts
@@ -172,6 +184,7 @@ def int8_export(checkpoint, tmp_path_factory):
     return out, result, root
 
 
+@pytest.mark.slow  # the INT8 export lowers two programs: about 90 s
 def test_int8_export_calibrates_on_an_image_folder_and_records_it(int8_export):
     out, result, root = int8_export
     assert all("decoded as an image viewer shows them" in line for line in result.stderr.splitlines())  # the CMYK
@@ -192,6 +205,7 @@ def test_int8_export_calibrates_on_an_image_folder_and_records_it(int8_export):
     assert open_exported(out.parent / "m.pte").precision == "fp32"
 
 
+@pytest.mark.slow
 def test_int8_runs_in_xnnpack_and_agrees_with_pytorch_on_most_images(int8_export, checkpoint):
     out, result, root = int8_export
     delegated = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("XNNPACK runs")]

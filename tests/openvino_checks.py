@@ -1,7 +1,8 @@
 """OpenVINO: the fp32 IR agrees with PyTorch, carries the model card that eval and predict use, INT8 by NNCF
 records its calibration set, and the precision run is always the one stated (bf16 refused without native bf16).
 
-Its mistakes (one line, exit code 2) are cases of test_bad_input.py. Skipped without the openvino extra.
+Its mistakes (one line, exit code 2) are cases of test_bad_input.py. Skipped without the openvino extra. NNCF's
+accuracy control (a minute on 2 cores) is ``slow`` (``pytest -m slow``).
 """
 import json
 
@@ -205,12 +206,20 @@ def inside_kept_layers(ov_model) -> list:
     return [name for name in names if ".se/aten::adaptive" in name or ".se.relu" in name or "head_act" in name]
 
 
-def test_int8_can_quantise_every_layer(int8_export):
+CALIBRATION = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+
+
+@pytest.fixture(scope="module")
+def every_layer_int8(int8_export):
+    """The fp32 IR quantised with every layer in INT8 (``keep_fp32=()``), NNCF's other settings the defaults."""
     from mobilenetv3.export import quantize_openvino
 
     out = int8_export[0]
-    everything = quantize_openvino(out.with_name("m.xml"), out.with_name("all.int8.xml"), [torch.randn(2, 3, 32, 32)],
-                                   keep_fp32=())
+    return quantize_openvino(out.with_name("m.xml"), out.with_name("all.int8.xml"), CALIBRATION, keep_fp32=())
+
+
+def test_int8_can_quantise_every_layer(int8_export, every_layer_int8):
+    out, everything = int8_export[0], every_layer_int8
     count = {path.name: sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(path)).get_ops())
              for path in (everything, out)}
     assert count["all.int8.xml"] > count["m.int8.xml"] > 0
@@ -237,16 +246,15 @@ def activation_ranges(ov_model) -> list:
             if op.get_type_name() == "FakeQuantize"]
 
 
-def test_overflow_fix_and_activation_ranges_reach_nncf(int8_export):
+def test_overflow_fix_and_activation_ranges_reach_nncf(int8_export, every_layer_int8):
     """The default quantises every convolution's and Linear's weights to 7 bits (within +-64: no int16 saturation
-    in AVX2's u8 x s8 products); NNCF's own "first-layer" only the stem's. Histogram ranges are not min-max's."""
+    in AVX2's u8 x s8 products); NNCF's own "first-layer" only the stem's. Histogram ranges are not min-max's.
+    Both with every layer in INT8, on the same images."""
     from mobilenetv3.export import quantize_openvino
 
-    out = int8_export[0]
-    calibration = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
-    before = quantize_openvino(out.with_name("m.xml"), out.with_name("before.int8.xml"), calibration,
+    out, default = int8_export[0], every_layer_int8
+    before = quantize_openvino(out.with_name("m.xml"), out.with_name("before.int8.xml"), CALIBRATION, keep_fp32=(),
                                overflow_fix="first-layer", activation_ranges="mean-minmax")
-    default = quantize_openvino(out.with_name("m.xml"), out.with_name("default.int8.xml"), calibration)
     new, old = (weight_ranges(ov.Core().read_model(str(path))) for path in (default, before))
     assert list(new) == list(old) and len(new) > 20 and list(new)[0] == "stem"
     assert max(new.values()) <= 64 and old["stem"] <= 64
@@ -257,6 +265,7 @@ def test_overflow_fix_and_activation_ranges_reach_nncf(int8_export):
     assert (record["overflow_fix"], record["activation_ranges"]) == ("first-layer", "mean-minmax")
 
 
+@pytest.mark.slow  # NNCF's accuracy control quantises and validates again and again: about a minute
 def test_accuracy_control_validates_on_training_images_apart_from_calibration(checkpoint, int8_export):
     """--int8-max-drop: NNCF's accuracy control, on training images that are not calibration images (the
     checkpoint's run held none out); what it reached and on which images is printed and recorded."""
