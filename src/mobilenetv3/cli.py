@@ -139,7 +139,8 @@ def _add_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (the seed's recipe, resume, torchrun)",
         description="Train a MobileNetV3. Settings come from the defaults (the embedded default recipe: "
-                    "MobileNetV3-Small on Fashion-MNIST at 32 px, 3 epochs), then --config, then the flags given.",
+                    "MobileNetV3-Small on Fashion-MNIST at 28 px with a stride-1 stem, 3 epochs), then --config, "
+                    "then the flags given.",
         epilog=f"presets: {', '.join(list_presets())}. Several processes: torchrun --nproc_per_node=N -m "
                "mobilenetv3 train ...")
     p.add_argument("--config", help="a preset name or a YAML file")
