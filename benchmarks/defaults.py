@@ -14,12 +14,14 @@ plain torchvision loop on classes 0-4, the classes the targets do not have), the
 The bare run should be within 3 points of the best of the three, and none may diverge. Scored on the folder's
 val split at the last epoch (no choice is made on it: the rules were fixed before this script ran).
 
-    python benchmarks/defaults.py --out /tmp/defaults          # about 30 minutes on 2 cores
+    python benchmarks/defaults.py --out /tmp/defaults          # about 25 minutes on 2 cores (one thread each:
+                                                               # OMP_NUM_THREADS=1 keeps it steady beside other work)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -123,7 +125,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(DATASETS), help="these datasets only")
     parser.add_argument("--source-epochs", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "defaults.json")
+    parser.add_argument("--table", action="store_true", help="print the table of the --json results and stop")
     args = parser.parse_args()
+    if args.table:
+        return print_table(json.loads(args.json.read_text()))
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / "tv_small_classes0-4.pth"
     source = train_torchvision_source(weights, args.source_epochs) if not weights.exists() else {"reused": True}
@@ -137,6 +142,7 @@ def main() -> None:
             results["datasets"][key] = sweep(folder, args.out / "runs", f"{name}-{start}", pretrained)
             print_sweep(key, results["datasets"][key])
             args.json.parent.mkdir(parents=True, exist_ok=True)
+            results["load_average_end"] = os.getloadavg()[0]
             args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print_table(results)
 
@@ -150,13 +156,15 @@ def print_sweep(key: str, sweep_result: dict) -> None:
 
 def print_table(results: dict) -> None:
     m = results["machine"]
-    print(f"\n{m.get('cpu')}, {m.get('cores')} cores, load {m.get('load')}")
+    print(f"\n{m.get('cpu')} ({', '.join(m.get('cpu_flags', []))}), {m.get('cores')} cores, torch threads "
+          f"{m.get('torch_threads')}, load average {m.get('load_average_1min')} at the start, "
+          f"{results.get('load_average_end')} at the end")
     print("| data / start | bare (LR) | 0.3x LR | 3x LR | bare - best |")
     print("|---|---|---|---|---|")
     for key, s in results["datasets"].items():
         cells = ["diverged" if r["diverged"] else f"{100 * r['top1']:.2f}%" for r in s["rows"].values()]
         bare = s["rows"]["1x (bare)"]
-        gap = "n/a" if s["bare_gap"] is None else f"{-100 * s['bare_gap']:+.2f} pt"
+        gap = "n/a" if s["bare_gap"] is None else f"{0.0 - 100 * s['bare_gap'] + 0.0:+.2f} pt"
         print(f"| {key} | {cells[0]} ({bare['peak_lr']:.3g}, batch {bare['global_batch']}, {bare['epochs']} ep) | "
               f"{cells[1]} | {cells[2]} | {gap} |")
     sys.stdout.flush()
