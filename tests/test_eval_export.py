@@ -77,6 +77,37 @@ def test_eval_and_predict_take_the_torchscript_and_pt2_files_export_writes(fmt, 
         sum(torch.tensor(BIAS).softmax(0).sort(descending=True).values[:3].tolist()), abs=1e-5)
 
 
+TIED = [0.0, 1.0, 0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0]  # classes 3 and 5 tie for first place
+
+
+def test_tied_scores_rank_in_class_order_in_eval_predict_and_the_int8_report(tmp_path):
+    """An INT8 program's quantised logits often tie; eval ranked ties as ``topk`` found them and export's INT8
+    report as ``argmax`` does (the first), so the report said 91.66% and eval of the same .pte 91.71%. Now both,
+    predict and the server rank equal scores in class order: class 3 before 5 (torch.argmax's documented rule)."""
+    weights = write_weights(tmp_path / "tied.pt", num_classes=10, bias=TIED, preprocessing=dict(
+        resize=32, crop=32, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3, in_chans=3))
+    data = ["--dataset", "synthetic", "--workers", "0"]  # 512 images a split, 28 px, seed 1: export's and eval's
+    labels = build_dataset("synthetic", None, "val", synthetic_samples=512, synthetic_classes=10, synthetic_size=28,
+                           seed=1).labels
+    expected = (labels == torch.tensor(TIED).argmax()).float().mean().item()
+    assert torch.tensor(TIED).argmax() == 3 and 0 < expected < (labels == 5).float().mean().item()
+    scored = run_cli("eval", "--checkpoint", weights, *data, "--json", "--out", tmp_path / "pt")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["top1"] == pytest.approx(expected)
+    out = tmp_path / "tied.int8.onnx"
+    exported = run_cli("export", "--checkpoint", weights, "--format", "onnx-int8", "--output", out, *data,
+                       "--calibration-images", "16")
+    assert exported.returncode == 0, exported.stderr
+    report = next(line for line in exported.stdout.splitlines() if "INT8 top-1" in line)
+    assert f"INT8 top-1 {100 * expected:.2f}%, fp32 top-1 {100 * expected:.2f}%" in report
+    by_file = run_cli("eval", "--exported", out, *data, "--json", "--out", tmp_path / "int8")
+    assert by_file.returncode == 0, by_file.stderr
+    assert json.loads(by_file.stdout)["top1"] == pytest.approx(expected)  # what the report said
+    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    predicted = run_cli("predict", tmp_path / "image.png", "--checkpoint", weights, "--json", "--topk", "3")
+    assert [entry["class"] for entry in json.loads(predicted.stdout)[0]["top"]] == ["c3", "c5", "c1"]
+
+
 def test_distributed_eval_gives_the_same_numbers(fixed_class_checkpoint, tmp_path):
     single = run_cli("eval", "--checkpoint", fixed_class_checkpoint, *SYNTHETIC, "--batch-size", "4", "--json",
                      "--out", tmp_path / "one")

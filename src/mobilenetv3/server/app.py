@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..data.images import Conversions
+from ..engine import top_classes
 from .batching import DynamicBatcher, warmup_batches
 from .metrics import Metrics
 from .runtime import ServedModel
@@ -174,7 +175,7 @@ class _Endpoints:
                                         for (name, data), conversions in zip(uploads, converted)))
         self.stats.observe_conversions(converted)
         probabilities, batch = await self.batcher.submit(torch.cat(images))
-        values, indices = probabilities.topk(topk, dim=1)
+        values, indices = top_classes(probabilities, topk)
         predictions = [dict(file=name, top=[{"class": self.model.classes[i], "index": i, "probability": p}
                                             for p, i in zip(row_values, row_indices)])
                        for (name, _), row_values, row_indices in zip(uploads, values.tolist(), indices.tolist())]

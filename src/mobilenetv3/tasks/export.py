@@ -22,6 +22,7 @@ from ..data import Dataset, check_labels, eval_loader
 from ..data.classes import class_mismatch
 from ..data.datasets import subset
 from ..data.transforms import Preprocessing
+from ..engine import top_classes
 from ..errors import UsageError
 from ..export import FORMATS, INT8_FORMATS, SUFFIXES, check_int8_settings, export_verified, int8_source_path, \
     open_exported, read_int8_info
@@ -274,13 +275,14 @@ def _held_out(checkpoint: Path, config: Config, train_images: int) -> Optional[l
 @torch.no_grad()
 def _int8_accuracy(result: ExportResult, val, pre: Preprocessing, config: Config) -> dict:
     """Top-1 of the INT8 file and of the fp32 file it came from, on the whole validation split, and their
-    agreement: the share of images on which both give the same top-1 answer."""
+    agreement: the share of images on which both give the same top-1 answer, each taken as eval takes it
+    (``engine.top_classes``: equal scores in class order)."""
     fp32, int8 = open_exported(result.fp32_path), open_exported(result.path)
     count, fp32_correct, int8_correct, same = 0, 0, 0, 0
     for batch in eval_loader(val, pre, batch_size=config.data.batch_size):
         if len(batch.labels) == 0:  # every image of the batch unreadable (and skipped)
             continue
-        fp32_answers, int8_answers = fp32(batch.images).argmax(1), int8(batch.images).argmax(1)
+        fp32_answers, int8_answers = (top_classes(model(batch.images), 1)[1][:, 0] for model in (fp32, int8))
         count += len(batch.labels)
         fp32_correct += (fp32_answers == batch.labels).sum().item()
         int8_correct += (int8_answers == batch.labels).sum().item()

@@ -14,6 +14,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..data.classes import class_mismatch
 from ..data.images import Conversions, load_image
 from ..data.transforms import Preprocessing, image_transform, normalize_batch
+from ..engine import top_classes
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def classify(model: nn.Module, paths: list[Path], preprocessing: Preprocessing, 
         images = normalize_batch(torch.stack(images), preprocessing)
         outputs = model(images).float()
         probs = outputs if outputs_probabilities else outputs.softmax(dim=1)
-        values, indices = probs.topk(k, dim=1)
+        values, indices = top_classes(probs, k)
         for path, row_values, row_indices in zip(chunk, values.tolist(), indices.tolist()):
             top = [dict(index=i, probability=p, **{"class": classes[i] if classes else str(i)})
                    for p, i in zip(row_values, row_indices)]
