@@ -59,14 +59,20 @@ def import_executorch():
 def _quiet_imports():
     """torchao's note on import kept off the terminal: it registers an Enum with torch's pytree, which torch 2.14
     deprecates ("<enum 'KernelPreference'> is an Enum subclass and is now natively supported ..."), once per
-    process. ExecuTorch's compiler and runtime both import torchao."""
-    pytree_log = logging.getLogger("torch.utils._pytree")
-    level = pytree_log.level
+    process. ExecuTorch's compiler and runtime both import torchao. And the root logger as it was: XNNPACK's
+    partitioner calls ``logging.basicConfig`` as it is imported, which gave the root logger a handler of its own,
+    so every later line of ours came twice (once as ``INFO:mobilenetv3...``) and other libraries' warnings
+    reached the terminal."""
+    pytree_log, root = logging.getLogger("torch.utils._pytree"), logging.getLogger()
+    level, root_handlers, root_level = pytree_log.level, list(root.handlers), root.level
     pytree_log.setLevel(logging.ERROR)
     try:
         yield
     finally:
         pytree_log.setLevel(level)
+        for handler in [h for h in root.handlers if h not in root_handlers]:
+            root.removeHandler(handler)
+        root.setLevel(root_level)
 
 
 # ------------------------------------------------------------------------------------------ export

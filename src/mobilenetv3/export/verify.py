@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..progress import Stages
 from .common import WithSoftmax
 from .executorch import ExecuTorchModule, export_executorch
 from .onnx import OnnxModule, export_onnx, quantize_onnx
@@ -133,19 +134,21 @@ def check_pytorch_options(runtime: Optional[str], precision: Optional[str]) -> N
 def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, *, softmax: bool = False,
                     real_inputs: Iterable[torch.Tensor] = (), calibration: Optional[Iterable[torch.Tensor]] = None,
                     calibration_info: Optional[dict] = None, tolerance: float = 1e-4,
-                    int8: Optional[dict] = None) -> dict:
+                    int8: Optional[dict] = None, stages: Optional[Stages] = None) -> dict:
     """Export ``model`` as ``fmt`` to ``path``, then run the file in its runtime on random inputs (batch 1
     and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
     (``ValueError`` otherwise); INT8 reports its agreement and records ``calibration_info`` (what the
     ``calibration`` images are) in the file; ``int8``: ``openvino-int8``'s settings, keyword arguments of
     ``quantize_openvino`` (``keep_fp32``, ``overflow_fix``, ``activation_ranges``, ``max_drop``, ``validation``,
-    ``validation_info``). Returns the comparison figures and paths (ExecuTorch: and ``delegation``, where its
-    operators run)."""
+    ``validation_info``); ``stages`` says each step as it begins. Returns the comparison figures and paths
+    (ExecuTorch: and ``delegation``, where its operators run)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     model = model.eval()
+    stages = stages or Stages(f"export {fmt}", enabled=False)
     reference = WithSoftmax(model).eval() if softmax else model
-    written = _write(model, fmt, path, example, softmax, calibration, calibration_info, int8)
+    written = _write(model, fmt, path, example, softmax, calibration, calibration_info, int8, stages)
+    stages.begin(f"verifying {path.name} in its runtime against PyTorch")
     runtime = load_exported(path, fmt)
     generator = torch.Generator().manual_seed(0)
     shape = example.shape[1:]
@@ -166,11 +169,12 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
 
 def _write(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, softmax: bool,
            calibration: Optional[Iterable[torch.Tensor]], calibration_info: Optional[dict],
-           int8: Optional[dict]) -> dict:
+           int8: Optional[dict], stages: Stages) -> dict:
     """Write ``model`` as ``fmt`` to ``path`` (INT8: and the fp32 file beside it, ``fp32_path``); what the
     writing tells beyond the file (ExecuTorch: ``delegation``)."""
     if fmt not in INT8_FORMATS:
         if fmt == "executorch":
+            stages.begin(f"exporting {path.name}, lowered to XNNPACK")
             return dict(delegation=export_executorch(model, path, example, softmax))
         exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2,
                      "openvino": export_openvino}
@@ -180,13 +184,19 @@ def _write(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, softma
         raise UsageError(f"{fmt} needs images to calibrate: give --dataset and --data-path")
     fp32_path = int8_source_path(path)
     written = dict(fp32_path=str(fp32_path))
+    stages.begin(f"exporting the fp32 model it is quantised from, {fp32_path.name}")
     if fmt == "onnx-int8":
         export_onnx(model, fp32_path, example, softmax)
+        stages.begin(f"quantising it to {path.name} with ONNX Runtime, calibrated on the training images")
         quantize_onnx(fp32_path, path, calibration, calibration_info)
     elif fmt == "openvino-int8":
         export_openvino(model, fp32_path, example, softmax)
+        stages.begin(f"quantising it to {path.name} with NNCF, calibrated on the training images"
+                     + (" (accuracy control: a minute or more)" if (int8 or {}).get("max_drop") else ""))
         quantize_openvino(fp32_path, path, calibration, calibration_info, **(int8 or {}))
     else:  # quantised from the PyTorch model; the fp32 program is what its accuracy is compared with
         export_executorch(model, fp32_path, example, softmax)
+        stages.begin(f"quantising to {path.name} (PT2E, XNNPACK's quantizer), calibrated on the training images, "
+                     "and lowering it to XNNPACK")
         written["delegation"] = export_executorch(model, path, example, softmax, calibration, calibration_info)
     return written

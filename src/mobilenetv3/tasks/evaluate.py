@@ -24,6 +24,7 @@ from ..dist import destroy_distributed, init_distributed
 from ..engine import evaluate as score
 from ..errors import RunError, UsageError
 from ..files import file_sha256
+from ..progress import tracked
 from ..reports import write_eval_report
 from ..weights import model_from_weights, read_weights
 
@@ -160,7 +161,8 @@ def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: 
     preprocessing, source = _preprocessing(scored, config.data, val, model.in_chans, asked)
     notes += _channel_notes(val.channels, model.in_chans)
     loader = build_eval_loader(config.data, val, preprocessing, info, pin_memory=device.type == "cuda")
-    metrics = score(model, loader, num_classes=model.num_classes, device=device)
+    batches = tracked(loader, len(loader), f"eval {config.data.dataset} val", enabled=info.is_main)
+    metrics = score(model, batches, num_classes=model.num_classes, device=device)
     expected = len(val) - metrics["skipped"]
     if metrics["count"] != expected:
         raise RunError(f"evaluation scored {metrics['count']} samples, the dataset has {expected}")

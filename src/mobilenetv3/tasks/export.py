@@ -27,6 +27,7 @@ from ..errors import UsageError
 from ..export import FORMATS, INT8_FORMATS, SUFFIXES, check_int8_settings, export_verified, int8_source_path, \
     open_exported, read_int8_info
 from ..files import check_writable
+from ..progress import Stages, tracked
 from ..weights import model_from_weights, read_weights
 from .train import VAL_INDICES
 
@@ -135,6 +136,7 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     d = config.data
     has_data = use_dataset and (d.dataset in ("fashion-mnist", "synthetic") or d.data_path)
     guessed = model.dataset is None and "dataset" not in settings  # the default dataset, not the model's own
+    stages = Stages(f"export {format}", enabled=format in INT8_FORMATS or format.startswith("executorch"))
     data = _export_data(config, model.num_classes, pre, format in INT8_FORMATS, calibration_images, verify_images,
                         sample_seed, validation_images, source,
                         check_classes=lambda val: _check_classes(model, val, guessed)) if has_data else ExportData()
@@ -145,7 +147,8 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     example = torch.randn(2, model.in_chans, size, size)
     calibration_info = data.calibration_sample.to_dict() if data.calibration_sample else None
     figures = export_verified(model, format, path, example, softmax=softmax, real_inputs=data.real,
-                              calibration=data.calibration, calibration_info=calibration_info, int8=int8)
+                              calibration=data.calibration, calibration_info=calibration_info, int8=int8,
+                              stages=stages)
     result = ExportResult(format, figures["path"], softmax, figures["random"], figures.get("real"),
                           figures.get("fp32_path"), real_sample=data.real_sample,
                           calibration_sample=data.calibration_sample, delegation=figures.get("delegation"),
@@ -153,6 +156,7 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     if format == "openvino-int8":
         result.int8 = read_int8_info(path)
     if format in INT8_FORMATS and data.val is not None:
+        stages.begin(f"scoring INT8 and fp32 on the {len(data.val):,} validation images")
         result.accuracy = _int8_accuracy(result, data.val, pre, config)
     return result
 
@@ -279,7 +283,8 @@ def _int8_accuracy(result: ExportResult, val, pre: Preprocessing, config: Config
     (``engine.top_classes``: equal scores in class order)."""
     fp32, int8 = open_exported(result.fp32_path), open_exported(result.path)
     count, fp32_correct, int8_correct, same = 0, 0, 0, 0
-    for batch in eval_loader(val, pre, batch_size=config.data.batch_size):
+    batches = eval_loader(val, pre, batch_size=config.data.batch_size)
+    for batch in tracked(batches, len(batches), "INT8 and fp32 on the validation images"):
         if len(batch.labels) == 0:  # every image of the batch unreadable (and skipped)
             continue
         fp32_answers, int8_answers = (top_classes(model(batch.images), 1)[1][:, 0] for model in (fp32, int8))
