@@ -125,3 +125,52 @@ def test_a_run_that_cannot_learn_ends_with_the_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "within 5 points of chance (50.00% for 2 classes); likely cause: too few steps" in result.stderr
     assert "likely cause: too few steps" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_config_set_in_python_keeps_its_values():
+    """A value assigned in Python is the user's, as a flag is: nothing is chosen over it."""
+    from mobilenetv3.config import Config
+
+    config = Config()
+    config.optim.lr, config.data.batch_size = 0.05, 64
+    choices = chosen(auto.choose_for_data(config, images(1500, 8), pretrained=True))
+    assert "lr" not in choices and "batch_size" not in choices and "lr_reference_batch" not in choices
+    assert (config.optim.lr, config.data.batch_size) == (0.05, 64)
+
+
+def test_under_torchrun_the_global_batch_stays_the_recipes():
+    """Fashion-MNIST on 2 and 8 processes: a global batch of 256 at LR 0.8, as in one process."""
+    for world_size, per_process in ((2, 128), (8, 32)):
+        config = load_config(None)
+        auto.choose_for_data(config, images(60000, 28), pretrained=False, world_size=world_size)
+        assert config.data.batch_size == per_process
+        assert config.optim.lr * per_process * world_size / config.optim.lr_reference_batch == pytest.approx(0.8)
+
+
+def test_other_optimizers_get_their_own_default_lr_and_a_linear_probe_no_fine_tuning_factor(caplog):
+    adamw = load_config(None, dict(optimizer="adamw", nesterov=False))
+    auto.choose_for_data(adamw, images(60000, 28), pretrained=True)
+    assert adamw.optim.lr == pytest.approx(1e-4) and adamw.optim.lr_reference_batch == 256  # 1e-3, fine-tuned
+    rmsprop = load_config(None, dict(optimizer="rmsprop", nesterov=False))
+    auto.choose_for_data(rmsprop, images(60000, 28), pretrained=False)
+    assert rmsprop.optim.lr == pytest.approx(0.1 * 256 / 4096)  # the paper's 0.1 at batch 4096
+    probe = load_config(None, dict(freeze_backbone=True))
+    assert "lr" not in chosen(auto.choose_for_data(probe, images(60000, 28), pretrained=True))
+    preset = load_config("fashion-mnist", dict(batch_size=64))
+    with caplog.at_level(logging.WARNING, logger="mobilenetv3"):
+        assert auto.choose_for_data(preset, images(60000, 28), pretrained=True) == []
+    assert "fine-tuning pretrained weights at fashion-mnist's LR 0.8, a from-scratch LR" in caplog.text
+
+
+def test_a_resumed_run_keeps_what_it_chose(tmp_path):
+    """Resumed from a Config in Python (no sources): the saved run's LR and batch, not chosen again."""
+    config = tiny_config(tmp_path / "run", epochs=2, max_steps=3, synthetic_samples=48)
+    config._sources.pop("lr")
+    config.optim.lr = 0.8  # the built-in LR, scaled: 0.8 x 8 / 256
+    first = mobilenetv3.train(config)
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["resolved"]
+    assert record["peak_lr"] == pytest.approx(0.025) and first.global_step == 3
+    resumed = mobilenetv3.train(config, resume="auto", max_steps=6)  # the same Config, as a Python user would
+    again = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["resolved"]
+    assert resumed.global_step == 6 and again["peak_lr"] == pytest.approx(0.025)
+    assert again["choices"] == record["choices"] and "lr_reference_batch" in again["choices"]

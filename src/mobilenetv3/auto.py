@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Config
+from .config import FIELD_SECTION, Config
 from .data.datasets import Dataset, ImageFiles
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ IMAGE_SIZE_RANGE = (28, 224)
 SIZE_SAMPLE = 64  # image files whose headers are read to find the data's size
 SETTLE_STEPS = MIN_STEPS  # a run shorter than this re-estimates BatchNorm statistics before validating
 CHANCE_MARGIN = 0.05  # validation top-1 within this of chance ends a run with a warning
+# The built-in LR is SGD's; the others' at the same reference batch: AdamW PyTorch's 1e-3, RMSProp the paper's
+# 0.1 at batch 4096 (Howard et al. 2019, section 6.1.1) scaled linearly to 256.
+OPTIMIZER_LR = {"adamw": 1e-3, "rmsprop": 0.1 * REFERENCE_BATCH / 4096}
+BUILT_IN = Config()
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,11 @@ class Choice:
 
 
 def _default(config: Config, key: str) -> bool:
-    """The field still holds its built-in default: nobody (flag, preset, keyword, saved run) set it."""
-    return config.source_of(key) is None
+    """The field still holds its built-in default: nobody (flag, preset, keyword, saved run, an assignment in
+    Python) set it."""
+    section = FIELD_SECTION[key]
+    return config.source_of(key) is None and getattr(getattr(config, section), key) == getattr(
+        getattr(BUILT_IN, section), key)
 
 
 def _set(config: Config, section: str, choice: Choice, chosen: list) -> None:
@@ -86,8 +93,8 @@ def sample_images(data: Dataset) -> tuple[Optional[int], set]:
                 with Image.open(path) as image:  # reads the header only
                     sides.append(min(image.size))
                     modes.add(image.mode)
-            except OSError:
-                continue  # an unreadable file: the loader says so, or skips it
+            except Exception:  # noqa: BLE001 - any unreadable header: the loader says so, or skips the file
+                continue
         return (int(statistics.median(sides)) if sides else None), modes
     images = getattr(data, "images", None)
     if images is None or images.dim() != 4:
@@ -111,24 +118,51 @@ def choose_for_data(config: Config, train: Dataset, pretrained: bool, world_size
             how = "as they are" if size == side else ("upscaled" if side < size else "scaled down") + f" from {side} px"
             _set(config, "data", Choice("image_size", size, f"the data's images are {side} px: trained {how} "
                                         f"(within {IMAGE_SIZE_RANGE[0]}-{IMAGE_SIZE_RANGE[1]} px)"), chosen)
-            if (config.source_of("stem_stride") or "").startswith("the default for"):
-                config.model.stem_stride = None  # re-resolved for the new size by validate()
+            stride = 1 if size <= 32 else 2  # config.validate's rule for a stride nobody gave
+            if (config.source_of("stem_stride") or "").startswith("the default for") and \
+                    stride != config.model.stem_stride:
+                _set(config, "model", Choice("stem_stride", stride, f"the default for {size} px images"), chosen)
     if _default(config, "batch_size"):
         per_process = len(train) // (MIN_STEPS_PER_EPOCH * world_size)
-        batch = min(max(2 ** int(math.log2(per_process)) if per_process >= 1 else 1, BATCH_RANGE[0]), BATCH_RANGE[1])
+        largest = max(BATCH_RANGE[0], BATCH_RANGE[1] // world_size)  # the global batch stays the recipe's
+        batch = min(max(2 ** int(math.log2(per_process)) if per_process >= 1 else 1, BATCH_RANGE[0]), largest)
         if batch != d.batch_size:
-            _set(config, "data", Choice("batch_size", batch, f"{len(train)} training images: at least "
-                                        f"{MIN_STEPS_PER_EPOCH} steps an epoch"), chosen)
-    if _default(config, "lr") and _default(config, "lr_reference_batch"):
+            reason = f"{len(train)} training images: at least {MIN_STEPS_PER_EPOCH} steps an epoch" + (
+                f", a global batch of at most {BATCH_RANGE[1]} over {world_size} processes" if world_size > 1 else "")
+            _set(config, "data", Choice("batch_size", batch, reason), chosen)
+    if _default(config, "lr") and o.optimizer in OPTIMIZER_LR:
+        _set(config, "optim", Choice("lr", OPTIMIZER_LR[o.optimizer], f"the default LR of {o.optimizer} at a "
+                                     f"batch of {REFERENCE_BATCH} (the built-in {o.lr:g} is SGD's)"), chosen)
+    lr_chosen = _default(config, "lr") or (config.source_of("lr") or "").startswith("auto")
+    if _default(config, "lr_reference_batch") and lr_chosen:
         _set(config, "optim", Choice("lr_reference_batch", REFERENCE_BATCH, f"the default LR {o.lr:g} is given for "
                                      f"a global batch of {REFERENCE_BATCH}, scaled linearly to the run's"), chosen)
-    if pretrained and _default(config, "lr"):
+    fine_tuning = pretrained and not config.model.freeze_backbone  # a linear probe trains a fresh classifier
+    if fine_tuning and lr_chosen:
         _set(config, "optim", Choice("lr", o.lr * FINE_TUNE_LR, f"fine-tuning pretrained weights: {FINE_TUNE_LR:g}x "
                                      f"the from-scratch LR {o.lr:g}"), chosen)
-    if pretrained and _default(config, "warmup_epochs"):
-        _set(config, "optim", Choice("warmup_epochs", o.warmup_epochs * FINE_TUNE_LR, f"fine-tuning: "
-                                     f"{FINE_TUNE_LR:g}x the from-scratch warmup"), chosen)
+        if _default(config, "warmup_epochs"):
+            _set(config, "optim", Choice("warmup_epochs", o.warmup_epochs * FINE_TUNE_LR, f"fine-tuning: "
+                                         f"{FINE_TUNE_LR:g}x the from-scratch warmup"), chosen)
+    elif fine_tuning and config.source_of("lr") not in (None, "flag"):
+        log.warning("fine-tuning pretrained weights at %s's LR %g, a from-scratch LR: give --lr (a tenth of it, "
+                    "%g, is this toolkit's fine-tuning default) if the loss climbs", config.source_of("lr"), o.lr,
+                    o.lr * FINE_TUNE_LR)
     return chosen
+
+
+CHOSEN_KEYS = ("image_size", "stem_stride", "batch_size", "lr", "lr_reference_batch", "warmup_epochs", "epochs")
+
+
+def keep_saved_choices(config: Config, saved: dict) -> None:
+    """A run resumed with a ``Config`` built in Python: the settings it leaves at their defaults are what the
+    saved run chose (``saved`` is the checkpoint's config dict), not chosen again on the data."""
+    for key in CHOSEN_KEYS:
+        section = FIELD_SECTION[key]
+        value = (saved.get(section) or {}).get(key)
+        if _default(config, key) and value is not None and value != getattr(getattr(config, section), key):
+            setattr(getattr(config, section), key, value)
+            config._sources[key] = "the resumed run's"
 
 
 def choose_length(config: Config, steps_per_epoch: int) -> list[Choice]:

@@ -83,7 +83,10 @@ def _given_classes(classes: Union[str, Sequence[str]], model: nn.Module) -> list
     ``UsageError`` when they are not the model's classes (their count; the names where the model's are known)."""
     if isinstance(classes, str):
         path = Path(classes).expanduser()
-        text = path.read_text(encoding="utf-8") if path.is_file() else classes.replace(",", "\n")
+        try:
+            text = path.read_text(encoding="utf-8") if path.is_file() else classes.replace(",", "\n")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"--classes {path}: not a text file of class names ({type(err).__name__})") from None
         classes = [line.strip() for line in text.splitlines() if line.strip()]
     names = [str(name) for name in classes]
     problem = class_mismatch(model.classes, model.num_classes, names, "--classes",

@@ -159,6 +159,8 @@ def train(config: Union[Config, str, None] = None, **settings) -> TrainResult:
         validate(config)
         path = resolve_resume(config.run, config.name)
         resume = Resume.read(path) if path is not None else None
+        if resume is not None and resume.checkpoint is not None:
+            auto.keep_saved_choices(config, resume.checkpoint.config)
     else:
         config, resume = prepare_config(config, settings)
     info = init_distributed(device_type(config.run.device))
@@ -298,10 +300,11 @@ class RunData:
 
 
 def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: Optional[int] = None,
-               holdout: Optional[dict] = None, pretrained: bool = False) -> RunData:
+               holdout: Optional[dict] = None, pretrained: bool = False, fit_defaults: bool = True) -> RunData:
     """Datasets and loaders; ``in_chans`` defaults to the dataset's own channel count. With ``val_split``, the
     held-out images are drawn with the run's seed, or taken from ``holdout`` (a resumed run's val_indices.json).
-    Settings left at their defaults are first fitted to the training images (``auto.choose_for_data``)."""
+    Settings left at their defaults are first fitted to the training images (``auto.choose_for_data``), unless
+    ``fit_defaults`` is off (a resumed run: its config holds what it chose when it started)."""
     d, seed = config.data, config.run.seed
     train, test = build_datasets(d, seed, config.model.num_classes)
     num_classes = config.model.num_classes or len(train.classes)
@@ -315,7 +318,7 @@ def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: O
         train_images = len(train)
         train, val, indices = hold_out(d, train, seed, holdout["indices"] if holdout else None)
         holdout = dict(val_split=d.val_split, seed=seed, train_images=train_images, indices=indices)
-    choices = auto.choose_for_data(config, train, pretrained, info.world_size)
+    choices = auto.choose_for_data(config, train, pretrained, info.world_size) if fit_defaults else []
     if choices:
         validate(config)  # settings that follow the chosen ones (the stem stride follows the image size)
     recipe, preprocessing = recipe_for(d, train, in_chans or train.channels)
@@ -496,7 +499,8 @@ class _Run:
         model = model.to(self.device)
         if config.run.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.data.choices += auto.choose_length(config, len(self.data.train_loader))
+        if resume is None:  # a resumed run keeps the length it started with
+            self.data.choices += auto.choose_length(config, len(self.data.train_loader))
         self.schedule = build_schedule(config, len(self.data.train_loader), info.world_size,
                                        stored_rates(config, resume))
         # A short run's BatchNorm statistics never settle at momentum 0.1 (15 steps: chance, re-estimated: 72%)
@@ -524,7 +528,7 @@ class _Run:
         m, holdout = self.config.model, saved_holdout(self.config, resume)
         if resume is not None and resume.checkpoint is not None:
             kwargs = resume.checkpoint.model_kwargs
-            data = build_data(self.config, self.info, self.device, kwargs.get("in_chans"), holdout)
+            data = build_data(self.config, self.info, self.device, kwargs.get("in_chans"), holdout, fit_defaults=False)
             model = create_model(resume.checkpoint.model_name, **kwargs)
             if m.freeze_backbone:
                 model.freeze_backbone()
@@ -720,6 +724,18 @@ class _Run:
             log.warning(warning)
             self.runlog.line("warning: " + warning)
 
+    def _choices_record(self) -> dict:
+        """``resolved.choices`` of config.yaml: this run's, or for a resumed run those its first start recorded."""
+        if self.data.choices:
+            return {c.key: dict(value=c.value, reason=c.reason) for c in self.data.choices}
+        import yaml
+
+        try:
+            before = yaml.safe_load((self.run_dir / "config.yaml").read_text())
+            return dict(before["resolved"]["choices"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return {}
+
     def _write_config(self) -> None:
         """``config.yaml``: the resolved config, plus what it resolved to on this machine."""
         import yaml
@@ -728,7 +744,7 @@ class _Run:
         resolved["resolved"] = dict(peak_lr=s.lr_max, global_batch=s.global_batch, world_size=self.info.world_size,
                                     steps_per_epoch=s.steps_per_epoch, num_classes=self.data.num_classes,
                                     preprocessing=self.data.preprocessing.to_dict(), torch=str(torch.__version__),
-                                    choices={c.key: dict(value=c.value, reason=c.reason) for c in self.data.choices},
+                                    choices=self._choices_record(),
                                     bn_reestimated=self.settle_bn)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         if self.data.holdout is not None:
