@@ -13,8 +13,8 @@ from .onnx import OPSET, OnnxModule, export_onnx, quantize_onnx
 from .openvino import ACTIVATION_RANGES, DEFAULT_KEEP_FP32, KEEP_FP32, OVERFLOW_FIX, PRECISIONS, \
     OpenVinoModule, check_int8_settings, export_openvino, layer_precisions, quantize_openvino, read_int8_info
 from .torch_formats import TorchProgramModule, export_pt2, export_torchscript
-from .verify import EXPORTED_FILES, FORMATS, INT8_FORMATS, RUNTIMES, SUFFIXES, check_pytorch_options, compare, \
-    export_verified, exported_kind, int8_source_path, load_exported, open_exported
+from .verify import EXPORTED_FILES, FORMATS, INT8_FORMATS, RUNTIMES, SUFFIXES, check_extra, check_pytorch_options, \
+    compare, export_verified, exported_kind, int8_source_path, load_exported, open_exported
 
 __all__ = ["FORMATS", "INT8_FORMATS", "SUFFIXES", "RUNTIMES", "PRECISIONS", "OPSET", "METADATA_KEY",
            "CALIBRATION_KEY", "INT8_KEY", "KEEP_FP32", "DEFAULT_KEEP_FP32", "OVERFLOW_FIX", "ACTIVATION_RANGES",
@@ -22,5 +22,5 @@ __all__ = ["FORMATS", "INT8_FORMATS", "SUFFIXES", "RUNTIMES", "PRECISIONS", "OPS
            "export_openvino", "quantize_openvino", "check_int8_settings", "layer_precisions", "read_int8_info",
            "ExecuTorchModule", "export_executorch", "delegation", "MAX_BATCH", "export_torchscript", "export_pt2",
            "TorchProgramModule", "EXPORTED_FILES", "exported_kind", "int8_source_path", "load_exported",
-           "open_exported", "check_pytorch_options", "compare",
+           "open_exported", "check_extra", "check_pytorch_options", "compare",
            "export_verified"]

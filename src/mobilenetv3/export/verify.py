@@ -10,9 +10,9 @@ from torch import nn
 from ..errors import UsageError
 from ..progress import Stages
 from .common import WithSoftmax
-from .executorch import ExecuTorchModule, export_executorch
+from .executorch import ExecuTorchModule, export_executorch, import_executorch
 from .onnx import OnnxModule, export_onnx, quantize_onnx
-from .openvino import PRECISIONS, OpenVinoModule, export_openvino, quantize_openvino
+from .openvino import PRECISIONS, OpenVinoModule, export_openvino, import_openvino, quantize_openvino
 from .torch_formats import TorchProgramModule, export_pt2, export_torchscript, is_torchscript
 
 FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8", "executorch", "executorch-int8")
@@ -121,6 +121,15 @@ def _open_pte(path: Path, kind: str, precision: Optional[str], threads: Optional
     return ExecuTorchModule(path)
 
 
+def check_extra(fmt: str) -> None:
+    """The extra that ``fmt`` needs (``openvino``, ``executorch``) is installed, or its one line, a
+    ``UsageError``: said before any data is read or any stage begins."""
+    if fmt.startswith("openvino"):
+        import_openvino()
+    elif fmt.startswith("executorch"):
+        import_executorch()
+
+
 def check_pytorch_options(runtime: Optional[str], precision: Optional[str]) -> None:
     """Weights run in PyTorch, in fp32: ``runtime`` and ``precision`` are settings of exported files."""
     if runtime not in (None, "pytorch"):
@@ -144,6 +153,7 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
     (ExecuTorch: and ``delegation``, where its operators run)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    check_extra(fmt)
     model = model.eval()
     stages = stages or Stages(f"export {fmt}", enabled=False)
     reference = WithSoftmax(model).eval() if softmax else model

@@ -24,8 +24,8 @@ from ..data.datasets import subset
 from ..data.transforms import Preprocessing
 from ..engine import top_classes
 from ..errors import UsageError
-from ..export import FORMATS, INT8_FORMATS, SUFFIXES, check_int8_settings, export_verified, int8_source_path, \
-    open_exported, read_int8_info
+from ..export import FORMATS, INT8_FORMATS, SUFFIXES, check_extra, check_int8_settings, export_verified, \
+    int8_source_path, open_exported, read_int8_info
 from ..files import check_writable
 from ..progress import Stages, tracked
 from ..weights import model_from_weights, read_weights
@@ -119,6 +119,7 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
         raise UsageError("--calibration-images must be at least 1 and --verify-images at least 0 (0: all)")
     int8, validation_images = _int8_settings(format, keep_fp32, int8_overflow_fix, int8_ranges, int8_max_drop,
                                              int8_validation_images)
+    check_extra(format)  # before the weights and the data are read
     weights = read_weights(checkpoint, ema=ema)
     model = model_from_weights(weights)
     pre = Preprocessing.from_dict(model.preprocessing)
