@@ -337,18 +337,18 @@ def ir_without_bin(d: Path) -> None:
     (d / "model.bin").unlink()
 
 
+def torch_program_of_random_bytes(d: Path) -> None:
+    """``model.torchscript.pt`` and ``model.pt2``: random bytes under the names export gives those programs."""
+    write_random_bytes(d / "model.torchscript.pt", 3000, seed=4)
+    write_random_bytes(d / "model.pt2", 3000, seed=5)
+
+
 def an_image(d: Path) -> None:
     write_image(d / "image.png")
 
 
 def a_folder_named_m_bin(d: Path) -> None:
     (d / "m.bin").mkdir()
-
-
-def torch_program_of_random_bytes(d: Path) -> None:
-    """``model.torchscript.pt`` and ``model.pt2``: random bytes under the names export gives those programs."""
-    write_random_bytes(d / "model.torchscript.pt", 3000, seed=4)
-    write_random_bytes(d / "model.pt2", 3000, seed=5)
 
 
 def weights_named_bin(d: Path) -> None:  # as Hugging Face names them: pytorch_model.bin
