@@ -26,16 +26,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 import yaml
 
 import mobilenetv3
 from mobilenetv3.bench import machine_info
-from mobilenetv3.data import build_dataset
 from mobilenetv3.engine import NonFiniteLoss
 
-SOURCE_CLASSES, TARGET_CLASSES = range(0, 5), range(5, 10)
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune import train_torchvision_source, write_image_folder  # noqa: E402 - the same source model and folders
+
 # name: (training images per class, val images per class, side in pixels, mode, file format)
 DATASETS = {
     "hundreds-224px-jpeg": (80, 100, 224, "RGB", "JPEG"),
@@ -43,50 +42,6 @@ DATASETS = {
     "10k-32px-png": (2000, 200, 32, "RGB", "PNG"),
 }
 LR_FACTORS = (0.3, 3.0)
-
-
-def write_folder(root: Path, per_class_train: int, per_class_val: int, side: int, mode: str, fmt: str) -> dict:
-    """``root/{train,val}/<class>/<n>.<ext>`` of Fashion-MNIST classes 5-9, resized to ``side`` px by Pillow
-    (training images from the training split, validation images from the test split)."""
-    from PIL import Image
-
-    counts = {}
-    for split, per_class in (("train", per_class_train), ("val", per_class_val)):
-        data = build_dataset("fashion-mnist", None, split)
-        for label in TARGET_CLASSES:
-            folder = root / split / data.classes[label].replace("/", "-")
-            folder.mkdir(parents=True, exist_ok=True)
-            for n, index in enumerate((data.labels == label).nonzero().flatten()[:per_class].tolist()):
-                image = Image.fromarray(data.images[index, 0].numpy()).convert(mode)
-                resample = Image.LANCZOS if side < 28 else Image.BILINEAR
-                image.resize((side, side), resample).save(folder / f"{n}.{fmt.lower().replace('jpeg', 'jpg')}",
-                                                         fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-        counts[split] = per_class * len(TARGET_CLASSES)
-    return counts
-
-
-def train_torchvision_source(path: Path, epochs: int) -> dict:
-    """torchvision's mobilenet_v3_small on classes 0-4 at 32 px RGB, in the plain loop a torchvision user writes;
-    saved as its plain state dict (torchvision's layout)."""
-    import torchvision
-
-    train = build_dataset("fashion-mnist", None, "train")
-    keep = torch.isin(train.labels, torch.tensor(list(SOURCE_CLASSES)))
-    images, labels = train.images[keep].squeeze(1), train.labels[keep]
-    torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v3_small(num_classes=len(SOURCE_CLASSES))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
-    start = time.perf_counter()
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(labels)).split(128):
-            x = F.interpolate(images[batch][:, None].float() / 255, size=32, mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(model(((x - 0.286) / 0.353).expand(-1, 3, -1, -1)), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    torch.save(model.state_dict(), path)
-    return dict(images=len(labels), epochs=epochs, seconds=round(time.perf_counter() - start, 1))
 
 
 def run(folder: Path, run_dir: Path, **settings) -> dict:
@@ -136,7 +91,7 @@ def main() -> None:
     for name in args.only or DATASETS:
         folder = args.out / name
         if not (folder / "val").is_dir():
-            write_folder(folder, *DATASETS[name])
+            write_image_folder(folder, *DATASETS[name])
         for start, pretrained in (("scratch", None), ("torchvision-weights", str(weights))):
             key = f"{name} / {start}"
             results["datasets"][key] = sweep(folder, args.out / "runs", f"{name}-{start}", pretrained)

@@ -54,8 +54,11 @@ def train_torchvision_source(path: Path, epochs: int) -> dict:
     return dict(images=len(labels), epochs=epochs, steps=steps, seconds=time.perf_counter() - start)
 
 
-def write_image_folder(root: Path, per_class_train: int, per_class_val: int) -> dict:
-    """PNG files of classes 5-9: ``root/{train,val}/<class name>/<n>.png`` (grayscale, 28 px)."""
+def write_image_folder(root: Path, per_class_train: int, per_class_val: int, side: int = 28, mode: str = "L",
+                       fmt: str = "PNG") -> dict:
+    """Files of classes 5-9: ``root/{train,val}/<class name>/<n>.<ext>`` (by default grayscale 28 px PNG, the
+    images as they are; else resized to ``side`` px by Pillow, converted to ``mode``, saved as ``fmt``). Training
+    images come from the training split, validation images from the test split."""
     from PIL import Image
 
     counts = {}
@@ -65,7 +68,11 @@ def write_image_folder(root: Path, per_class_train: int, per_class_val: int) -> 
             folder = root / split / data.classes[label].replace("/", "-")
             folder.mkdir(parents=True, exist_ok=True)
             for n, index in enumerate((data.labels == label).nonzero().flatten()[:per_class].tolist()):
-                Image.fromarray(data.images[index, 0].numpy()).save(folder / f"{n}.png")
+                image = Image.fromarray(data.images[index, 0].numpy()).convert(mode)
+                if side != image.width:
+                    image = image.resize((side, side), Image.LANCZOS if side < image.width else Image.BILINEAR)
+                suffix = "jpg" if fmt == "JPEG" else fmt.lower()
+                image.save(folder / f"{n}.{suffix}", fmt, **({"quality": 90} if fmt == "JPEG" else {}))
         counts[split] = per_class * len(TARGET_CLASSES)
     return counts
 
