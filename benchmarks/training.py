@@ -40,7 +40,7 @@ def end_to_end(steps: int, batch_size: int = 128) -> list[dict]:
     from mobilenetv3.build import build_model, pick_device
     from mobilenetv3.engine import TrainOptions, train_one_epoch
     from mobilenetv3.optim import build_optimizer, param_groups, smoothed_cross_entropy, warmup_cosine_lr
-    from mobilenetv3.tasks.train import build_data
+    from mobilenetv3.build import build_data
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from loader import PILImages

@@ -187,7 +187,7 @@ def a_finished_run(d: Path) -> None:
 
 
 def a_run_in_progress(d: Path):
-    from mobilenetv3.tasks.train import run_lock
+    from mobilenetv3.rundir import run_lock
 
     return run_lock(d / "busy", resuming=False)  # what a training in another process holds
 
@@ -200,7 +200,7 @@ def a_copied_run(d: Path) -> None:
 
 def a_resumed_run_in_progress(d: Path):
     """A run with checkpoints, being continued right now (by another process)."""
-    from mobilenetv3.tasks.train import run_lock
+    from mobilenetv3.rundir import run_lock
 
     a_finished_run(d)
     return run_lock(d / "run", resuming=True)

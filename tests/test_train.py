@@ -294,7 +294,7 @@ def test_ema_batchnorm_statistics_are_those_of_the_averaged_weights(tmp_path):
     """Regression: averaging BatchNorm buffers along with the weights left EMA at chance accuracy (10%)."""
     from mobilenetv3.data import eval_loader
     from mobilenetv3.dist import DistInfo
-    from mobilenetv3.tasks.train import build_data
+    from mobilenetv3.build import build_data
 
     config = tiny_config(tmp_path / "run", ema_decay=0.99, epochs=2)
     train(config)

@@ -76,7 +76,7 @@ def test_max_steps_ends_the_run_early_and_a_resume_with_more_continues_it(tmp_pa
 def test_max_steps_keeps_the_warmups_share_of_the_run(caplog):
     """A smoke run of 30 steps of a 300-step schedule (3 epochs of 100, warmup 0.9 epoch): warmup 9 steps, the same
     tenth of the run, so the LR reaches its peak; it stayed 90 steps, and the run never left warmup."""
-    from mobilenetv3.tasks.train import build_schedule
+    from mobilenetv3.optim import build_schedule
 
     with caplog.at_level(logging.INFO, logger="mobilenetv3"):
         smoke = build_schedule(load_config(None, dict(max_steps=30)), steps_per_epoch=100, world_size=1)

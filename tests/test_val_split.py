@@ -12,7 +12,7 @@ from conftest import run_cli
 from mobilenetv3.build import build_dataset_split
 from mobilenetv3.dist import DistInfo
 from mobilenetv3.tasks import train
-from mobilenetv3.tasks.train import build_data
+from mobilenetv3.build import build_data
 
 CPU = torch.device("cpu")
 TINY_TRAIN, TINY_TEST = 48, 12  # the tiny run's synthetic splits

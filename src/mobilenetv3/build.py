@@ -7,18 +7,21 @@ and a test build things the same way.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Collection, Optional
 
 import torch
 from torch import nn
 
-from .config import DataConfig, ModelConfig
+from . import auto
+from .config import Config, DataConfig, ModelConfig, validate
 from .convert import check_shapes
-from .data import STATS, build_dataset, build_loader, build_preset, eval_loader
+from .data import STATS, build_dataset, build_loader, build_preset, check_labels, eval_loader
 from .data.datasets import Dataset, ImageFiles, draw_holdout, split_holdout
 from .data.transforms import Preprocessing, Recipe
 from .dist import DistInfo
 from .errors import UsageError
+from .rundir import VAL_INDICES
 from .models import create_model
 from .weights import Weights
 
@@ -207,3 +210,50 @@ def pick_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", info.local_rank)
     return device
+
+
+@dataclass
+class RunData:
+    train: Dataset
+    val: Dataset  # validated on each epoch: the test split, or with --val-split the held-out training images
+    preprocessing: Preprocessing
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    num_classes: int
+    classes: list[str]
+    test: Optional[Dataset] = None  # with --val-split: the test split, scored once at the end
+    test_loader: Optional[torch.utils.data.DataLoader] = None
+    holdout: Optional[dict] = None  # with --val-split: what val_indices.json holds
+    choices: list = field(default_factory=list)  # auto.Choice: the settings chosen for this data
+
+
+def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: Optional[int] = None,
+               holdout: Optional[dict] = None, pretrained: bool = False, fit_defaults: bool = True) -> RunData:
+    """Datasets and loaders; ``in_chans`` defaults to the dataset's own channel count. With ``val_split``, the
+    held-out images are drawn with the run's seed, or taken from ``holdout`` (a resumed run's val_indices.json).
+    Settings left at their defaults are first fitted to the training images (``auto.choose_for_data``), unless
+    ``fit_defaults`` is off (a resumed run: its config holds what it chose when it started)."""
+    d, seed = config.data, config.run.seed
+    train, test = build_datasets(d, seed, config.model.num_classes)
+    num_classes = config.model.num_classes or len(train.classes)
+    check_labels(train, num_classes)
+    check_labels(test, num_classes)
+    val = test
+    if d.val_split:
+        if holdout is not None and holdout["train_images"] != len(train):
+            raise UsageError(f"{VAL_INDICES}: the run held out images of a training set of {holdout['train_images']} "
+                             f"images, {train.source} has {len(train)}; resume it with the data it started with")
+        train_images = len(train)
+        train, val, indices = hold_out(d, train, seed, holdout["indices"] if holdout else None)
+        holdout = dict(val_split=d.val_split, seed=seed, train_images=train_images, indices=indices)
+    choices = auto.choose_for_data(config, train, pretrained, info.world_size) if fit_defaults else []
+    if choices:
+        validate(config)  # settings that follow the chosen ones (the stem stride follows the image size)
+    recipe, preprocessing = recipe_for(d, train, in_chans or train.channels)
+    pin = device.type == "cuda"
+    train_loader = build_train_loader(d, train, recipe, preprocessing, num_classes, info, seed, pin, device)
+    val_loader = build_eval_loader(d, val, preprocessing, info, pin, device)
+    test_loader = build_eval_loader(d, test, preprocessing, info, pin, device) if d.val_split else None
+    classes = train.classes if len(train.classes) == num_classes else [str(i) for i in range(num_classes)]
+    return RunData(train, val, preprocessing, train_loader, val_loader, num_classes, classes,
+                   test if d.val_split else None, test_loader, holdout if d.val_split else None, choices)

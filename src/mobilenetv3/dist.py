@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
+import signal
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,3 +99,36 @@ def broadcast_object(value, src: int = 0):
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class StopSignal:
+    """SIGTERM/SIGINT: stop at the next step boundary and save; a second signal ends the process at once."""
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self.previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        signal.signal(signum, signal.SIG_DFL)  # the second one acts at once
+        log.warning("%s received: saving at the end of this step (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def requested(self, info: DistInfo) -> bool:
+        """Every process stops at the same step: the flag is summed over all of them."""
+        flag = torch.tensor([1.0 if self.received else 0.0])
+        if info.enabled:
+            all_reduce_sum(flag)
+        return bool(flag.item())

@@ -2,6 +2,7 @@
 evaluation a dict of metrics."""
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -10,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import eval_loader
+from .data.datasets import Dataset
+from .data.transforms import Preprocessing
 from .dist import all_reduce_sum
 from .errors import RunError
+
+EMA_BN_BATCHES = 20  # training batches that re-estimate BatchNorm statistics (recompute_batchnorm)
 
 
 class NonFiniteLoss(RunError):
@@ -184,3 +190,15 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
     return dict(count=count_all, top1=totals[1].item() / max(1, count_all), top5=totals[2].item() / max(1, count_all),
                 topk=k, loss=totals[3].item() / max(1, count_all), skipped=int(totals[4].item()),
                 per_class_accuracy=per_class, confusion=confusion, time=time.perf_counter() - start)
+
+
+def recompute_batchnorm(model: nn.Module, data: Dataset, preprocessing: Preprocessing, batch_size: int,
+                        device: torch.device, batches: int = EMA_BN_BATCHES, workers: Optional[int] = None,
+                        skip_bad_images: bool = False) -> None:
+    """BatchNorm running statistics for ``model``'s own weights, from the first ``batches`` training batches
+    (eval preprocessing, the same images in every process and every run: deterministic)."""
+    from torch.optim.swa_utils import update_bn
+
+    loader = eval_loader(data, preprocessing, batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images)
+    images = (batch.images for batch in itertools.islice(loader, batches) if len(batch.images))
+    update_bn(images, model, device=device)

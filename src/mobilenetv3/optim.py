@@ -1,13 +1,19 @@
-"""Parameter groups, optimizers, the seed's warmup-cosine schedule and its loss."""
+"""Parameter groups, optimizers, the loss, and the run's learning-rate schedule (the seed's warmup-cosine, per step)."""
 from __future__ import annotations
 
+import logging
 import math
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import Config
 from .errors import UsageError
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 
@@ -116,3 +122,62 @@ def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothin
         on = 1 - smoothing if mode == "seed" else 1 - smoothing + smoothing / num_classes
         targets = targets * (on - off) + off
     return torch.sum(-targets * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's length and learning-rate schedule, per step."""
+
+    steps_per_epoch: int
+    total_steps: int  # epochs x steps per epoch, or max_steps when that is fewer
+    warmup_steps: int
+    lr_max: float
+    lr_init: float
+    lr_end: float
+    global_batch: int
+    epochs: int  # the epochs the run takes: the last one may stop early at max_steps
+    stored: Optional[tuple] = None  # the per-step rates of a resumed seed checkpoint, when followed
+
+    def lr_at(self, step: int) -> float:
+        if self.stored is not None:
+            return self.stored[min(step, len(self.stored) - 1)]
+        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.lr_max, self.lr_init, self.lr_end)
+
+
+def build_schedule(config: Config, steps_per_epoch: int, world_size: int, stored: Optional[tuple] = None) -> Schedule:
+    o, max_steps = config.optim, config.run.max_steps
+    global_batch = config.data.batch_size * world_size
+    full = o.epochs * steps_per_epoch
+    total = min(full, max_steps or full)
+    if o.warmup_epochs > o.epochs:
+        log.warning("warmup_epochs %g is longer than the run (%d epochs): the LR warms up over the whole run",
+                    o.warmup_epochs, o.epochs)
+    scaled = config.source_of("warmup_epochs") or ""
+    if scaled.endswith("scaled to the run"):
+        log.info("%s: %g of %d epochs (--warmup-epochs sets it)", scaled, o.warmup_epochs, o.epochs)
+    warmup = min(total, round(o.warmup_epochs * steps_per_epoch * total / full))  # the same share of a shorter run
+    if total < full:
+        log.info("max_steps %d: the run ends after %d of its %d steps; the schedule spans those, its warmup the "
+                 "same share of them: %d steps", total, total, full, warmup)
+    return Schedule(steps_per_epoch, total, warmup,
+                    scaled_lr(o.lr, global_batch, o.lr_reference_batch), o.lr_init, o.lr_end, global_batch,
+                    -(-total // steps_per_epoch), stored)
+
+
+def say_seed_rates(rates: Optional[torch.Tensor], source, schedule: Schedule, start: int) -> None:
+    """One line on the learning rates a resumed seed ``.ckpt`` (``source``) stores: followed from step ``start``
+    (and what the steps past their end get), or not followed."""
+    if rates is None or rates.numel() == 0:
+        return
+    if schedule.stored is None:
+        log.info("%s stores the seed's own learning rates (%d steps); this run follows its warmup-cosine schedule "
+                 "from step %d instead (--lr-schedule stored follows them)", source, rates.numel(), start)
+        return
+    stored, total = len(schedule.stored), schedule.total_steps
+    if total <= stored:
+        log.info("following the %d learning rates stored in %s, from step %d", stored, source, start)
+        return
+    past = f"step {stored} is past them and keeps" if total - stored == 1 else \
+        f"steps {stored} to {total - 1} are past them and keep"
+    log.warning("following the %d learning rates stored in %s, from step %d; the run has %d steps: %s the last "
+                "one, %.4g", stored, source, start, total, past, schedule.stored[-1])

@@ -9,7 +9,6 @@ order, an ImageFolder's first images are all one class.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -28,8 +27,8 @@ from ..export import FORMATS, INT8_FORMATS, SUFFIXES, check_extra, check_int8_se
     int8_source_path, open_exported, read_int8_info
 from ..files import check_writable
 from ..progress import Stages, tracked
+from ..rundir import VAL_INDICES, read_holdout
 from ..weights import model_from_weights, read_weights
-from .train import VAL_INDICES
 
 SPLIT_NAMES = {"train": "training", "val": "validation"}
 DEFAULT_VALIDATION_IMAGES = 2000  # INT8 accuracy control: 0.05% of them is one answer
@@ -264,14 +263,10 @@ def _sample_batches(split: Dataset, name: str, indices: list[int], seed: int, d:
 def _held_out(checkpoint: Path, config: Config, train_images: int) -> Optional[list[int]]:
     """The training images the checkpoint's run held out (``val_indices.json`` beside it, written by
     ``--val-split``); ``None`` when the run held none out, or held them out of another training set."""
-    path = checkpoint.parent / VAL_INDICES
-    if not config.data.val_split or not path.is_file():
+    holdout = read_holdout(checkpoint.parent) if config.data.val_split else None
+    if holdout is None:
         return None
-    try:
-        record = json.loads(path.read_text())
-        indices, size = [int(i) for i in record["indices"]], int(record["train_images"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"{path}: not the held-out indices of a run ({type(err).__name__}: {err})") from None
+    indices, size = holdout["indices"], holdout["train_images"]
     if size != train_images or not all(0 <= i < size for i in indices):
         return None
     return indices

@@ -8,15 +8,11 @@ once (``prepare_config``), whatever it is: our ``last.pt`` or the seed's trainin
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import random
-import signal
-import socket
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,18 +21,17 @@ import torch
 from torch import nn
 
 from .. import auto, checkpoint as ckpt
-from ..build import (build_datasets, build_eval_loader, build_model, build_train_loader, device_type, hold_out,
-                     pick_device, recipe_for, record_architecture)
+from ..build import RunData, build_data, build_model, device_type, pick_device, record_architecture
 from ..config import Config, RunConfig, load_config, replace, validate
-from ..data import check_labels, eval_loader
 from ..data.datasets import Dataset
-from ..data.transforms import Preprocessing
-from ..dist import DistInfo, all_gather_object, all_reduce_sum, barrier, destroy_distributed, init_distributed
-from ..engine import EpochResult, StepInfo, TrainOptions, evaluate, train_one_epoch
+from ..dist import (DistInfo, StopSignal, all_gather_object, all_reduce_sum, barrier, destroy_distributed,
+                    init_distributed)
+from ..engine import (EMA_BN_BATCHES, EpochResult, StepInfo, TrainOptions, evaluate, recompute_batchnorm,
+                      train_one_epoch)
 from ..errors import RunError, UsageError
-from ..files import remove_stale_temporaries, write_atomic
 from ..models import create_model
-from ..optim import build_optimizer, param_groups, scaled_lr, smoothed_cross_entropy, warmup_cosine_lr
+from ..optim import build_optimizer, build_schedule, param_groups, say_seed_rates, smoothed_cross_entropy
+from ..rundir import VAL_INDICES, read_holdout, run_lock, write_holdout
 from ..runlog import RunLog
 from ..weights import read_weights
 
@@ -45,7 +40,6 @@ log = logging.getLogger(__name__)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ARCHITECTURE = ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum", "head_bias",
                 "stem_stride")
-EMA_BN_BATCHES = 20
 
 
 @dataclass
@@ -188,91 +182,6 @@ def _run_dir(config: Config, resume: Optional[Resume]) -> Path:
     return Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-VAL_INDICES = "val_indices.json"  # with --val-split: the held-out training images, beside the checkpoints
-RUN_FILES = ("config.yaml", VAL_INDICES, "train.log", "metrics.jsonl", "tensorboard", "curves.png")  # written first
-
-
-@contextmanager
-def run_lock(run_dir: Path, resuming: bool):
-    """Hold ``run_dir/.lock`` for the run; refuse a second run into the same directory.
-
-    The lock is an ``flock``, released by the kernel when the process ends however it ends. A fresh run
-    that fails before its first checkpoint takes away what it wrote (and the folder, if it made it).
-    """
-    created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # a file where a folder of the path should be, no permission, ...
-        raise UsageError(f"--run-dir {run_dir}: cannot make the folder ({err.strerror}: {err.filename})") from None
-    dead_run = (run_dir / ".lock").exists()  # a run of ours left it: one that ended lets go of it, not of the file
-    handle = _lock(run_dir)  # first: a directory a live run holds is "in use", whatever else it holds
-    if not resuming and _holds_checkpoints(run_dir):
-        handle.close()
-        if not dead_run:
-            (run_dir / ".lock").unlink()
-        raise UsageError(f"{run_dir} already holds a run (checkpoints); continue it with --resume auto, "
-                         "or choose another --run-dir")
-    _write_owner(handle)
-    remove_stale_temporaries(run_dir)
-    if not resuming and dead_run:
-        _remove_run_files(run_dir, "found the files of an earlier run that saved no checkpoint")
-    before = set(os.listdir(run_dir))
-    try:
-        yield
-    except BaseException:
-        clean_up = not resuming and not _holds_checkpoints(run_dir)  # failed before its first checkpoint
-        if clean_up:  # leave no trace, while still holding the lock: no other run can be in there
-            _remove_run_files(run_dir, "", keep=before)
-            (run_dir / ".lock").unlink(missing_ok=True)
-        handle.close()
-        if clean_up and created and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-        raise
-    handle.close()
-
-
-def _lock(run_dir: Path):
-    import fcntl  # POSIX; imported here so that the package imports elsewhere too
-
-    try:
-        handle = open(run_dir / ".lock", "a+")
-    except OSError as err:
-        raise UsageError(f"--run-dir {run_dir}: cannot write in it ({err.strerror}: {err.filename})") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise UsageError(f"{run_dir} is in use by a running training ({owner}); wait for it or choose "
-                         "another --run-dir") from None
-    return handle
-
-
-def _write_owner(handle) -> None:
-    """Who holds the lock, for the message a second run gets."""
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-    handle.flush()
-
-
-def _holds_checkpoints(run_dir: Path) -> bool:
-    return any(ckpt.EPOCH_CHECKPOINT.match(p.name) or p.name == "last.pt" for p in run_dir.iterdir())
-
-
-def _remove_run_files(run_dir: Path, reason: str, keep: set = frozenset()) -> None:
-    """Delete the log files a run writes before its first checkpoint (those not in ``keep``); say so if ``reason``."""
-    import shutil
-
-    found = [name for name in RUN_FILES if (run_dir / name).exists() and name not in keep]
-    for name in found:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if found and reason:
-        log.info("%s in %s (%s): a fresh log starts", reason, run_dir, ", ".join(found))
-
-
 # ------------------------------------------------------------------------------------------ set-up
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
@@ -282,53 +191,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-
-
-@dataclass
-class RunData:
-    train: Dataset
-    val: Dataset  # validated on each epoch: the test split, or with --val-split the held-out training images
-    preprocessing: Preprocessing
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-    num_classes: int
-    classes: list[str]
-    test: Optional[Dataset] = None  # with --val-split: the test split, scored once at the end
-    test_loader: Optional[torch.utils.data.DataLoader] = None
-    holdout: Optional[dict] = None  # with --val-split: what val_indices.json holds
-    choices: list = field(default_factory=list)  # auto.Choice: the settings chosen for this data
-
-
-def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: Optional[int] = None,
-               holdout: Optional[dict] = None, pretrained: bool = False, fit_defaults: bool = True) -> RunData:
-    """Datasets and loaders; ``in_chans`` defaults to the dataset's own channel count. With ``val_split``, the
-    held-out images are drawn with the run's seed, or taken from ``holdout`` (a resumed run's val_indices.json).
-    Settings left at their defaults are first fitted to the training images (``auto.choose_for_data``), unless
-    ``fit_defaults`` is off (a resumed run: its config holds what it chose when it started)."""
-    d, seed = config.data, config.run.seed
-    train, test = build_datasets(d, seed, config.model.num_classes)
-    num_classes = config.model.num_classes or len(train.classes)
-    check_labels(train, num_classes)
-    check_labels(test, num_classes)
-    val = test
-    if d.val_split:
-        if holdout is not None and holdout["train_images"] != len(train):
-            raise UsageError(f"{VAL_INDICES}: the run held out images of a training set of {holdout['train_images']} "
-                             f"images, {train.source} has {len(train)}; resume it with the data it started with")
-        train_images = len(train)
-        train, val, indices = hold_out(d, train, seed, holdout["indices"] if holdout else None)
-        holdout = dict(val_split=d.val_split, seed=seed, train_images=train_images, indices=indices)
-    choices = auto.choose_for_data(config, train, pretrained, info.world_size) if fit_defaults else []
-    if choices:
-        validate(config)  # settings that follow the chosen ones (the stem stride follows the image size)
-    recipe, preprocessing = recipe_for(d, train, in_chans or train.channels)
-    pin = device.type == "cuda"
-    train_loader = build_train_loader(d, train, recipe, preprocessing, num_classes, info, seed, pin, device)
-    val_loader = build_eval_loader(d, val, preprocessing, info, pin, device)
-    test_loader = build_eval_loader(d, test, preprocessing, info, pin, device) if d.val_split else None
-    classes = train.classes if len(train.classes) == num_classes else [str(i) for i in range(num_classes)]
-    return RunData(train, val, preprocessing, train_loader, val_loader, num_classes, classes,
-                   test if d.val_split else None, test_loader, holdout if d.val_split else None, choices)
 
 
 def saved_holdout(config: Config, resume: Optional[Resume]) -> Optional[dict]:
@@ -342,56 +204,11 @@ def saved_holdout(config: Config, resume: Optional[Resume]) -> Optional[dict]:
                          f"{before}; a run keeps its validation set (start a new run to change it)")
     if not config.data.val_split:
         return None
-    path = resume.path.parent / VAL_INDICES
-    if not path.is_file():
+    holdout = read_holdout(resume.path.parent)
+    if holdout is None:
         log.warning("%s has no %s: the held-out images are drawn again with seed %d", resume.path.parent,
                     VAL_INDICES, config.run.seed)
-        return None
-    try:
-        record = json.loads(path.read_text())
-        return dict(record, indices=[int(i) for i in record["indices"]], train_images=int(record["train_images"]))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"{path}: not the held-out indices of a run ({type(err).__name__}: {err})") from None
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The run's length and learning-rate schedule, per step."""
-
-    steps_per_epoch: int
-    total_steps: int  # epochs x steps per epoch, or max_steps when that is fewer
-    warmup_steps: int
-    lr_max: float
-    lr_init: float
-    lr_end: float
-    global_batch: int
-    epochs: int  # the epochs the run takes: the last one may stop early at max_steps
-    stored: Optional[tuple] = None  # the per-step rates of a resumed seed checkpoint, when followed
-
-    def lr_at(self, step: int) -> float:
-        if self.stored is not None:
-            return self.stored[min(step, len(self.stored) - 1)]
-        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.lr_max, self.lr_init, self.lr_end)
-
-
-def build_schedule(config: Config, steps_per_epoch: int, world_size: int, stored: Optional[tuple] = None) -> Schedule:
-    o, max_steps = config.optim, config.run.max_steps
-    global_batch = config.data.batch_size * world_size
-    full = o.epochs * steps_per_epoch
-    total = min(full, max_steps or full)
-    if o.warmup_epochs > o.epochs:
-        log.warning("warmup_epochs %g is longer than the run (%d epochs): the LR warms up over the whole run",
-                    o.warmup_epochs, o.epochs)
-    scaled = config.source_of("warmup_epochs") or ""
-    if scaled.endswith("scaled to the run"):
-        log.info("%s: %g of %d epochs (--warmup-epochs sets it)", scaled, o.warmup_epochs, o.epochs)
-    warmup = min(total, round(o.warmup_epochs * steps_per_epoch * total / full))  # the same share of a shorter run
-    if total < full:
-        log.info("max_steps %d: the run ends after %d of its %d steps; the schedule spans those, its warmup the "
-                 "same share of them: %d steps", total, total, full, warmup)
-    return Schedule(steps_per_epoch, total, warmup,
-                    scaled_lr(o.lr, global_batch, o.lr_reference_batch), o.lr_init, o.lr_end, global_batch,
-                    -(-total // steps_per_epoch), stored)
+    return holdout
 
 
 def stored_rates(config: Config, resume: Optional[Resume]) -> Optional[tuple]:
@@ -403,26 +220,6 @@ def stored_rates(config: Config, resume: Optional[Resume]) -> Optional[tuple]:
         raise UsageError("--lr-schedule stored follows the learning rates a seed training .ckpt stores: resume "
                          "one that has them (--resume PATH.ckpt)")
     return tuple(float(v) for v in rates.reshape(-1))
-
-
-def say_seed_rates(resume: Resume, schedule: Schedule, start: int) -> None:
-    """One line on the learning rates a resumed seed ``.ckpt`` stores: followed from step ``start`` (and what the
-    steps past their end get), or not followed."""
-    rates = resume.seed.learning_rate
-    if rates is None or rates.numel() == 0:
-        return
-    if schedule.stored is None:
-        log.info("%s stores the seed's own learning rates (%d steps); this run follows its warmup-cosine schedule "
-                 "from step %d instead (--lr-schedule stored follows them)", resume.path, rates.numel(), start)
-        return
-    stored, total = len(schedule.stored), schedule.total_steps
-    if total <= stored:
-        log.info("following the %d learning rates stored in %s, from step %d", stored, resume.path, start)
-        return
-    past = f"step {stored} is past them and keeps" if total - stored == 1 else \
-        f"steps {stored} to {total - 1} are past them and keep"
-    log.warning("following the %d learning rates stored in %s, from step %d; the run has %d steps: %s the last "
-                "one, %.4g", stored, resume.path, start, total, past, schedule.stored[-1])
 
 
 def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.device) -> ckpt.Trainable:
@@ -439,51 +236,6 @@ def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.d
         # weights nor the averaged ones; they are recomputed for the averaged weights at each epoch's end.
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(run.ema_decay), use_buffers=False)
     return ckpt.Trainable(model, optimizer, scaler, ema)
-
-
-def recompute_batchnorm(model: nn.Module, data: Dataset, preprocessing: Preprocessing, batch_size: int,
-                        device: torch.device, batches: int = EMA_BN_BATCHES, workers: Optional[int] = None,
-                        skip_bad_images: bool = False) -> None:
-    """BatchNorm running statistics for ``model``'s own weights, from the first ``batches`` training batches
-    (eval preprocessing, the same images in every process and every run: deterministic)."""
-    from torch.optim.swa_utils import update_bn
-
-    loader = eval_loader(data, preprocessing, batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images)
-    images = (batch.images for batch in itertools.islice(loader, batches) if len(batch.images))
-    update_bn(images, model, device=device)
-
-
-class StopSignal:
-    """SIGTERM/SIGINT: stop at the next step boundary and save; a second signal ends the process at once."""
-
-    def __init__(self):
-        self.received: Optional[int] = None
-        self.previous = {}
-
-    def __enter__(self):
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: no signal handling
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-        signal.signal(signum, signal.SIG_DFL)  # the second one acts at once
-        log.warning("%s received: saving at the end of this step (send it again to stop at once)",
-                    signal.Signals(signum).name)
-
-    def __exit__(self, *exc):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def requested(self, info: DistInfo) -> bool:
-        """Every process stops at the same step: the flag is summed over all of them."""
-        flag = torch.tensor([1.0 if self.received else 0.0])
-        if info.enabled:
-            all_reduce_sum(flag)
-        return bool(flag.item())
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -542,7 +294,7 @@ class _Run:
     def _restore(self, resume: Resume) -> ckpt.TrainState:
         if resume.seed is not None:
             state = ckpt.restore_seed(resume.seed, self.trainable, self.schedule.steps_per_epoch, str(resume.path))
-            say_seed_rates(resume, self.schedule, state.global_step)
+            say_seed_rates(resume.seed.learning_rate, resume.path, self.schedule, state.global_step)
         else:
             state = resume.checkpoint.restore(self.trainable, self.info.rank, self.info.world_size, str(resume.path))
         log.info("resuming from %s at epoch %d, step %d", resume.path, state.epoch + 1, state.step_in_epoch)
@@ -748,7 +500,7 @@ class _Run:
                                     bn_reestimated=self.settle_bn)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         if self.data.holdout is not None:
-            write_atomic(self.run_dir / VAL_INDICES, json.dumps(self.data.holdout) + "\n")
+            write_holdout(self.run_dir, self.data.holdout)
         o, test = self.config.optim, self.data.test
         log.info("run directory %s; %d train / %d val images%s, %d classes; global batch %d, peak LR %.4g "
                  "(%s at batch %s)", self.run_dir, len(self.data.train), len(self.data.val),
