@@ -6,8 +6,8 @@ keyword arguments (``train("fashion-mnist", epochs=1)``).
 """
 from .models import MobileNetV3, create_model, list_models
 from .tasks import convert_weights, evaluate, export_model, model_info, predict, serve, train
+from .version import __version__
 from .weights import load_model
 
-__version__ = "0.1.0"
 __all__ = ["MobileNetV3", "create_model", "list_models", "load_model", "train", "evaluate", "export_model",
            "predict", "serve", "convert_weights", "model_info", "__version__"]

@@ -19,9 +19,9 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from .batches import Batch, BatchRequest, MixCut, finish_batch, image_seeds, read_samples
 from .datasets import ImageFiles
 from .images import Conversions, is_plain, load_image, open_image
-from .loader import Batch, BatchRequest, MixCut, finish_batch
 from .transforms import BatchAugment, ImageGeometry
 from ..errors import UsageError
 
@@ -68,26 +68,17 @@ class FileBytes(TorchDataset):
         return len(self.data)
 
     def __getitem__(self, request: BatchRequest) -> EncodedBatch:
-        generator = torch.Generator().manual_seed(request.seed)  # the same draws as the CPU loader's FileBatches
-        seeds = torch.randint(0, 2**62, (len(request.indices),), generator=generator).tolist()
+        generator, seeds = image_seeds(request)  # the same draws as the CPU loader's FileBatches
         batch = EncodedBatch([], [], [], [], [], generator.get_state(), 0, Conversions())
-        skipped = 0
-        for index, seed in zip(request.indices, seeds):
-            path, label = self.data.samples[index]
-            try:
-                item, jpeg = self.read(path, batch.converted)
-            except ValueError:
-                if not self.skip_bad_images:
-                    raise
-                log.warning("skipping unreadable image %s", path)
-                skipped += 1
-                continue
+        for path, label, seed, (item, jpeg) in read_samples(self.data.samples, request.indices, seeds,
+                                                            lambda file: self.read(file, batch.converted),
+                                                            self.skip_bad_images):
             batch.items.append(item)
             batch.encoded.append(jpeg)
             batch.paths.append(path)
             batch.labels.append(label)
             batch.seeds.append(seed)
-        return batch._replace(skipped=skipped)
+        return batch._replace(skipped=len(request.indices) - len(batch.items))
 
     def read(self, path: str, converted: Conversions) -> tuple[torch.Tensor, bool]:
         """A plain JPEG's bytes and ``True``, or any other image decoded as the CPU loader does and ``False``."""

@@ -12,31 +12,21 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
+from .batches import Batch, BatchRequest, MixCut, finish_batch, image_seeds, read_samples
 from .datasets import Dataset, ImageFiles, InMemoryImages
+from .gpu_decode import DeviceDecodedBatches, FileBytes
 from .images import Conversions, load_image
 from .transforms import BatchAugment, ImageGeometry, Preprocessing, Recipe
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)
-
-
-class BatchRequest(NamedTuple):
-    indices: list[int]
-    seed: int
-
-
-class Batch(NamedTuple):
-    images: torch.Tensor  # (B, C, H, W) float32, normalised
-    labels: torch.Tensor  # (B,) int64, or (B, num_classes) float32 with mixup/cutmix
-    skipped: int  # unreadable images left out (with skip_bad_images)
-    converted: Optional[Conversions] = None  # what the decoder converted (image files only)
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
@@ -86,22 +76,6 @@ class EvalBatches(Sampler):
             yield BatchRequest(self.indices[start:start + self.batch_size], 0)
 
 
-class MixCut:
-    """mixup and/or cutmix (torchvision's batch transforms; one picked per batch when both are on)."""
-
-    def __init__(self, mixup_alpha: float, cutmix_alpha: float, num_classes: int):
-        from torchvision.transforms import v2
-
-        ops = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha else []) + \
-              ([v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha else [])
-        self.op = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
-
-    def __call__(self, images, labels, generator: torch.Generator):
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-            return self.op(images, labels)
-
-
 class InMemoryBatches(TorchDataset):
     """Turns a ``BatchRequest`` into an augmented batch of an in-memory dataset, all samples at once."""
 
@@ -132,39 +106,15 @@ class FileBatches(TorchDataset):
         return len(self.data)
 
     def __getitem__(self, request: BatchRequest) -> Batch:
-        generator = torch.Generator().manual_seed(request.seed)
-        seeds = torch.randint(0, 2**62, (len(request.indices),), generator=generator).tolist()
-        images, labels, skipped, converted = [], [], 0, Conversions()
-        for index, seed in zip(request.indices, seeds):
-            path, label = self.data.samples[index]
-            try:
-                image = load_image(path, self.channels, converted)
-            except ValueError:
-                if not self.skip_bad_images:
-                    raise
-                log.warning("skipping unreadable image %s", path)
-                skipped += 1
-                continue
+        generator, seeds = image_seeds(request)
+        images, labels, converted = [], [], Conversions()
+        for _, label, seed, image in read_samples(self.data.samples, request.indices, seeds,
+                                                  lambda file: load_image(file, self.channels, converted),
+                                                  self.skip_bad_images):
             images.append(self.transform(image, seed))
             labels.append(label)
-        return finish_batch(images, labels, skipped, self.augment, self.mix, generator, self.channels,
-                            converted=converted)
-
-
-def finish_batch(images: list[torch.Tensor], labels: list[int], skipped: int, augment: BatchAugment,
-                 mix: Optional[MixCut], generator: torch.Generator, channels: int, device=None,
-                 converted: Optional[Conversions] = None) -> Batch:
-    """Per-image uint8 tensors (on ``device``) -> the batch: colour, normalisation and erasing on all of them at
-    once, then mixup/cutmix; an empty batch of the right shape when every image was skipped."""
-    if not images:
-        size = augment.pre.crop
-        return Batch(torch.empty(0, channels, size, size, device=device),
-                     torch.empty(0, dtype=torch.int64, device=device), skipped, converted)
-    batch = augment.finish(torch.stack(images), generator if augment.train else None)
-    targets = torch.tensor(labels, dtype=torch.int64, device=device)
-    if mix is not None:
-        batch, targets = mix(batch, targets, generator)
-    return Batch(batch, targets, skipped, converted)
+        return finish_batch(images, labels, len(request.indices) - len(images), self.augment, self.mix, generator,
+                            self.channels, converted=converted)
 
 
 def default_workers(world_size: int = 1) -> int:
@@ -188,8 +138,6 @@ def build_loader(data: Dataset, recipe: Optional[Recipe], preprocessing: Preproc
     if isinstance(data, InMemoryImages):
         batches: TorchDataset = InMemoryBatches(data, augment, mix)
     elif decode_device is not None:
-        from .gpu_decode import FileBytes
-
         batches = FileBytes(data, preprocessing.in_chans, skip_bad_images)
     else:
         batches = FileBatches(data, ImageGeometry(recipe, preprocessing, train), augment, preprocessing.in_chans,
@@ -208,8 +156,6 @@ def build_loader(data: Dataset, recipe: Optional[Recipe], preprocessing: Preproc
                          worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(seed))
     if decode_device is None:
         return loader
-    from .gpu_decode import DeviceDecodedBatches
-
     return DeviceDecodedBatches(loader, ImageGeometry(recipe, preprocessing, train), augment, preprocessing.in_chans,
                                 decode_device, skip_bad_images, mix)
 

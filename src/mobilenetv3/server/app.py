@@ -199,7 +199,7 @@ class _Endpoints:
     # ------------------------------------------------------------------ Open Inference Protocol (v2)
     @_endpoint("server_metadata", authenticated=False)
     async def server_metadata(self, request):
-        from .. import __version__
+        from ..version import __version__
 
         return JSONResponse(dict(name="mobilenetv3", version=__version__, extensions=[]))
 
