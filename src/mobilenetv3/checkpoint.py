@@ -18,7 +18,7 @@ import random
 import re
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -185,6 +185,11 @@ class TrainState:
     def mean_loss(self) -> float:
         return self.epoch_loss_sum / max(1, self.epoch_loss_steps)
 
+    def copy(self, **changes) -> "TrainState":
+        """A copy with its own ``history`` list (appending to one leaves the other as it was), ``changes``
+        applied (``state.copy(epoch_loss_sum=0.0)``)."""
+        return replace(self, **{"history": list(self.history), **changes})
+
 
 @dataclass
 class Trainable:
@@ -232,7 +237,7 @@ class Checkpoint:
                    ema_n_averaged=int(ema.n_averaged) if ema is not None else None,
                    optimizer=trainable.optimizer.state_dict(),
                    scaler=trainable.scaler.state_dict() if trainable.scaler is not None else None,
-                   state=TrainState(**vars(state)), steps_per_epoch=steps_per_epoch, rng_ranks=rng_ranks)
+                   state=state.copy(), steps_per_epoch=steps_per_epoch, rng_ranks=rng_ranks)
 
     def to_dict(self) -> dict:
         """The on-disk form (``mobilenetv3.checkpoint/1``): flat keys, plain data and tensors."""
@@ -253,11 +258,12 @@ class Checkpoint:
                                global_step=content["global_step"], epoch_loss_sum=content["epoch_loss_sum"],
                                epoch_loss_steps=content.get("epoch_loss_steps", content["step_in_epoch"]),
                                best_top1=content["best_top1"], history=list(content["history"]))
-        return cls(content["model_name"], dict(content["model_kwargs"]), content["model"], content.get("classes"),
-                   content.get("preprocessing"), content.get("config"), content.get("ema"),
-                   content.get("ema_n_averaged"), content.get("optimizer"), content.get("scaler"), state,
-                   content.get("steps_per_epoch"), content.get("rng_ranks") or (
-                       [content["rng"]] if "rng" in content else None))
+        return cls(model_name=content["model_name"], model_kwargs=dict(content["model_kwargs"]),
+                   model=content["model"], classes=content.get("classes"), preprocessing=content.get("preprocessing"),
+                   config=content.get("config"), ema=content.get("ema"), ema_n_averaged=content.get("ema_n_averaged"),
+                   optimizer=content.get("optimizer"), scaler=content.get("scaler"), state=state,
+                   steps_per_epoch=content.get("steps_per_epoch"),
+                   rng_ranks=content.get("rng_ranks") or ([content["rng"]] if "rng" in content else None))
 
     def save(self, path: Path) -> None:
         save_checkpoint(self.to_dict(), path)
@@ -283,7 +289,7 @@ class Checkpoint:
                         "streams", source, len(ranks), world_size)
         if rank < len(ranks):
             set_rng_state(ranks[rank])
-        return TrainState(**vars(self.state))
+        return self.state.copy()
 
 
 def restore_seed(seed, trainable: Trainable, steps_per_epoch: int, source: str) -> TrainState:
