@@ -152,7 +152,7 @@ class Config:
                 self.name = str(value)
             elif key in SECTIONS and isinstance(value, dict):
                 for sub_key, sub_value in value.items():
-                    self._set(SECTIONS[key], sub_key, sub_value, source)
+                    self._set(key, sub_key, sub_value, source)
             elif key in FIELD_SECTION:
                 self._set(FIELD_SECTION[key], key, value, source)
             else:
@@ -166,7 +166,7 @@ class Config:
         self._sources[key] = source
 
 
-SECTIONS = {"model": "model", "data": "data", "optim": "optim", "run": "run"}
+SECTIONS = ("model", "data", "optim", "run")  # the fields of Config that hold settings
 FIELD_SECTION = {f.name: section for section in SECTIONS for f in fields(getattr(Config(), section))}
 
 

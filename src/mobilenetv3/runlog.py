@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -42,7 +41,6 @@ class RunLog:
         self.every = max(1, steps_per_epoch // self.LINES_PER_EPOCH)
         self.bar = None
         self.writer = None
-        self.history: list[dict] = []
         if not enabled:
             return
         self.train_log = open(run_dir / "train.log", "a", buffering=1)
@@ -89,7 +87,6 @@ class RunLog:
         if not self.enabled:
             return
         self.line(seed_epoch_line(record["epoch_time"] * 1000, record["steps"], record["train_loss"]))
-        self.history.append(record)
         self.metrics.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key in ("val_top1", "val_top5", "val_loss", "ema_top1"):
@@ -138,7 +135,3 @@ class RunLog:
         save_figure(fig, path)
         plt.close(fig)
         return path
-
-
-def finite_or_none(value) -> Optional[float]:
-    return float(value) if value is not None and math.isfinite(float(value)) else None
