@@ -132,6 +132,15 @@ def test_exports_agree_with_pytorch(name, fmt, tmp_path):
     torch.testing.assert_close(runtime(x), model(x), atol=1e-4, rtol=0)
 
 
+def test_an_export_that_disagrees_is_a_run_error_and_leaves_no_file(tmp_path):
+    from mobilenetv3.errors import RunError
+
+    model = create_model("mobilenetv3_small", num_classes=3).eval()
+    with pytest.raises(RunError, match="torchscript export disagrees with PyTorch: max abs difference .* > -1"):
+        export_verified(model, "torchscript", tmp_path / "m.ts", torch.randn(2, 3, 64, 64), tolerance=-1)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_onnx_has_native_hard_activations_dynamic_batch_and_metadata(tmp_path):
     import onnx
 

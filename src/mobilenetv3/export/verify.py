@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import RunError, UsageError
 from ..progress import Stages
 from .common import WithSoftmax
 from .executorch import ExecuTorchModule, export_executorch, import_executorch
@@ -146,8 +146,8 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
                     int8: Optional[dict] = None, stages: Optional[Stages] = None) -> dict:
     """Export ``model`` as ``fmt`` to ``path``, then run the file in its runtime on random inputs (batch 1
     and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
-    (``ValueError`` otherwise); INT8 reports its agreement and records ``calibration_info`` (what the
-    ``calibration`` images are) in the file; ``int8``: ``openvino-int8``'s settings, keyword arguments of
+    (``RunError`` otherwise, the file removed); INT8 reports its agreement and records ``calibration_info``
+    (what the ``calibration`` images are) in the file; ``int8``: ``openvino-int8``'s settings, keyword arguments of
     ``quantize_openvino`` (``keep_fp32``, ``overflow_fix``, ``activation_ranges``, ``max_drop``, ``validation``,
     ``validation_info``); ``stages`` says each step as it begins. Returns the comparison figures and paths
     (ExecuTorch: and ``delegation``, where its operators run)."""
@@ -173,7 +173,7 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
             path.unlink(missing_ok=True)
             if fmt == "openvino":
                 path.with_suffix(".bin").unlink(missing_ok=True)
-            raise RuntimeError(f"{fmt} export disagrees with PyTorch: max abs difference {worst:.3g} > {tolerance}")
+            raise RunError(f"{fmt} export disagrees with PyTorch: max abs difference {worst:.3g} > {tolerance}")
     return dict(written, path=str(path), format=fmt, softmax=softmax, **figures)
 
 
