@@ -15,21 +15,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import wraps
 from importlib import resources
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware import Middleware
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..data.images import Conversions
 from ..engine import top_classes
+from .access import RequestIds
 from .batching import DynamicBatcher, warmup_batches
 from .metrics import Metrics
-from .runtime import ServedModel
+from .repository import LiveModel, ModelRepository
+from .runtime import ServedModel, load_served_model
 from .uploads import MAX_PIXELS, BadRequest, allow_pixels, prepare_image, read_v2_tensor
 
 log = logging.getLogger(__name__)
@@ -50,28 +53,41 @@ class ServerSettings:
     api_key: Optional[str] = None
     decode_threads: int = 2
     warmup: bool = True  # run every batch size once before listening (see batching.warmup_batches)
+    access_log: bool = False  # one line per request, with its X-Request-ID (see access.py)
+    workers: int = 1  # processes serving the same models: the repository API's load and unload need one
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
 
 
-def create_app(model: ServedModel, settings: ServerSettings = ServerSettings()):
-    """The ASGI app serving ``model``. Its batcher and decoding threads start and stop with the app's lifespan
-    (stopping finishes the requests already in the batcher)."""
+def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSettings = ServerSettings()):
+    """The ASGI app serving ``models``: one model, or a repository of them (``repository.ModelRepository``). The
+    models' batchers and the decoding threads start and stop with the app's lifespan (stopping finishes the
+    requests already in the batchers)."""
     allow_pixels(settings.max_pixels)
     metrics = Metrics()
-    batcher = DynamicBatcher(model.run, settings.max_batch, settings.max_delay_ms / 1000, metrics.observe_batch)
+    if isinstance(models, ServedModel):
+        runtime = models.runtime
+        models = ModelRepository.of(models, lambda path, name: load_served_model(str(path), runtime, name))
+    models.on_use = metrics.request_in_flight
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mobilenetv3-decode")
-    server = _Endpoints(model, settings, batcher, decoders, metrics)
+    server = _Endpoints(models, settings, decoders, metrics)
+
+    def start_batcher(model: ServedModel, version: str) -> DynamicBatcher:
+        """One model version's batcher, started: it warms up before ``wait_ready`` returns."""
+        batcher = DynamicBatcher(model.run, settings.max_batch, settings.max_delay_ms / 1000,
+                                 metrics.batch_observer(model.name, version))
+        batcher.start(warmup_batches(model.input_shape, settings.max_batch) if settings.warmup else ())
+        return batcher
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.start(warmup_batches(model.input_shape, settings.max_batch) if settings.warmup else ())
-        await asyncio.get_running_loop().run_in_executor(None, batcher.wait_ready)  # listening once warm
+        await asyncio.get_running_loop().run_in_executor(None, models.start, start_batcher)  # listening once warm
         yield
-        batcher.stop()
+        models.stop()
         decoders.shutdown()
+        metrics.close()
 
     routes = [
         Route("/", server.page, methods=["GET"]),
@@ -83,8 +99,12 @@ def create_app(model: ServedModel, settings: ServerSettings = ServerSettings()):
         Route("/v2/models/{name}", server.model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", server.model_ready, methods=["GET"]),
         Route("/v2/models/{name}/infer", server.infer, methods=["POST"]),
+        Route("/v2/repository/index", server.repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", server.repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", server.repository_unload, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error},
+                     middleware=[Middleware(RequestIds, access_log=settings.access_log)])
 
 
 async def _http_error(request, exc):
@@ -119,12 +139,12 @@ def _endpoint(name: str, authenticated: bool = True):
 
 
 class _Endpoints:
-    """The handlers, sharing one model, its batcher and the decoding threads."""
+    """The handlers, sharing the models (each a ``LiveModel``: a ``ServedModel`` and its batcher, taken by name and
+    version with ``self.models.use``) and the decoding threads."""
 
-    def __init__(self, model: ServedModel, settings: ServerSettings, batcher: DynamicBatcher,
-                 decoders: ThreadPoolExecutor, metrics: Metrics):
-        self.model, self.settings, self.batcher, self.decoders, self.stats = model, settings, batcher, decoders, metrics
-        self.page_html = _page(model, settings)
+    def __init__(self, models: ModelRepository, settings: ServerSettings, decoders: ThreadPoolExecutor,
+                 metrics: Metrics):
+        self.models, self.settings, self.decoders, self.stats = models, settings, decoders, metrics
 
     # ------------------------------------------------------------------------------------ helpers
     def check_key(self, request) -> None:
@@ -136,10 +156,11 @@ class _Endpoints:
         if not hmac.compare_digest(token.strip().encode(), self.settings.api_key.encode()):
             raise BadRequest(401, "wrong API key")
 
-    def check_name(self, request) -> None:
-        name = request.path_params["name"]
-        if name != self.model.name:
-            raise BadRequest(404, f"unknown model {name!r}; this server has {self.model.name!r}")
+    def model(self, request):
+        """The live model a request names (path ``/v2/models/NAME[/versions/V]``, or ``?model=NAME&version=V``;
+        none: the only one), held while the ``with`` block runs: ``with self.model(request) as live: ...``."""
+        name = request.path_params.get("name") or request.query_params.get("model") or None
+        return self.models.use(name, request.path_params.get("version") or request.query_params.get("version"))
 
     async def body(self, request) -> bytes:
         """The request body, refused with 413 as soon as it passes the upload limit (declared or streamed)."""
@@ -161,27 +182,29 @@ class _Endpoints:
     # ----------------------------------------------------------------------------------- for people
     @_endpoint("page", authenticated=False)
     async def page(self, request):
-        return HTMLResponse(self.page_html)
+        return HTMLResponse(_page(self.models, self.settings))
 
     @_endpoint("predict")
     async def predict(self, request):
         """Image files (multipart/form-data) or one image's bytes -> the top-k classes of each."""
         started = time.perf_counter()
-        topk = _topk(request.query_params.get("topk"), self.settings.topk, len(self.model.classes))
-        uploads = await self.uploads(request)
-        converted = [Conversions() for _ in uploads]  # one each: the decoding threads do not share one
-        images = await asyncio.gather(*(self.in_thread(prepare_image, data, self.model.preprocessing,
-                                                       self.settings.max_pixels, name, conversions)
-                                        for (name, data), conversions in zip(uploads, converted)))
-        self.stats.observe_conversions(converted)
-        probabilities, batch = await self.batcher.submit(torch.cat(images))
+        with self.model(request) as live:
+            model = live.model
+            topk = _topk(request.query_params.get("topk"), self.settings.topk, len(model.classes))
+            uploads = await self.uploads(request)
+            converted = [Conversions() for _ in uploads]  # one each: the decoding threads do not share one
+            images = await asyncio.gather(*(self.in_thread(prepare_image, data, model.preprocessing,
+                                                           self.settings.max_pixels, name, conversions)
+                                            for (name, data), conversions in zip(uploads, converted)))
+            self.stats.observe_conversions(converted)
+            probabilities, batch = await live.batcher.submit(torch.cat(images))
         values, indices = top_classes(probabilities, topk)
-        predictions = [dict(file=name, top=[{"class": self.model.classes[i], "index": i, "probability": p}
+        predictions = [dict(file=name, top=[{"class": model.classes[i], "index": i, "probability": p}
                                             for p, i in zip(row_values, row_indices)])
                        for (name, _), row_values, row_indices in zip(uploads, values.tolist(), indices.tolist())]
         latency = round((time.perf_counter() - started) * 1000, 2)
-        return JSONResponse(dict(model=self.model.name, predictions=predictions, latency_ms=latency),
-                            headers={"X-Batch-Size": str(batch)})
+        return JSONResponse(dict(model=model.name, version=live.version, predictions=predictions,
+                                 latency_ms=latency), headers={"X-Batch-Size": str(batch)})
 
     async def uploads(self, request) -> list[tuple[str, bytes]]:
         """``[(file name, bytes)]`` from a multipart form (every file field) or a raw image body."""
@@ -209,32 +232,71 @@ class _Endpoints:
 
     @_endpoint("ready", authenticated=False)
     async def ready(self, request):
-        return JSONResponse(dict(ready=True))
+        return JSONResponse(dict(ready=self.models.ready()), status_code=200 if self.models.ready() else 503)
 
     @_endpoint("model_ready")
     async def model_ready(self, request):
-        self.check_name(request)
-        return JSONResponse(dict(name=self.model.name, ready=True))
+        with self.model(request) as live:
+            return JSONResponse(dict(name=live.name, ready=True))
 
     @_endpoint("model_metadata")
     async def model_metadata(self, request):
-        self.check_name(request)
-        return JSONResponse(_model_metadata(self.model))
+        with self.model(request) as live:
+            return JSONResponse(_model_metadata(live))
 
     @_endpoint("infer")
     async def infer(self, request):
         """A v2 inference request: one FP32 input (N, C, H, W), already preprocessed -> FP32 probabilities."""
-        self.check_name(request)
         if not request.headers.get("content-type", "application/json").startswith("application/json"):
             raise BadRequest(415, "a v2 inference request is JSON: send Content-Type: application/json")
-        images, request_id = await self.in_thread(_v2_input, await self.body(request), self.model.input_shape)
-        probabilities, batch = await self.batcher.submit(images)
+        with self.model(request) as live:
+            images, request_id = await self.in_thread(_v2_input, await self.body(request), live.model.input_shape)
+            probabilities, batch = await live.batcher.submit(images)
         output = dict(name="probabilities", datatype="FP32", shape=list(probabilities.shape),
                       data=probabilities.flatten().tolist())
-        answer = dict(model_name=self.model.name, model_version="1", outputs=[output])
+        answer = dict(model_name=live.name, model_version=live.version, outputs=[output])
         if request_id is not None:
             answer["id"] = request_id
         return JSONResponse(answer, headers={"X-Batch-Size": str(batch)})
+
+    # ----------------------------------------------------- model repository (Triton's repository extension)
+    @_endpoint("repository_index")
+    async def repository_index(self, request):
+        """``[{"name", "version", "state", "reason"}]`` of every model version known; ``{"ready": true}``: the
+        ready ones."""
+        body = await self.body(request)
+        try:
+            ready = bool(json.loads(body).get("ready")) if body.strip() else False
+        except (ValueError, AttributeError, RecursionError):
+            raise BadRequest(400, 'the body is not a JSON object (send {} or {"ready": true})') from None
+        return JSONResponse(self.models.index(ready_only=ready))
+
+    @_endpoint("repository_load")
+    async def repository_load(self, request):
+        """(Re)load a model's highest version from disk: swapped in once loaded, checked and warm; the version
+        served before answers meanwhile, and goes on if this fails (400 with the reason)."""
+        name = self.changeable(request)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.models.load, name)
+        except BadRequest:
+            raise
+        except Exception as err:  # noqa: BLE001 - a file that cannot be served is the caller's to fix
+            log.warning("loading %s failed: %s", name, err)
+            raise BadRequest(400, f"failed to load {name!r}: {' '.join(str(err).split()) or type(err).__name__}") \
+                from None
+        return JSONResponse({})
+
+    @_endpoint("repository_unload")
+    async def repository_unload(self, request):
+        """Stop serving a model once the requests holding it are answered."""
+        await asyncio.get_running_loop().run_in_executor(None, self.models.unload, self.changeable(request))
+        return JSONResponse({})
+
+    def changeable(self, request) -> str:
+        if self.settings.workers > 1:
+            raise BadRequest(400, f"load and unload need --workers 1: each of the {self.settings.workers} worker "
+                                  "processes holds its own models (restart the server to change them)")
+        return request.path_params["name"]
 
     @_endpoint("metrics")
     async def metrics(self, request):
@@ -252,9 +314,10 @@ def _v2_input(body: bytes, shape: tuple[int, int, int]) -> tuple[torch.Tensor, O
     return read_v2_tensor(request, shape), request_id if isinstance(request_id, str) else None
 
 
-def _model_metadata(model: ServedModel) -> dict:
+def _model_metadata(live: LiveModel) -> dict:
+    model = live.model
     c, h, w = model.input_shape
-    return dict(name=model.name, versions=["1"], platform=f"mobilenetv3_{model.runtime}",
+    return dict(name=model.name, versions=[live.version], platform=f"mobilenetv3_{model.runtime}",
                 inputs=[dict(name="input", datatype="FP32", shape=[-1, c, h, w])],
                 outputs=[dict(name="probabilities", datatype="FP32", shape=[-1, len(model.classes)])],
                 parameters=dict(classes=model.classes, preprocessing=model.preprocessing.to_dict()))
@@ -285,9 +348,18 @@ async def _form_files(headers, body: bytes) -> list[tuple[str, bytes]]:
         await form.close()
 
 
-def _page(model: ServedModel, settings: ServerSettings) -> str:
-    """The web page, with what it needs to know about this server filled in."""
+def _page(models: ModelRepository, settings: ServerSettings) -> str:
+    """The web page, with what it needs to know about this server's models filled in."""
     page = resources.files("mobilenetv3.server").joinpath("static/index.html").read_text(encoding="utf-8")
-    config = dict(model=model.name, runtime=model.runtime, classes=len(model.classes), topk=min(5, len(model.classes)),
-                  needs_key=settings.api_key is not None)
+    described = []
+    for name in models.names():
+        try:
+            with models.use(name) as live:
+                described.append(dict(name=name, version=live.version, runtime=live.model.runtime,
+                                      classes=len(live.model.classes), topk=min(5, len(live.model.classes))))
+        except BadRequest:  # unloaded meanwhile
+            pass
+    first = described[0] if described else dict(name="", runtime="", classes=0, topk=5)
+    config = dict(model=first["name"], runtime=first["runtime"], classes=first["classes"], topk=first["topk"],
+                  models=described, needs_key=settings.api_key is not None)
     return page.replace("__SERVER_CONFIG__", json.dumps(config).replace("</", "<\\/"))
