@@ -46,18 +46,48 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MA
     """Image file bytes -> uint8 (C, crop, crop) after the eval protocol's resize and center crop: what
     ``mobilenetv3 predict`` feeds the model for the same file (normalisation follows on the batch); what the
     decoder converted is counted into ``conversions``."""
-    if not data:
-        raise BadRequest(400, f"{name}: empty body (send the image file's bytes)")
-    with _open_upload(data, max_pixels, name) as image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise BadRequest(413, f"{name}: {width}x{height} image is {width * height / 1e6:.0f} megapixels, "
-                                  f"more than the limit of {max_pixels / 1e6:g} megapixels")
+    with _open_checked(data, max_pixels, name) as image:
+        if image.format == "JPEG":
+            image.draft(None, _draft_size(preprocessing))
         try:
             decoded = to_mode(image, preprocessing.in_chans, conversions)
         except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated or corrupt pixel data
             raise BadRequest(400, f"{name}: truncated or corrupt image ({' '.join(str(err).split())})") from None
     return image_transform(None, preprocessing, train=False)(decoded)
+
+
+def decoded_pixels(data: bytes, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS,
+                   name: str = "upload") -> int:
+    """How many pixels ``decode_image`` will decode for these bytes, read from the header alone (a JPEG at the
+    size its draft mode decodes it): the cost of the upload, known before decoding. Refuses what
+    ``decode_image`` would refuse from the header (not an image, over ``max_pixels``)."""
+    with _open_checked(data, max_pixels, name) as image:
+        width, height = image.size
+        if image.format == "JPEG":
+            side = _draft_size(preprocessing)[0]
+            scale = next((s for s in (8, 4, 2) if min(width, height) // side >= s), 1)  # as PIL's draft picks it
+            width, height = -(-width // scale), -(-height // scale)
+        return width * height
+
+
+def _draft_size(preprocessing: Preprocessing) -> tuple[int, int]:
+    """A JPEG is decoded at 1/2, 1/4 or 1/8 of its size (its DCT scaled: far less work and memory) while its
+    shorter side stays at least twice the resize: the antialiased resize that follows then sees almost the
+    same pixels (a photo much larger than the model's input is all this changes)."""
+    return 2 * preprocessing.resize, 2 * preprocessing.resize
+
+
+def _open_checked(data: bytes, max_pixels: int, name: str):
+    """The upload's image, header read and its size checked against ``max_pixels``."""
+    if not data:
+        raise BadRequest(400, f"{name}: empty body (send the image file's bytes)")
+    image = _open_upload(data, max_pixels, name)
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise BadRequest(413, f"{name}: {width}x{height} image is {width * height / 1e6:.0f} megapixels, "
+                              f"more than the limit of {max_pixels / 1e6:g} megapixels")
+    return image
 
 
 def _open_upload(data: bytes, max_pixels: int, name: str):
