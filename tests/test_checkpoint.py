@@ -1,4 +1,6 @@
-"""The training state a checkpoint carries: copies that stay apart, the on-disk dict read back field by field."""
+"""The training state a checkpoint carries: copies that stay apart, the on-disk dict read back field by field, and
+only a checkpoint with a training state continued."""
+import pytest
 import torch
 
 from mobilenetv3.checkpoint import Checkpoint, Trainable, TrainState, rng_state
@@ -50,3 +52,18 @@ def test_the_on_disk_dict_reads_back_into_each_field():
     assert (read.ema, read.ema_n_averaged, read.scaler) == (None, None, None)
     assert (read.steps_per_epoch, read.rng_ranks) == (4, [{"torch": 1}, {"torch": 2}])
     assert read.state == state and read.state.history is not state.history
+
+
+def test_only_a_training_checkpoint_can_be_continued():
+    from mobilenetv3.errors import UsageError
+
+    trainable, card = _trainable(), dict(model_name="linear", model_kwargs={})
+    weights = Checkpoint(**card, model=trainable.model.state_dict(), config={"run": {}})
+    without_config = Checkpoint.capture(trainable, card, None, TrainState(), [rng_state()], 4)
+    for saved in (weights, without_config):
+        with pytest.raises(UsageError, match="^w.pt holds weights only, not a training state"):
+            saved.require_training_state("w.pt")
+    with pytest.raises(UsageError, match="holds weights only"):
+        weights.restore(trainable, rank=0, world_size=1, source="w.pt")
+    run = Checkpoint.capture(trainable, card, {"run": {}}, TrainState(), [rng_state()], 4)
+    assert run.require_training_state("last.pt") is run

@@ -23,7 +23,7 @@ from mobilenetv3.data import (PRESETS, STATS, BatchAugment, EvalBatches, InMemor
                               build_dataset, build_loader, build_preset)
 from mobilenetv3.data import datasets
 from mobilenetv3.data.datasets import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
-from mobilenetv3.data.loader import worker_error_message
+from mobilenetv3.data.loader import check_scored_once, worker_error_message
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -317,6 +317,17 @@ def test_eval_shards_are_disjoint(world_size):
     shards = [{i for request in EvalBatches(10, 3, rank=rank, world_size=world_size) for i in request.indices}
               for rank in range(world_size)]
     assert sum(len(s) for s in shards) == 10 and set().union(*shards) == set(range(10))
+
+
+def test_a_count_that_misses_samples_is_a_run_error():
+    from mobilenetv3.errors import RunError
+
+    data = _indexed(10)
+    check_scored_once(dict(count=8, skipped=2), data, "validation")  # the two skipped: every other sample once
+    with pytest.raises(RunError, match="validation scored 9 samples, the dataset has 10"):
+        check_scored_once(dict(count=9, skipped=0), data, "validation")
+    with pytest.raises(RunError, match="the test split scored 11 samples, the dataset has 10"):
+        check_scored_once(dict(count=11, skipped=0), data, "the test split")
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])

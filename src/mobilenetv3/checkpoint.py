@@ -227,6 +227,13 @@ class Checkpoint:
     def is_training_state(self) -> bool:
         return self.optimizer is not None and self.state is not None
 
+    def require_training_state(self, source) -> "Checkpoint":
+        """This checkpoint, if it holds a run to continue (optimizer, ``TrainState`` and the run's config); else
+        the ``UsageError`` saying that ``source`` holds weights only."""
+        if not self.is_training_state or self.config is None:
+            raise UsageError(f"{source} holds weights only, not a training state; start from it with --pretrained")
+        return self
+
     @classmethod
     def capture(cls, trainable: Trainable, card: dict, config: dict, state: TrainState, rng_ranks: list,
                 steps_per_epoch: int) -> "Checkpoint":
@@ -274,8 +281,7 @@ class Checkpoint:
 
     def restore(self, trainable: Trainable, rank: int, world_size: int, source: str) -> TrainState:
         """Load weights, optimizer, scaler, EMA and this process's random state into ``trainable``."""
-        if not self.is_training_state:
-            raise UsageError(f"{source} holds weights only, not a training state; start from it with --pretrained")
+        self.require_training_state(source)
         trainable.model.load_state_dict(self.model)
         trainable.optimizer.load_state_dict(self.optimizer)
         if trainable.scaler is not None and self.scaler:

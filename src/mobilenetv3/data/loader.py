@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .datasets import Dataset, ImageFiles, InMemoryImages
 from .gpu_decode import DeviceDecodedBatches, FileBytes
 from .images import Conversions, load_image
 from .transforms import BatchAugment, ImageGeometry, Preprocessing, Recipe
-from ..errors import UsageError
+from ..errors import RunError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,14 @@ def eval_loader(data: Dataset, preprocessing: Preprocessing, *, batch_size: int,
     return build_loader(data, None, preprocessing, train=False, batch_size=batch_size, rank=rank,
                         world_size=world_size, workers=workers, pin_memory=pin_memory,
                         skip_bad_images=skip_bad_images, decode_device=decode_device)
+
+
+def check_scored_once(metrics: Mapping[str, int], data: Dataset, what: str) -> None:
+    """Every sample of ``data`` scored once by an evaluation over ``eval_loader`` (``metrics``: its ``count`` and
+    the unreadable images it ``skipped``); else a ``RunError``, a fault of the loader's sharding."""
+    expected = len(data) - metrics["skipped"]
+    if metrics["count"] != expected:
+        raise RunError(f"{what} scored {metrics['count']} samples, the dataset has {expected}")
 
 
 class BatchLoader(DataLoader):
