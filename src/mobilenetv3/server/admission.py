@@ -79,7 +79,7 @@ class Work:
 
     async def read_body(self, request, limit: int) -> bytes:
         """The body, within the deadline (else 408) and ``limit`` bytes (else 413); a client gone mid-upload is
-        ``ClientGone``. Once the body is in, the connection is watched for the client leaving."""
+        ``ClientGone``."""
         from starlette.requests import ClientDisconnect
 
         declared = request.headers.get("content-length")
@@ -98,10 +98,10 @@ class Work:
                           {"Connection": "close"}) from None
         except ClientDisconnect:
             raise ClientGone(f"the client went away during the upload ({size} bytes came)") from None
-        self._watch(request)
         return b"".join(chunks)
 
-    def _watch(self, request) -> None:
+    def watch(self, request) -> None:
+        """Once the body is in: notice the client leaving (``gone``) until ``close``."""
         async def watch():
             while (await request.receive())["type"] != "http.disconnect":
                 pass

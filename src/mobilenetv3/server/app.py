@@ -10,7 +10,6 @@ import hmac
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import wraps
@@ -29,16 +28,18 @@ from starlette.routing import Route
 from ..data.images import Conversions
 from ..engine import top_classes
 from .access import RequestIds
-from .batching import DynamicBatcher, warmup_batches
+from .admission import HEAVY_BYTES, HEAVY_PIXELS, Admission, ClientGone, DecodeLanes, Expired, Work
+from .batching import Dropped, DynamicBatcher, warmup_batches
 from .metrics import Metrics
 from .repository import LiveModel, ModelRepository
 from .runtime import ServedModel, load_served_model
-from .uploads import MAX_PIXELS, BadRequest, allow_pixels, prepare_image, read_v2_tensor
+from .uploads import MAX_PIXELS, BadRequest, allow_pixels, decoded_pixels, prepare_image, read_v2_tensor
 
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 MAX_FILES = 64  # per /predict request
+CLIENT_CLOSED = 499  # the status counted for a client that left before its answer (nginx's)
 
 
 @dataclass
@@ -55,10 +56,25 @@ class ServerSettings:
     warmup: bool = True  # run every batch size once before listening (see batching.warmup_batches)
     access_log: bool = False  # one line per request, with its X-Request-ID (see access.py)
     workers: int = 1  # processes serving the same models: the repository API's load and unload need one
+    max_queue: Optional[int] = None  # inference requests in progress at most, more: 503 (None: ``queue_limit``)
+    timeout_s: float = 10.0  # a request's deadline, its body's upload included (X-Request-Timeout-Ms shortens it)
+    max_request_pixels: Optional[int] = None  # pixels one request may decode, all its files (None: max_pixels)
+    max_images: int = MAX_FILES  # files per /predict, images per v2 request
+    preferred_batch: tuple[int, ...] = ()  # batch sizes that run without waiting for more (Triton's)
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def queue_limit(self) -> int:
+        """``max_queue``, by default two full batches (64 at least): a request admitted under overload waits
+        about two batches' time, not the whole crowd's."""
+        return self.max_queue if self.max_queue is not None else max(64, 2 * self.max_batch)
+
+    @property
+    def request_pixels(self) -> int:
+        return self.max_request_pixels if self.max_request_pixels is not None else self.max_pixels
 
 
 def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSettings = ServerSettings()):
@@ -71,13 +87,14 @@ def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSett
         runtime = models.runtime
         models = ModelRepository.of(models, lambda path, name: load_served_model(str(path), runtime, name))
     models.on_use = metrics.request_in_flight
-    decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mobilenetv3-decode")
+    decoders = DecodeLanes(settings.decode_threads)
     server = _Endpoints(models, settings, decoders, metrics)
 
     def start_batcher(model: ServedModel, version: str) -> DynamicBatcher:
         """One model version's batcher, started: it warms up before ``wait_ready`` returns."""
         batcher = DynamicBatcher(model.run, settings.max_batch, settings.max_delay_ms / 1000,
-                                 metrics.batch_observer(model.name, version))
+                                 metrics.batch_observer(model.name, version), settings.preferred_batch,
+                                 metrics.queue_observer(model.name, version))
         batcher.start(warmup_batches(model.input_shape, settings.max_batch) if settings.warmup else ())
         return batcher
 
@@ -125,8 +142,16 @@ def _endpoint(name: str, authenticated: bool = True):
                     self.check_key(request)
                 response = await handler(self, request)
             except BadRequest as err:
-                headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+                headers = getattr(err, "headers", None) or ({"WWW-Authenticate": "Bearer"} if err.status == 401
+                                                            else None)
                 response = JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+            except ClientGone as err:  # nobody to answer: one line, counted as a client close (nginx's 499)
+                log.info("%s: %s", name, err)
+                response = JSONResponse({"error": str(err)}, status_code=CLIENT_CLOSED)
+            except asyncio.CancelledError:  # the shutdown's grace is over: a clean answer, not uvicorn's 500
+                log.info("%s: ended by the shutdown", name)
+                response = JSONResponse({"error": "the server is shutting down"}, status_code=503,
+                                        headers={"Retry-After": "1", "Connection": "close"})
             except Exception as err:  # noqa: BLE001 - one bad request must not end the server
                 log.exception("%s failed", name)
                 response = JSONResponse({"error": f"internal error: {type(err).__name__}"}, status_code=500)
@@ -142,9 +167,9 @@ class _Endpoints:
     """The handlers, sharing the models (each a ``LiveModel``: a ``ServedModel`` and its batcher, taken by name and
     version with ``self.models.use``) and the decoding threads."""
 
-    def __init__(self, models: ModelRepository, settings: ServerSettings, decoders: ThreadPoolExecutor,
-                 metrics: Metrics):
+    def __init__(self, models: ModelRepository, settings: ServerSettings, decoders: DecodeLanes, metrics: Metrics):
         self.models, self.settings, self.decoders, self.stats = models, settings, decoders, metrics
+        self.admission = Admission(settings.queue_limit, settings.timeout_s)
 
     # ------------------------------------------------------------------------------------ helpers
     def check_key(self, request) -> None:
@@ -163,21 +188,62 @@ class _Endpoints:
         return self.models.use(name, request.path_params.get("version") or request.query_params.get("version"))
 
     async def body(self, request) -> bytes:
-        """The request body, refused with 413 as soon as it passes the upload limit (declared or streamed)."""
-        limit = self.settings.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise BadRequest(413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"upload is over the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        """The request body, refused with 413 as soon as it passes the upload limit (declared or streamed), with
+        408 when it does not arrive within the request's deadline (``admission.Work.read_body``)."""
+        work = getattr(request.state, "work", None)
+        body = await (work or Work(self.settings.timeout_s)).read_body(request, self.settings.max_upload_bytes)
+        if work is not None:  # an inference request: from now on, a client that leaves is noticed
+            work.watch(request)
+        return body
 
-    async def in_thread(self, function, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.decoders, function, *args)
+    async def in_thread(self, function, *args, heavy: bool = False, work: Optional[Work] = None):
+        """``function(*args)`` in a decoding thread (the heavy lane for a costly request); not started when
+        ``work`` is no longer wanted."""
+        return await self.decoders.run(work, function, *args, heavy=heavy)
+
+    @asynccontextmanager
+    async def admitted(self, request, live: LiveModel):
+        """An inference request's admission (503 + Retry-After when the server is full) and its ``Work``: the
+        deadline, the watch for its client leaving, the batcher told it is coming. A request that ends early
+        (client gone, deadline) is counted as dropped, by reason."""
+        if self.admission.in_progress >= self.admission.max_queue:
+            self.stats.observe_rejected(live.name, live.version, "queue_full")
+        async with self.admission.admit(request) as work:
+            request.state.work, request.state.expected = work, live.batcher.expect()
+            try:
+                yield work
+            except (ClientGone, Expired, Dropped) as err:
+                self.stats.observe_dropped(live.name, live.version, work.still_wanted() or type(err).__name__)
+                raise
+            finally:
+                request.state.expected.arrived()
+
+    async def decode_images(self, request, uploads: list[tuple[str, bytes]], preprocessing,
+                            converted: list[Conversions]) -> list[torch.Tensor]:
+        """The uploads as model inputs, decoded in the decoding threads once their cost, read from their
+        headers, is within the request's pixel budget (413 before any decoding)."""
+        work, limit = request.state.work, self.settings.max_pixels
+        total = sum(decoded_pixels(data, preprocessing, limit, name) for name, data in uploads)
+        if total > self.settings.request_pixels:
+            raise BadRequest(413, f"the {len(uploads)} images would decode {total / 1e6:.1f} megapixels, more than "
+                                  f"the limit of {self.settings.request_pixels / 1e6:g} megapixels per request")
+        return await asyncio.gather(*(self.decoders.run(work, prepare_image, data, preprocessing, limit, name,
+                                                        conversions, heavy=total > HEAVY_PIXELS)
+                                      for (name, data), conversions in zip(uploads, converted)))
+
+    async def run_model(self, request, live: LiveModel, images: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The model's outputs for an admitted request's images (``admitted``): dropped before the run when its
+        client has gone or its deadline passed."""
+        work = request.state.work
+        if len(images) > self.settings.max_images:
+            raise BadRequest(413, f"{len(images)} images in one request, more than the limit of "
+                                  f"{self.settings.max_images}")
+        work.check("inference")
+        try:
+            return await live.batcher.submit(images, request.state.expected, work.still_wanted)
+        except Dropped:
+            work.check("inference")
+            raise ClientGone("the request was dropped before inference") from None
 
     # ----------------------------------------------------------------------------------- for people
     @_endpoint("page", authenticated=False)
@@ -191,13 +257,12 @@ class _Endpoints:
         with self.model(request) as live:
             model = live.model
             topk = _topk(request.query_params.get("topk"), self.settings.topk, len(model.classes))
-            uploads = await self.uploads(request)
-            converted = [Conversions() for _ in uploads]  # one each: the decoding threads do not share one
-            images = await asyncio.gather(*(self.in_thread(prepare_image, data, model.preprocessing,
-                                                           self.settings.max_pixels, name, conversions)
-                                            for (name, data), conversions in zip(uploads, converted)))
-            self.stats.observe_conversions(converted)
-            probabilities, batch = await live.batcher.submit(torch.cat(images))
+            async with self.admitted(request, live):
+                uploads = await self.uploads(request)
+                converted = [Conversions() for _ in uploads]  # one each: the decoding threads do not share one
+                images = await self.decode_images(request, uploads, model.preprocessing, converted)
+                self.stats.observe_conversions(converted)
+                probabilities, batch = await self.run_model(request, live, torch.cat(images))
         values, indices = top_classes(probabilities, topk)
         predictions = [dict(file=name, top=[{"class": model.classes[i], "index": i, "probability": p}
                                             for p, i in zip(row_values, row_indices)])
@@ -250,8 +315,11 @@ class _Endpoints:
         if not request.headers.get("content-type", "application/json").startswith("application/json"):
             raise BadRequest(415, "a v2 inference request is JSON: send Content-Type: application/json")
         with self.model(request) as live:
-            images, request_id = await self.in_thread(_v2_input, await self.body(request), live.model.input_shape)
-            probabilities, batch = await live.batcher.submit(images)
+            async with self.admitted(request, live) as work:
+                body = await self.body(request)
+                images, request_id = await self.in_thread(_v2_input, body, live.model.input_shape,
+                                                          heavy=len(body) > HEAVY_BYTES, work=work)
+                probabilities, batch = await self.run_model(request, live, images)
         output = dict(name="probabilities", datatype="FP32", shape=list(probabilities.shape),
                       data=probabilities.flatten().tolist())
         answer = dict(model_name=live.name, model_version=live.version, outputs=[output])
