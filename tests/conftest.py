@@ -18,6 +18,10 @@ import pytest
 subprocess._USE_VFORK = False
 import torch
 
+# The export check runners load export_check_fixtures.py as a plugin (pytest_plugins) and import names from it, so
+# it is imported before pytest would load it: registered here, its asserts are rewritten as a test's.
+pytest.register_assert_rewrite("export_check_fixtures")
+
 
 # One intra-op thread in this process and in every process the tests start (they inherit OMP_NUM_THREADS). The
 # models here are tiny and gain nothing from a second thread, while on two cores that anything else keeps busy,

@@ -8,10 +8,10 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
-from builders import write_image_folder, write_weights
+from builders import write_image_folder
 from conftest import not_progress, run_cli
+from export_check_fixtures import CLASSES, RECORD, SYNTHETIC, export_checkpoint
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -19,39 +19,13 @@ pytest.importorskip("nncf")
 from mobilenetv3.export import (CALIBRATION_KEY, INT8_KEY, METADATA_KEY, OpenVinoModule, export_verified,  # noqa: E402
                                 open_exported)
 
-CLASSES = 4
-PREPROCESSING = dict(resize=32, crop=32, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3, in_chans=3)
-SYNTHETIC = ["--dataset", "synthetic", "--synthetic-samples", "40", "--seed", "2"]  # no --image-size: the IR's own
-TRAINED_ON = dict(dataset="synthetic", synthetic_samples=40, seed=2, image_size=32)  # the checkpoint's run
-# what every file exported from it records of that data (beside the card; eval --exported scores it there)
-RECORD = dict(dataset="synthetic", data_path=None, classes=[f"c{k}" for k in range(CLASSES)], synthetic_samples=40,
-              image_size=32, seed=2)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny model whose outputs differ from image to image, with class names, preprocessing and the config of
-    the run that trained it."""
-    return write_weights(tmp_path_factory.mktemp("ov") / "tiny.pt", num_classes=CLASSES, responsive=True,
-                         preprocessing=PREPROCESSING, trained_on=TRAINED_ON)
+pytest_plugins = ["export_check_fixtures"]  # the fixtures checkpoint and images
 
 
 @pytest.fixture(scope="module")
 def ir(checkpoint):
     """``mobilenetv3 export --format openvino`` of the checkpoint, checked on synthetic validation images."""
-    out = checkpoint.with_name("tiny.xml")
-    result = run_cli("export", "--checkpoint", checkpoint, "--format", "openvino", "--output", out, *SYNTHETIC[:2])
-    assert result.returncode == 0, result.stderr
-    return out, result
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for i in range(3):
-        pixels = torch.randint(0, 256, (40, 36, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
-        Image.fromarray(pixels.numpy()).save(folder / f"img{i}.png")
-    return folder
+    return export_checkpoint(checkpoint, "openvino", ".xml")
 
 
 def test_fp32_ir_agrees_with_pytorch_on_random_and_real_inputs(ir):
