@@ -4,6 +4,7 @@ through the page and shows the class ``mobilenetv3 predict`` gives it.
 `.ci/run` installs ``chromium`` and ``chromium-driver``; elsewhere the test is skipped without them (on CI it
 fails instead). ``MOBILENETV3_SCREENSHOT=docs/serve-page.png`` keeps the screenshot taken after the prediction.
 """
+import json
 import os
 import shutil
 from pathlib import Path
@@ -62,3 +63,41 @@ def test_an_image_uploaded_through_the_page_shows_its_class(browser, tmp_path):
         assert "round trip" in browser.find_element(By.ID, "latency").text
         screenshot = Path(os.environ.get("MOBILENETV3_SCREENSHOT") or tmp_path / "page.png")
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 1000
+
+
+def test_several_images_at_once_each_show_their_class_with_the_model_chosen(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from builders import write_weights
+    from serving import PREPROCESSING
+    from mobilenetv3.server.repository import ModelRepository
+
+    repo, images = tmp_path / "models", write_images(tmp_path)[:3]
+    write_weights(repo / "digits.pt", preprocessing=PREPROCESSING, responsive=True)
+    write_weights(repo / "fashion" / "2" / "model.pt", bias=[0.0, 3.0, 0.0], preprocessing=PREPROCESSING)
+    expected = [r.top[0]["class"] for r in predict([str(i) for i in images], source=str(repo / "digits.pt"))]
+    repository = ModelRepository([str(repo)], lambda path, name: load_served_model(str(path), name=name))
+    repository.preload()
+
+    def shown_after(upload) -> list:
+        browser.execute_script("delete document.body.dataset.tops")
+        upload()
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-tops"))
+        return json.loads(browser.find_element(By.TAG_NAME, "body").get_attribute("data-tops"))
+
+    with live_server(create_app(repository, ServerSettings())) as url:
+        browser.get(url + "/")
+        picker = Select(browser.find_element(By.ID, "model"))
+        assert [o.text for o in picker.options] == ["digits (version 1)", "fashion (version 2)"]
+        picker.select_by_value("digits")
+        upload = browser.find_element(By.ID, "file")
+        assert shown_after(lambda: upload.send_keys("\n".join(str(i) for i in images))) == expected
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#results .result")) == 3
+        names = [e.text for e in browser.find_elements(By.CLASS_NAME, "file-name")]
+        assert names == [i.name for i in images]
+        assert "3 images" in browser.find_element(By.ID, "latency").text
+        picker.select_by_value("fashion")
+        assert "fashion" in browser.find_element(By.ID, "about").text
+        browser.execute_script("arguments[0].value = ''", upload)  # a multiple input adds what it is sent
+        assert shown_after(lambda: upload.send_keys(str(images[0]))) == ["c1"]

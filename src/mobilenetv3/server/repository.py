@@ -47,6 +47,7 @@ class ModelFile:
     name: Optional[str]
     version: str
     path: Path
+    problem: str = ""  # why this version cannot be served (see ``scan``)
 
 
 @dataclass
@@ -70,6 +71,18 @@ def find_models(paths: Sequence[str], name: Optional[str] = None) -> list[ModelF
     """The model files of ``mobilenetv3 serve PATH...``: one file (named ``name``, default its architecture), several
     files (each named after its file name) or repository folders (see the module's docstring). Each is checked
     cheaply (readable, a format the server reads) without loading it: ``UsageError`` in one line otherwise."""
+    files = scan(paths, name)
+    for each in files:
+        if each.problem:
+            raise UsageError(each.problem)
+        check_model_file(each.path)
+    return files
+
+
+def scan(paths: Sequence[str], name: Optional[str] = None) -> list[ModelFile]:
+    """``find_models``' files without their checks: a version that cannot be served (a folder without a model
+    file, or with two) is there with its ``problem``, so that one broken model does not hide the others.
+    ``UsageError`` for what concerns them all (no paths, a missing one, two files of one name and version)."""
     if not paths:
         raise UsageError("give a model file or a model repository folder to serve")
     lone = len(paths) == 1 and not Path(paths[0]).is_dir()
@@ -77,8 +90,6 @@ def find_models(paths: Sequence[str], name: Optional[str] = None) -> list[ModelF
         raise UsageError("--name names the model of one file; in a repository or a list of files each model is "
                          "named after its folder or file")
     files = [ModelFile(name, "1", Path(paths[0]))] if lone else [f for p in paths for f in _files_under(Path(p))]
-    for each in files:
-        check_model_file(each.path)
     _check_unique(files)
     return files
 
@@ -88,33 +99,34 @@ def _files_under(path: Path) -> list[ModelFile]:
         raise UsageError(f"{path} does not exist")
     if not path.is_dir():
         return [ModelFile(path.stem, "1", path)]
-    found = [_model_file(entry) if entry.is_file() else _versions(entry) for entry in sorted(path.iterdir())
-             if not entry.name.startswith(".")]
-    files = [f for entry in found for f in (entry if isinstance(entry, list) else [entry] if entry else [])]
+    files = []
+    for entry in sorted(path.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            files += _versions(entry)
+        elif entry.suffix.lower() in MODEL_SUFFIXES:  # a README, an IR's .bin: not models
+            files.append(ModelFile(entry.stem, "1", entry))
     if not files:
         raise UsageError(f"{path} holds no model files: lay it out as {path}/NAME/VERSION/FILE or {path}/NAME.EXT "
                          f"(EXT one of {', '.join(MODEL_SUFFIXES)})")
     return files
 
 
-def _model_file(path: Path) -> Optional[ModelFile]:
-    return ModelFile(path.stem, "1", path) if path.suffix.lower() in MODEL_SUFFIXES else None  # README, .bin: not models
-
-
 def _versions(folder: Path) -> list[ModelFile]:
-    versions = [entry for entry in folder.iterdir() if entry.is_dir() and entry.name.isdigit()]
+    versions = sorted((entry for entry in folder.iterdir() if entry.is_dir() and entry.name.isdigit()),
+                      key=lambda entry: int(entry.name))
     if not versions:
-        raise UsageError(f"{folder} holds no version folders: put each version's model file in "
-                         f"{folder}/1/, {folder}/2/, ...")
-    return [ModelFile(folder.name, str(int(v.name)), _one_model_file(v)) for v in versions]
+        return [ModelFile(folder.name, "0", folder, f"{folder} holds no version folders: put each version's model "
+                                                    f"file in {folder}/1/, {folder}/2/, ...")]
+    return [_version(folder.name, v) for v in versions]
 
 
-def _one_model_file(folder: Path) -> Path:
+def _version(name: str, folder: Path) -> ModelFile:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
-    if len(files) != 1:
-        held = "no model file" if not files else f"{len(files)} model files ({', '.join(p.name for p in files)})"
-        raise UsageError(f"{folder} holds {held}: a version folder holds one ({', '.join(MODEL_SUFFIXES)})")
-    return files[0]
+    if len(files) == 1:
+        return ModelFile(name, str(int(folder.name)), files[0])
+    held = "no model file" if not files else f"{len(files)} model files ({', '.join(p.name for p in files)})"
+    return ModelFile(name, str(int(folder.name)), folder,
+                     f"{folder} holds {held}: a version folder holds one ({', '.join(MODEL_SUFFIXES)})")
 
 
 def _check_unique(files: list[ModelFile]) -> None:
@@ -270,9 +282,18 @@ class ModelRepository:
             return bool(self.live) and self.wanted <= set(self.live)
 
     def index(self, ready_only: bool = False) -> list[dict]:
-        """The repository API's index: ``{"name", "version", "state", "reason"}`` of each version known."""
+        """The repository API's index: ``{"name", "version", "state", "reason"}`` of each version loaded, tried or
+        on disk now (those never loaded: UNAVAILABLE, "not loaded")."""
+        try:
+            on_disk = [(f.name, f.version) for f in scan(self.paths, self.name) if f.name and not f.problem]
+        except UsageError:  # a folder changed into something unservable: said by load
+            on_disk = []
         with self._lock:
-            rows = [dict(name=n, version=v, state=s, reason=r) for (n, v), (s, r) in sorted(self.states.items())]
+            states = dict(self.states)
+        for key in on_disk:
+            states.setdefault(key, (UNAVAILABLE, "not loaded"))
+        rows = [dict(name=n, version=v, state=s, reason=r)
+                for (n, v), (s, r) in sorted(states.items(), key=lambda item: (item[0][0], int(item[0][1])))]
         return [row for row in rows if row["state"] == READY] if ready_only else rows
 
     # ------------------------------------------------------------------------------- load and unload
@@ -340,15 +361,15 @@ class ModelRepository:
     def _file_named(self, name: str) -> ModelFile:
         """``name``'s highest version on disk now (a one-file server's file, under the name it serves)."""
         try:
-            self.files = find_models(self.paths, self.name)
+            files = scan(self.paths, self.name)
         except UsageError as err:
             raise BadRequest(400, f"the repository cannot be read: {_one_line(err)}") from None
         if self.lone:
             served = self.name or next(iter(self.live), None) or next((n for n, _ in self.states), None)
             if name != served:
                 raise BadRequest(404, f"unknown model {name!r}; this server serves {served!r} from {self.paths[0]}")
-            return ModelFile(name, "1", self.files[0].path)
-        matching = self._highest([f for f in self.files if f.name == name])
+            return ModelFile(name, "1", files[0].path)
+        matching = self._highest([f for f in files if f.name == name])
         if not matching:
             raise BadRequest(404, f"no model named {name!r} in {', '.join(self.paths)}")
         return matching[0]
@@ -356,6 +377,9 @@ class ModelRepository:
     def _bring_up(self, file: ModelFile, model: Optional[ServedModel]) -> LiveModel:
         """Load (unless given), check and warm one version; nothing is served by it yet."""
         if model is None:
+            if file.problem:
+                raise UsageError(file.problem)
+            check_model_file(file.path)
             model = self.load_file(file.path, file.name)
         verify(model)
         batcher = self.start_batcher(model, file.version)
