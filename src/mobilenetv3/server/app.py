@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import wraps
 from importlib import resources
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from starlette.applications import Starlette
@@ -31,15 +31,27 @@ from .access import RequestIds
 from .admission import HEAVY_BYTES, HEAVY_PIXELS, Admission, ClientGone, DecodeLanes, Expired, Work
 from .batching import Dropped, DynamicBatcher, warmup_batches
 from .metrics import Metrics
+from .protocol import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    InferRequest,
+    ModelStatistics,
+    http_response,
+    model_metadata,
+    model_outputs,
+    prepare_input,
+    read_http_request,
+)
 from .repository import LiveModel, ModelRepository
 from .runtime import ServedModel, load_served_model
-from .uploads import MAX_PIXELS, BadRequest, allow_pixels, decoded_pixels, prepare_image, read_v2_tensor
+from .uploads import MAX_PIXELS, BadRequest, allow_pixels, decoded_pixels, prepare_image
 
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 MAX_FILES = 64  # per /predict request
 CLIENT_CLOSED = 499  # the status counted for a client that left before its answer (nginx's)
+GRPC_STOP_GRACE_S = 5.0  # at shutdown, how long the gRPC calls in progress may take to finish
 
 
 @dataclass
@@ -61,6 +73,8 @@ class ServerSettings:
     max_request_pixels: Optional[int] = None  # pixels one request may decode, all its files (None: max_pixels)
     max_images: int = MAX_FILES  # files per /predict, images per v2 request
     preferred_batch: tuple[int, ...] = ()  # batch sizes that run without waiting for more (Triton's)
+    grpc_port: Optional[int] = None  # the Open Inference Protocol over gRPC on this port too (None: no gRPC)
+    grpc_host: str = "127.0.0.1"
 
     @property
     def max_upload_bytes(self) -> int:
@@ -92,16 +106,21 @@ def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSett
 
     def start_batcher(model: ServedModel, version: str) -> DynamicBatcher:
         """One model version's batcher, started: it warms up before ``wait_ready`` returns."""
-        batcher = DynamicBatcher(model.run, settings.max_batch, settings.max_delay_ms / 1000,
-                                 metrics.batch_observer(model.name, version), settings.preferred_batch,
-                                 metrics.queue_observer(model.name, version))
+        statistics = server.model_statistics(model.name, version)
+        batcher = DynamicBatcher(statistics.counted(model.run), settings.max_batch, settings.max_delay_ms / 1000,
+                                 _both(metrics.batch_observer(model.name, version), statistics.observe_batch),
+                                 settings.preferred_batch,
+                                 _both(metrics.queue_observer(model.name, version), statistics.observe_queue))
         batcher.start(warmup_batches(model.input_shape, settings.max_batch) if settings.warmup else ())
         return batcher
 
     @asynccontextmanager
     async def lifespan(app):
         await asyncio.get_running_loop().run_in_executor(None, models.start, start_batcher)  # listening once warm
+        grpc_server = await server.start_grpc() if settings.grpc_port else None
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(GRPC_STOP_GRACE_S)
         models.stop()
         decoders.shutdown()
         metrics.close()
@@ -113,15 +132,29 @@ def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSett
         Route("/v2", server.server_metadata, methods=["GET"]),
         Route("/v2/health/live", server.live, methods=["GET"]),
         Route("/v2/health/ready", server.ready, methods=["GET"]),
+        Route("/v2/models/stats", server.statistics, methods=["GET"]),  # before /v2/models/{name}
         Route("/v2/models/{name}", server.model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", server.model_ready, methods=["GET"]),
         Route("/v2/models/{name}/infer", server.infer, methods=["POST"]),
+        Route("/v2/models/{name}/stats", server.statistics, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}", server.model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", server.model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/infer", server.infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/stats", server.statistics, methods=["GET"]),
         Route("/v2/repository/index", server.repository_index, methods=["POST"]),
         Route("/v2/repository/models/{name}/load", server.repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", server.repository_unload, methods=["POST"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error},
                      middleware=[Middleware(RequestIds, access_log=settings.access_log)])
+
+
+def _both(first: Callable, second: Callable) -> Callable:
+    def call(*args):
+        first(*args)
+        second(*args)
+
+    return call
 
 
 async def _http_error(request, exc):
@@ -170,6 +203,19 @@ class _Endpoints:
     def __init__(self, models: ModelRepository, settings: ServerSettings, decoders: DecodeLanes, metrics: Metrics):
         self.models, self.settings, self.decoders, self.stats = models, settings, decoders, metrics
         self.admission = Admission(settings.queue_limit, settings.timeout_s)
+        self.statistics_by_model: dict[tuple[str, str], ModelStatistics] = {}  # (name, version): Triton's statistics
+
+    def model_statistics(self, name: str, version: str) -> ModelStatistics:
+        return self.statistics_by_model.setdefault((name, version), ModelStatistics(name, version))
+
+    async def start_grpc(self):
+        """The gRPC service (``grpc_service.py``) on ``settings.grpc_port``, over the same models and batchers."""
+        from .grpc_service import InferenceService, start_server
+
+        service = InferenceService(self.models, self.in_thread, self.model_statistics, self.settings.api_key,
+                                   self.settings.max_pixels)
+        return await start_server(service, self.settings.grpc_host, self.settings.grpc_port,
+                                  self.settings.max_upload_bytes)
 
     # ------------------------------------------------------------------------------------ helpers
     def check_key(self, request) -> None:
@@ -289,7 +335,7 @@ class _Endpoints:
     async def server_metadata(self, request):
         from ..version import __version__
 
-        return JSONResponse(dict(name="mobilenetv3", version=__version__, extensions=[]))
+        return JSONResponse(dict(name="mobilenetv3", version=__version__, extensions=EXTENSIONS))
 
     @_endpoint("live", authenticated=False)
     async def live(self, request):
@@ -307,25 +353,37 @@ class _Endpoints:
     @_endpoint("model_metadata")
     async def model_metadata(self, request):
         with self.model(request) as live:
-            return JSONResponse(_model_metadata(live))
+            return JSONResponse(model_metadata(live.model, live.version))
 
     @_endpoint("infer")
     async def infer(self, request):
-        """A v2 inference request: one FP32 input (N, C, H, W), already preprocessed -> FP32 probabilities."""
-        if not request.headers.get("content-type", "application/json").startswith("application/json"):
-            raise BadRequest(415, "a v2 inference request is JSON: send Content-Type: application/json")
+        """A v2 inference request, JSON or JSON and binary tensors (``protocol.py``: FP32, FP16 or UINT8 pixels in)
+        -> the outputs it asks for (probabilities, or top-k classification strings), JSON or binary."""
+        header_length = request.headers.get(HEADER_LENGTH)  # the binary extension: the body is not all JSON
+        if header_length is None and \
+                not request.headers.get("content-type", "application/json").startswith("application/json"):
+            raise BadRequest(415, "a v2 inference request is JSON: send Content-Type: application/json (or the "
+                                  f"binary tensor extension's {HEADER_LENGTH} header)")
         with self.model(request) as live:
             async with self.admitted(request, live) as work:
                 body = await self.body(request)
-                images, request_id = await self.in_thread(_v2_input, body, live.model.input_shape,
+                v2_request, images = await self.in_thread(_v2_input, body, header_length, live.model, self.settings,
                                                           heavy=len(body) > HEAVY_BYTES, work=work)
                 probabilities, batch = await self.run_model(request, live, images)
-        output = dict(name="probabilities", datatype="FP32", shape=list(probabilities.shape),
-                      data=probabilities.flatten().tolist())
-        answer = dict(model_name=live.name, model_version=live.version, outputs=[output])
-        if request_id is not None:
-            answer["id"] = request_id
-        return JSONResponse(answer, headers={"X-Batch-Size": str(batch)})
+        outputs = model_outputs(v2_request, probabilities, live.model.classes)
+        content, headers = http_response(live.name, live.version, outputs, v2_request.id)
+        return Response(content, media_type=headers.pop("Content-Type"), headers={**headers,
+                                                                                  "X-Batch-Size": str(batch)})
+
+    @_endpoint("statistics")
+    async def statistics(self, request):
+        """Triton's statistics extension: ``{"model_stats": [...]}`` of every model served, or of the one named."""
+        name = request.path_params.get("name")
+        found = []
+        for each in [name] if name else self.models.names():
+            with self.models.use(each, request.path_params.get("version")) as live:
+                found.append(self.model_statistics(live.name, live.version).to_dict())
+        return JSONResponse(dict(model_stats=found))
 
     # ----------------------------------------------------- model repository (Triton's repository extension)
     @_endpoint("repository_index")
@@ -372,23 +430,11 @@ class _Endpoints:
         return Response(content, media_type=media_type)
 
 
-def _v2_input(body: bytes, shape: tuple[int, int, int]) -> tuple[torch.Tensor, Optional[str]]:
-    """A v2 request body -> its input tensor and its ``id`` (echoed in the answer), if it has one."""
-    try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise BadRequest(400, "the body is not valid JSON") from None
-    request_id = request.get("id") if isinstance(request, dict) else None
-    return read_v2_tensor(request, shape), request_id if isinstance(request_id, str) else None
-
-
-def _model_metadata(live: LiveModel) -> dict:
-    model = live.model
-    c, h, w = model.input_shape
-    return dict(name=model.name, versions=[live.version], platform=f"mobilenetv3_{model.runtime}",
-                inputs=[dict(name="input", datatype="FP32", shape=[-1, c, h, w])],
-                outputs=[dict(name="probabilities", datatype="FP32", shape=[-1, len(model.classes)])],
-                parameters=dict(classes=model.classes, preprocessing=model.preprocessing.to_dict()))
+def _v2_input(body: bytes, header_length: Optional[str], model: ServedModel,
+              settings: ServerSettings) -> tuple[InferRequest, torch.Tensor]:
+    """A v2 request body -> the request and the model's input batch (in a decoding thread)."""
+    request = read_http_request(body, header_length)
+    return request, prepare_input(request, model, settings.max_pixels, settings.request_pixels, settings.max_images)
 
 
 def _topk(given: Optional[str], default: int, classes: int) -> int:

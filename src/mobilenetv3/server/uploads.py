@@ -1,4 +1,4 @@
-"""Untrusted uploads -> model inputs: image bytes decoded safely, v2 tensors checked.
+"""Untrusted uploads -> model inputs: image bytes decoded safely (v2 tensors: ``protocol.py``).
 
 Every refusal is a ``BadRequest`` with the HTTP status it deserves and one line saying what is wrong. An
 image is opened from its header first: its format must be one of ``FORMATS`` and its size at most
@@ -13,7 +13,6 @@ import re
 import warnings
 from typing import Optional
 
-import numpy as np
 import torch
 
 from ..data.images import Conversions, open_image, to_mode
@@ -114,27 +113,3 @@ def prepare_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = M
     return normalize_batch(decode_image(data, preprocessing, max_pixels, name, conversions).unsqueeze(0),
                            preprocessing)
 
-
-def read_v2_tensor(request: dict, shape: tuple[int, ...]) -> torch.Tensor:
-    """The one FP32 input of an Open Inference Protocol (KServe v2) request body as a (B, *shape) tensor;
-    ``data`` may be flat (row-major) or nested."""
-    inputs = request.get("inputs") if isinstance(request, dict) else None
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadRequest(400, "the request needs \"inputs\": a list holding one tensor")
-    tensor = inputs[0]
-    if tensor.get("datatype") != "FP32":
-        raise BadRequest(400, f"input datatype must be FP32, not {tensor.get('datatype')!r}")
-    declared = tensor.get("shape")
-    if not (isinstance(declared, list) and len(declared) == len(shape) + 1 and
-            all(isinstance(d, int) and not isinstance(d, bool) for d in declared) and list(declared[1:]) == list(shape)
-            and declared[0] >= 1):
-        raise BadRequest(400, f"input shape must be [N, {', '.join(map(str, shape))}], not {declared}")
-    try:
-        values = np.asarray(tensor.get("data"), dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadRequest(400, "input data must be numbers (a flat or nested list)") from None
-    if values.size != int(np.prod(declared)):
-        raise BadRequest(400, f"input data holds {values.size} values; shape {declared} needs {int(np.prod(declared))}")
-    if not np.isfinite(values).all():
-        raise BadRequest(400, "input data holds NaN or infinite values")
-    return torch.from_numpy(values.reshape(declared))

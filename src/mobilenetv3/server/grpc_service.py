@@ -1,0 +1,216 @@
+"""The Open Inference Protocol over gRPC: Triton's ``inference.GRPCInferenceService`` (``proto/``: the published
+``grpc_service.proto``, which ``tritonclient.grpc`` speaks) on a port of its own (``--grpc-port``), serving the same
+models through the same batchers as HTTP, in the same event loop.
+
+Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer (inputs in
+``raw_input_contents`` or typed ``contents``: ``fp32_contents`` for FP32, ``uint_contents`` for UINT8; outputs always
+in ``raw_output_contents``, as Triton answers) and ModelStatistics. Any other method of the service is answered
+UNIMPLEMENTED. A refusal is the HTTP one's message with the matching status code (400: INVALID_ARGUMENT, 404:
+NOT_FOUND, 413: RESOURCE_EXHAUSTED, ...). With an API key, every method but the health and server metadata ones
+needs the metadata ``authorization: Bearer KEY``.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from types import SimpleNamespace
+from typing import Awaitable, Callable, Optional
+
+import grpc
+
+from ..version import __version__
+from .protocol import (
+    EXTENSIONS,
+    InferRequest,
+    InputTensor,
+    ModelStatistics,
+    checked_parameters,
+    model_metadata,
+    model_outputs,
+    prepare_input,
+    requested_output,
+)
+from .uploads import MAX_PIXELS, BadRequest
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+CONTENTS = {"FP32": "fp32_contents", "UINT8": "uint_contents"}  # the typed contents of each input datatype
+STATUS_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
+                408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                503: grpc.StatusCode.UNAVAILABLE}  # others: INVALID_ARGUMENT
+
+
+@functools.lru_cache(maxsize=None)
+def messages() -> SimpleNamespace:
+    """The service's message classes (``messages().ModelInferRequest``, ...), built from the vendored descriptors in
+    a descriptor pool of their own: ``tritonclient``'s copies of the same ``inference.*`` messages in protobuf's
+    default pool (a client in the same process) do not clash with them."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    from .proto import DESCRIPTOR_SET
+
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET).file:
+        pool.Add(file)
+    service = pool.FindServiceByName(SERVICE)
+    types = {t.full_name: t for method in service.methods for t in (method.input_type, method.output_type)}
+    return SimpleNamespace(**{t.name: message_factory.GetMessageClass(t) for t in types.values()})
+
+
+class InferenceService:
+    """The RPCs, over the app's ``models`` (a ``repository.ModelRepository``). ``run_in_thread(function, *args)``
+    runs reading and preparing a request off the event loop (the app's decoding threads); ``statistics(name,
+    version)`` is a model version's ``ModelStatistics``."""
+
+    def __init__(self, models, run_in_thread: Callable[..., Awaitable],
+                 statistics: Callable[[str, str], ModelStatistics],
+                 api_key: Optional[str] = None, max_pixels: int = MAX_PIXELS):
+        self.models, self.run_in_thread, self.statistics = models, run_in_thread, statistics
+        self.api_key, self.max_pixels = api_key, max_pixels
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        m = messages()
+        methods = dict(ServerLive=(self.server_live, m.ServerLiveRequest, False),
+                       ServerReady=(self.server_ready, m.ServerReadyRequest, False),
+                       ServerMetadata=(self.server_metadata, m.ServerMetadataRequest, False),
+                       ModelReady=(self.model_ready, m.ModelReadyRequest, True),
+                       ModelMetadata=(self.model_metadata, m.ModelMetadataRequest, True),
+                       ModelInfer=(self.model_infer, m.ModelInferRequest, True),
+                       ModelStatistics=(self.model_statistics, m.ModelStatisticsRequest, True))
+        handlers = {name: grpc.unary_unary_rpc_method_handler(
+            self._guarded(name, method, authenticated), request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString())
+            for name, (method, request_type, authenticated) in methods.items()}
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def _guarded(self, name: str, method, authenticated: bool):
+        """``method`` with the API key checked and every failure a status code and one line (never a traceback to
+        the client; an unexpected one is logged)."""
+        async def rpc(request, context):
+            try:
+                if authenticated:
+                    self._check_key(context)
+                return await method(request)
+            except BadRequest as err:
+                code = STATUS_CODES.get(err.status, grpc.StatusCode.INVALID_ARGUMENT)
+                await context.abort(code, err.message)
+            except Exception as err:  # noqa: BLE001 - one bad request must not end the server
+                log.exception("gRPC %s failed", name)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}")
+
+        return rpc
+
+    def _check_key(self, context) -> None:
+        if self.api_key is None:
+            return
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise BadRequest(401, "missing API key: send the metadata 'authorization: Bearer KEY'")
+        if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise BadRequest(401, "wrong API key")
+
+    # ------------------------------------------------------------------------------------------ the RPCs
+    async def server_live(self, request):
+        return messages().ServerLiveResponse(live=True)
+
+    async def server_ready(self, request):
+        return messages().ServerReadyResponse(ready=self.models.ready())
+
+    async def server_metadata(self, request):
+        return messages().ServerMetadataResponse(name="mobilenetv3", version=__version__, extensions=EXTENSIONS)
+
+    async def model_ready(self, request):
+        with self.models.use(request.name or None, request.version or None):
+            return messages().ModelReadyResponse(ready=True)
+
+    async def model_metadata(self, request):
+        from google.protobuf import json_format
+
+        with self.models.use(request.name or None, request.version or None) as live:
+            metadata = model_metadata(live.model, live.version)
+        return json_format.ParseDict(metadata, messages().ModelMetadataResponse(), ignore_unknown_fields=True)
+
+    async def model_infer(self, message):
+        with self.models.use(message.model_name or None, message.model_version or None) as live:
+            request, images = await self.run_in_thread(self._prepare, message, live.model)
+            probabilities, _ = await live.batcher.submit(images)
+        response = messages().ModelInferResponse(model_name=live.name, model_version=live.version,
+                                                 id=message.id)
+        for output in model_outputs(request, probabilities, live.model.classes):
+            response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+            response.raw_output_contents.append(output.raw())
+        return response
+
+    def _prepare(self, message, model):
+        request = infer_request(message)
+        return request, prepare_input(request, model, self.max_pixels)
+
+    async def model_statistics(self, request):
+        from google.protobuf import json_format
+
+        names = [request.name] if request.name else self.models.names()
+        stats = []
+        for name in names:
+            with self.models.use(name, request.version or None) as live:
+                stats.append(self.statistics(live.name, live.version).to_dict())
+        return json_format.ParseDict(dict(model_stats=stats), messages().ModelStatisticsResponse())
+
+
+def infer_request(message) -> InferRequest:
+    """A ``ModelInferRequest`` -> the protocol's request (checked as the HTTP one is)."""
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise BadRequest(400, f"raw_input_contents holds {len(raw)} tensors for {len(message.inputs)} inputs")
+    inputs = []
+    for index, tensor in enumerate(message.inputs):
+        if raw and tensor.HasField("contents"):
+            raise BadRequest(400, f"input {tensor.name!r} has both contents and raw_input_contents: send one")
+        inputs.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape),
+                                  None if raw else _typed_contents(tensor), raw[index] if raw else None))
+    outputs = [requested_output(output.name, _parameters(output.parameters, f"output {output.name!r}"))
+               for output in message.outputs]
+    _parameters(message.parameters, "the request's")
+    return InferRequest(inputs, outputs, message.id or None, binary_output=True)
+
+
+def _typed_contents(tensor) -> list:
+    field = CONTENTS.get(tensor.datatype)
+    if field is None:  # FP16 (the proto has no FP16 contents) or a datatype prepare_input refuses
+        if tensor.datatype == "FP16":
+            raise BadRequest(400, f"input {tensor.name!r}: FP16 values go in raw_input_contents")
+        return []
+    values = getattr(tensor.contents, field)
+    if not values:
+        raise BadRequest(400, f"input {tensor.name!r} has no values: send raw_input_contents or contents.{field}")
+    return list(values)
+
+
+def _parameters(parameters, where: str) -> dict:
+    """A protobuf ``map<string, InferParameter>`` as the plain dict the protocol checks."""
+    plain = {}
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is not None:
+            plain[key] = getattr(value, choice)
+    return checked_parameters(plain, where)
+
+
+async def start_server(service: InferenceService, host: str, port: int, max_message_bytes: int):
+    """A started ``grpc.aio`` server of ``service`` on ``host:port`` in the running event loop; requests larger
+    than ``max_message_bytes`` (the HTTP upload limit) are refused by gRPC itself (RESOURCE_EXHAUSTED)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", -1)])
+    server.add_generic_rpc_handlers((service.handler(),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise RuntimeError(f"cannot listen for gRPC on {address}: {err}") from None
+    if not bound:
+        raise RuntimeError(f"cannot listen for gRPC on {address}")
+    await server.start()
+    log.info("gRPC (inference.GRPCInferenceService) on %s", address)
+    return server
