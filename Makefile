@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test lint clean
 
 # make demo ARGS="--epochs 1": extra flags for the training command
 demo: $(VENV)/.installed
@@ -11,6 +11,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
+
+# ruff, configured in pyproject.toml ([tool.ruff]); .ci/run runs it before the tests
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 import mobilenetv3
-from mobilenetv3.bench import machine_info
+from mobilenetv3.benchmarking import machine_info
 from mobilenetv3.engine import NonFiniteLoss
 
 sys.path.insert(0, str(Path(__file__).parent))

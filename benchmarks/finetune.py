@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import mobilenetv3
-from mobilenetv3.bench import machine_info
+from mobilenetv3.benchmarking import machine_info
 from mobilenetv3.data import build_dataset
 
 SOURCE_CLASSES, TARGET_CLASSES = range(0, 5), range(5, 10)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenetv3.bench import machine_info
+from mobilenetv3.benchmarking import machine_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "format_accuracy.json"
 TARGETS = {"fp32": 0.001, "bf16": 0.002}  # most top-1 below eager; INT8: below its fp32 and agreement
@@ -64,7 +64,7 @@ def runners(checkpoint: Path, formats, folder: Path):
 
 
 def _native_bf16() -> bool:
-    from mobilenetv3.bench import _native_bf16 as native
+    from mobilenetv3.benchmarking import _native_bf16 as native
 
     return native()
 

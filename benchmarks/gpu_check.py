@@ -5,7 +5,7 @@ CPU loader. Under 8 minutes on one GPU (most of it torch.compile and the tests).
     bash benchmarks/gpu_check.sh              # on a GPU machine; writes benchmarks/results/gpu_check.json
     bash benchmarks/gpu_check.sh --dry-run    # the same code paths on the CPU at tiny sizes (figures mean nothing)
 
-Training: bf16 autocast, channels_last and torch.compile on both sides (bench.bench_training: our train step,
+Training: bf16 autocast, channels_last and torch.compile on both sides (tasks.bench.bench_training: our train step,
 torchvision's model in a bare SGD loop). Inference: bf16 autocast and channels_last, eager, batch 256, timed in
 interleaved rounds (bench.time_interleaved). JPEG loading: benchmarks/loader.py's generated ~500x375 JPEGs of
 real photographs through the seed-imagenet training recipe, our loader with --decode cpu (PIL in worker
@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def versions(device: torch.device) -> dict:
     """The machine, with the GPU's name and the CUDA version torch was built with."""
-    from mobilenetv3.bench import machine_info
+    from mobilenetv3.benchmarking import machine_info
 
     info = dict(machine_info(), cuda=torch.version.cuda)
     info["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (dry run on the CPU)"
@@ -73,7 +73,7 @@ def run_gpu_tests(timeout: float = 360) -> dict:
 # -------------------------------------------------------------------------------------- throughput
 def training(s: dict, device: torch.device) -> list[dict]:
     """Our train step and torchvision's bare loop, both bf16 autocast + channels_last (+ torch.compile)."""
-    from mobilenetv3.bench import bench_training
+    from mobilenetv3.tasks.bench import bench_training
 
     return bench_training("mobilenetv3_large", s["train_batch"], s["size"], steps=s["train_steps"],
                           warmup=s["train_warmup"], num_classes=1000, device=str(device), amp_dtype=torch.bfloat16,
@@ -85,7 +85,7 @@ def inference(s: dict, device: torch.device) -> dict:
     """Images/s of a forward pass at batch ``infer_batch``, ours and torchvision's, bf16 autocast, channels_last."""
     import statistics
 
-    from mobilenetv3.bench import device_sync, time_interleaved, torchvision_model
+    from mobilenetv3.benchmarking import device_sync, time_interleaved, torchvision_model
     from mobilenetv3.models import create_model
 
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def jpeg_loading(s: dict, device: torch.device) -> dict:
     """Images/s of our training loader over generated JPEGs: --decode cpu against --decode gpu."""
     from loader import images_per_second, make_jpeg_folder, ours
 
-    from mobilenetv3.bench import device_sync
+    from mobilenetv3.benchmarking import device_sync
     from mobilenetv3.data import build_preset, default_workers
     from mobilenetv3.data.datasets import IMAGENET_STATS, image_folder
 

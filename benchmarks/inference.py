@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenetv3.bench import CORE_MODES, INFERENCE_VARIANTS, affinity, core_modes, default_variants, \
+from mobilenetv3.benchmarking import CORE_MODES, INFERENCE_VARIANTS, affinity, core_modes, default_variants, \
     inference_groups, inference_preamble, machine_info, peak_gflops, physical_floor
 from mobilenetv3.errors import UsageError
 

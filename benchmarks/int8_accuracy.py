@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import mobilenetv3
-from mobilenetv3.bench import machine_info, time_interleaved
+from mobilenetv3.benchmarking import machine_info, time_interleaved
 from mobilenetv3.export import open_exported
 
 BEFORE = dict(int8_overflow_fix="first-layer", int8_ranges="mean-minmax")  # NNCF's own defaults: the export before

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenetv3.bench import machine_info
+from mobilenetv3.benchmarking import machine_info
 from mobilenetv3.config import load_config
 from mobilenetv3.data import STATS, build_dataset, build_loader, build_preset, default_workers
 from mobilenetv3.engine import TrainOptions, train_one_epoch

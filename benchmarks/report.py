@@ -218,7 +218,7 @@ def format_accuracy_section(result: dict) -> list[str]:
 
 
 def inference_section(result: dict) -> list[str]:
-    from mobilenetv3.bench import add_ratios  # the ratios bench computes, also for rows of older runs without them
+    from mobilenetv3.benchmarking import add_ratios  # the ratios bench computes, also for rows of older runs without them
 
     groups = _inference_groups(add_ratios([dict(r) for r in result["rows"]]))
     peak = result["peak"]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mobilenetv3.bench import bench_training, machine_info
+from mobilenetv3.benchmarking import machine_info
+from mobilenetv3.tasks.bench import bench_training
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "training.json"
 # (model, batch, size, options): ImageNet-like, small images, and the fashion-mnist presets' step (grayscale

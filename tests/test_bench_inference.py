@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from mobilenetv3.bench import add_ratios, affinity, core_modes, run_bench
+from mobilenetv3.benchmarking import add_ratios, affinity, core_modes
+from mobilenetv3.tasks.bench import run_bench
 from mobilenetv3.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -557,7 +557,7 @@ def test_presets_hold_the_seed_recipes():
 def test_nesterov_is_passed_to_sgd():
     """--nesterov builds PyTorch's Nesterov SGD (its update is PyTorch's own, not re-implemented here)."""
     from mobilenetv3.config import Config
-    from mobilenetv3.tasks.train import build_trainable
+    from mobilenetv3.build import build_trainable
 
     model = torch.nn.Linear(3, 2)
     for nesterov in (False, True):

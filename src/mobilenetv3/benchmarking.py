@@ -1,4 +1,4 @@
-"""Side-by-side benchmarks: our paths against torchvision's in the same process, as ratios.
+"""Side-by-side benchmarks, the library part: the machine, timing, the inference paths and torchvision's references.
 
 Every figure is the median of several timed repeats after warm-up, measured next to its reference
 in the same run. ``benchmarks/`` runs the full suite and renders ``BENCHMARKS.md``; ``mobilenetv3
@@ -448,7 +448,7 @@ def _in_pinned_process(kwargs: dict) -> tuple[dict, list[dict]]:
 
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    code = ("import json, sys; from mobilenetv3.bench import _pinned_bench; "
+    code = ("import json, sys; from mobilenetv3.benchmarking import _pinned_bench; "
             "open(sys.argv[2], 'w').write(json.dumps(_pinned_bench(**json.loads(sys.argv[1]))))")
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
@@ -489,104 +489,6 @@ def inference_groups(models, batches, size: int, variants, modes, threads: Optio
                 yield bench_inference_cores(name, batch, size, variants, mode, threads, repeats, warmup)
 
 
-# ------------------------------------------------------------------------------------- training
-def _batches(count: int, batch: int, size: int, num_classes: int, in_chans: int = 3):
-    from .data.loader import Batch
-
-    generator = torch.Generator().manual_seed(0)
-    return [Batch(torch.randn(batch, in_chans, size, size, generator=generator),
-                  torch.randint(0, num_classes, (batch,), generator=generator), 0) for _ in range(count)]
-
-
-def bench_training(name: str, batch: int, size: int, steps: int = 6, warmup: int = 2, num_classes: int = 10,
-                   channels_last: bool = True, device: str = "cpu", amp_dtype: Optional[torch.dtype] = None,
-                   compile: bool = False, reference_channels_last: bool = False, in_chans: int = 3,
-                   stem_stride: int = 2) -> list[dict]:
-    """Images/s of the project's training step (``engine.train_one_epoch`` with the run's loss, optimizer,
-    schedule and log) against a bare torchvision model + SGD + cross-entropy loop, on the same tensors.
-
-    ``device``, ``amp_dtype`` (autocast) and ``compile`` (``torch.compile``) apply to both sides;
-    ``channels_last`` to ours, ``reference_channels_last`` to torchvision's; ``in_chans`` and ``stem_stride``
-    (a grayscale, stride-1 stem as the Fashion-MNIST presets use) to both: torchvision's first convolution is
-    replaced by one with that input and stride, as a user would adapt it."""
-    from .build import build_model
-    from .config import ModelConfig
-    from .engine import TrainOptions, train_one_epoch
-    from .optim import build_optimizer, param_groups, smoothed_cross_entropy, warmup_cosine_lr
-    from .runlog import RunLog
-
-    device = torch.device(device)
-    batches = [b._replace(images=b.images.to(device), labels=b.labels.to(device))
-               for b in _batches(steps + warmup, batch, size, num_classes, in_chans)]
-    torch.manual_seed(0)
-    reference = torchvision_model(name, num_classes).train()
-    if (in_chans, stem_stride) != (3, 2):
-        reference.features[0][0] = nn.Conv2d(in_chans, 16, 3, stem_stride, 1, bias=False)
-    bare = _bare_loop(reference.to(device), device, amp_dtype, compile, reference_channels_last)
-    ours = build_model(ModelConfig(model=name, dropout=0.2, stem_stride=stem_stride), num_classes, in_chans).to(device)
-    if channels_last:
-        ours = ours.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer("sgd", param_groups(ours, 1e-4), 0.01)
-    step_model = torch.compile(ours) if compile else ours  # as a run with --compile wraps it
-    with tempfile.TemporaryDirectory() as folder:
-        runlog = RunLog(Path(folder), True, False, 1, steps + warmup)
-
-        options = TrainOptions(loss_fn=lambda lo, t: smoothed_cross_entropy(lo, t, 0.1),
-                               lr_at=lambda s: warmup_cosine_lr(s, 1000, 10, 0.01), device=device,
-                               amp_dtype=amp_dtype, channels_last=channels_last)
-
-        def project(items):
-            train_one_epoch(step_model, items, optimizer, options, global_step=0,
-                            on_step=lambda step: runlog.step(0, 0, dict(vars(step), mean_loss=step.loss_sum
-                                                                        / step.loss_steps)))
-
-        rows = [_timed_steps(fn, batches, warmup, device, dict(kind="training", model=name, batch=batch, size=size,
-                                                                variant=label))
-                for label, fn in (("torchvision + SGD loop", bare), ("mobilenetv3 train step", project))]
-        runlog.close()
-    rows[1]["speedup_vs_torchvision_loop"] = rows[1]["images_per_s"] / rows[0]["images_per_s"]
-    rows[0]["speedup_vs_torchvision_loop"] = 1.0
-    return rows
-
-
-def _bare_loop(reference: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype], compile: bool,
-               channels_last: bool) -> Callable:
-    """torchvision's model in the plainest training loop: SGD, cross-entropy, nothing else."""
-    import torch.nn.functional as F
-
-    if channels_last:
-        reference = reference.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    forward = torch.compile(reference) if compile else reference
-
-    def bare(items):
-        for b in items:
-            images = b.images.contiguous(memory_format=torch.channels_last) if channels_last else b.images
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(forward(images), b.labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    return bare
-
-
-def _timed_steps(fn: Callable, batches: list, warmup: int, device: torch.device, row: dict) -> dict:
-    """``row`` with the median step time of ``fn`` over ``batches[warmup:]``, one step a call, after warm-up."""
-    sync = device_sync(device)
-    fn(batches[:warmup])
-    sync()
-    start = time.perf_counter()
-    per_step = []
-    for b in batches[warmup:]:
-        step_start = time.perf_counter()
-        fn([b])
-        sync()
-        per_step.append(time.perf_counter() - step_start)
-    median = statistics.median(per_step)
-    return dict(row, ms=1000 * median, images_per_s=row["batch"] / median, total_s=time.perf_counter() - start)
-
-
 def physical_floor(name: str, batch: int, size: int, peak: dict) -> dict:
     """The model's FLOPs (2 x MAdds) over the CPU's peak: no implementation can be faster than this."""
     flops = 2 * count_madds(create_model(name), size) * batch
@@ -618,40 +520,3 @@ def format_rows(rows: list[dict], ratio_keys: Sequence[str]) -> str:
 def default_variants(quick: bool) -> tuple[str, ...]:
     """``--quick`` leaves out the paths that take minutes to prepare (torch.compile)."""
     return tuple(v for v in INFERENCE_VARIANTS if not (quick and v == "compile"))
-
-
-def run_bench(what: str, models, batches, size: int, quick: bool, out: Optional[Path] = None,
-              threads: Optional[int] = None, cores: str = "all", variants=None,
-              machine: Optional[dict] = None) -> dict:
-    """The ``mobilenetv3 bench`` entry point: one kind of benchmark, rows plus the machine (``machine_info``,
-    unless given). Inference runs ``variants`` (default ``default_variants(quick)``, less those this machine
-    cannot run: ``notes`` says why) on ``cores`` (``CORE_MODES``), the all-core run with ``threads`` threads."""
-    import json
-
-    from .models import list_models
-
-    for name in models:
-        if name not in list_models():
-            raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    batches = batches or ([1, 32] if what == "inference" else [32])
-    if min(batches) < 1 or size < 32:
-        raise UsageError("--batch-size must be at least 1 and --image-size at least 32")
-    if what != "inference" and (threads is not None or cores != "all" or variants):
-        raise UsageError("--threads, --one-core, --cores and --variants apply to `bench inference` only")
-    modes = core_modes(cores, threads) if what == "inference" else ()
-    result = dict(machine=machine or machine_info(), kind=what, rows=[])
-    repeats, warmup = (3, 1) if quick else (10, 3)
-    if what == "inference":
-        result.update(inference_preamble(result["machine"], variants or default_variants(quick)), thread_settings={})
-        for settings, rows in inference_groups(models, batches, size, result["variants"], modes, threads, repeats,
-                                               warmup):
-            result["thread_settings"].setdefault(settings["cores"], settings)
-            result["rows"] += rows
-    else:
-        for name in models:
-            for batch in batches:
-                result["rows"] += bench_training(name, batch, size, steps=2 if quick else 6)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-    return result

@@ -20,12 +20,17 @@ from .data import STATS, build_dataset, build_loader, build_preset, check_labels
 from .data.datasets import Dataset, ImageFiles, draw_holdout, split_holdout
 from .data.transforms import Preprocessing, Recipe
 from .dist import DistInfo
+from .checkpoint import Trainable
+from .engine import TrainOptions
 from .errors import UsageError
+from .optim import Schedule, build_optimizer, param_groups, smoothed_cross_entropy
 from .rundir import VAL_INDICES
 from .models import create_model
 from .weights import Weights
 
 log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 __all__ = ["build_model", "pretrained_kwargs", "record_architecture", "build_dataset_split", "build_datasets",
            "hold_out", "recipe_for", "preprocessing_for",
@@ -257,3 +262,29 @@ def build_data(config: Config, info: DistInfo, device: torch.device, in_chans: O
     classes = train.classes if len(train.classes) == num_classes else [str(i) for i in range(num_classes)]
     return RunData(train, val, preprocessing, train_loader, val_loader, num_classes, classes,
                    test if d.val_split else None, test_loader, holdout if d.val_split else None, choices)
+
+
+def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.device) -> Trainable:
+    """The optimizer, the fp16 loss scaler and the EMA of the weights, as configured."""
+    o, run = config.optim, config.run
+    optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay, o.decay_bias), lr, o.momentum,
+                                o.nesterov)
+    scaler = torch.amp.GradScaler(device.type) if run.amp == "fp16" and device.type == "cuda" else None
+    ema = None
+    if run.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # Parameters only: an average of BatchNorm statistics taken while the weights move fits neither the live
+        # weights nor the averaged ones; they are recomputed for the averaged weights at each epoch's end.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(run.ema_decay), use_buffers=False)
+    return Trainable(model, optimizer, scaler, ema)
+
+
+def train_options(config: Config, schedule: Schedule, trainable: Trainable, device: torch.device) -> TrainOptions:
+    """What ``engine.train_one_epoch`` needs of the run: its loss, schedule, precision, EMA and clipping."""
+    o, run = config.optim, config.run
+    return TrainOptions(
+        loss_fn=lambda logits, targets: smoothed_cross_entropy(logits, targets, o.label_smoothing, o.smoothing),
+        lr_at=schedule.lr_at, device=device, amp_dtype=AMP_DTYPES[run.amp], scaler=trainable.scaler,
+        ema=trainable.ema, ema_warmup_steps=schedule.warmup_steps, grad_clip=o.grad_clip,
+        channels_last=run.channels_last)

@@ -22,11 +22,13 @@ from ..data.classes import class_mismatch, names_are_indices
 from ..data.transforms import Preprocessing
 from ..dist import destroy_distributed, init_distributed
 from ..engine import evaluate as score
-from ..errors import RunError, UsageError
+from ..errors import RunError, SettingError, UsageError
+from ..export import check_pytorch_options, exported_kind, open_exported
 from ..files import file_sha256
 from ..progress import tracked
 from ..reports import write_eval_report
 from ..weights import model_from_weights, read_weights
+from .common import is_exported, renamed, required_source
 
 PREPROCESSING_FIELDS = ("transform", "image_size", "eval_resize", "interpolation")
 # The seed's eval protocol per data set (configs/cifar10-cpu.yaml, configs/imagenet-gpu.yaml): what weights
@@ -88,13 +90,13 @@ class _Scored:
     names_known: bool = False  # its class names are those of the data it was trained on (recorded with it)
 
 
-def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, exported: Optional[str] = None,
-             runtime: Optional[str] = None, precision: Optional[str] = None, ema: bool = False,
-             out_dir: Optional[str] = None, by_index: bool = False, report: bool = True,
+def evaluate(source: Optional[str] = None, *, runtime: Optional[str] = None, precision: Optional[str] = None,
+             ema: bool = False, out_dir: Optional[str] = None, by_index: bool = False, report: bool = True,
+             weights: Optional[str] = None, onnx: Optional[str] = None, exported: Optional[str] = None,
              **settings) -> Optional[EvalResult]:
-    """Score ``weights`` (any format ``load_model`` reads) or an ``exported`` model (``.onnx``, an OpenVINO
-    IR ``.xml``, an ExecuTorch ``.pte``, a TorchScript ``.torchscript.pt`` or a ``.pt2``; ``onnx=`` is the older
-    name) on the dataset's validation split. An
+    """Score ``source`` on the dataset's validation split: weights (any format ``load_model`` reads) or an exported
+    model (``.onnx``, an OpenVINO IR ``.xml``, an ExecuTorch ``.pte``, a TorchScript ``.torchscript.pt`` or a
+    ``.pt2``; ``weights``, ``onnx`` and ``exported`` are the older names). An
     exported file runs in its own runtime unless ``runtime="openvino"`` (an ONNX file in OpenVINO); ``precision``
     is ``fp32`` (default) or ``bf16`` (OpenVINO, on a CPU with native bf16); the result says which ran.
     ``settings`` are config fields (``dataset``, ``data_path``, ``batch_size``, ``device``, ...) over the training
@@ -108,7 +110,9 @@ def evaluate(weights: Optional[str] = None, *, onnx: Optional[str] = None, expor
     (default: ``default_report_dir``, one folder per file scored); ``report=False`` leaves it to ``write_report``.
     Returns ``None`` in the processes other than rank 0.
     """
-    scored = _open(weights, _exported_file(onnx, exported), ema, settings, runtime, precision)
+    source = renamed("evaluate", "source", source, weights=weights, onnx=onnx, exported=exported)
+    source = required_source(source, "the weights or the exported model to score")
+    scored = _open(source, ema, settings, runtime, precision)
     report_dir = Path(out_dir) if out_dir else default_report_dir(scored.source, scored.config.data.dataset, ema,
                                                                   runtime, precision)
     info = init_distributed(device_type(scored.config.run.device))
@@ -140,8 +144,8 @@ def write_report(result: EvalResult) -> dict:
         result.reports = write_eval_report(out, metrics, result.classes, meta)
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise UsageError(f"cannot write the report to {out} ({reason}: {err.filename or out}); "
-                         "give --out DIR, a folder that can be written") from None
+        raise SettingError("out_dir", f"{out}: cannot write the report to this folder ({reason}: {err.filename or out}); "
+                           "give a folder that can be written") from None
     return result.reports
 
 
@@ -178,38 +182,28 @@ def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: 
                       notes=notes)
 
 
-def _exported_file(onnx: Optional[str], exported: Optional[str]) -> Optional[str]:
-    if onnx and exported:
-        raise UsageError("give --exported FILE or --onnx FILE, not both")
-    return exported or onnx
-
-
 _KINDS = {"onnx": "ONNX file", "openvino": "OpenVINO IR", "executorch": "ExecuTorch program",
           "torchscript": "TorchScript program", "pt2": "torch.export program"}
 
 
-def _open(weights: Optional[str], exported: Optional[str], ema: bool, settings: dict,
-          runtime: Optional[str] = None, precision: Optional[str] = None) -> _Scored:
+def _open(source: str, ema: bool, settings: dict, runtime: Optional[str] = None,
+          precision: Optional[str] = None) -> _Scored:
     """Read the model once; its training config (when it has one) under the settings given now."""
-    from ..export import check_pytorch_options, exported_kind, open_exported
-
-    if not weights and not exported:
-        raise UsageError("give --checkpoint PATH (or --exported FILE)")
     saved, record = None, None
-    if exported:
-        model: nn.Module = open_exported(exported, runtime, precision)
-        source, classes, preprocessing = str(exported), model.classes, model.preprocessing
+    if is_exported(source):
+        model: nn.Module = open_exported(source, runtime, precision)
+        classes, preprocessing = model.classes, model.preprocessing
         record = model.dataset  # the data it was trained on, as export recorded it (None: an older file)
-        runtime, precision, kind = model.runtime, model.precision, _KINDS[exported_kind(Path(exported))]
+        runtime, precision, kind = model.runtime, model.precision, _KINDS[exported_kind(Path(source))]
     else:
         check_pytorch_options(runtime, precision)
-        read = read_weights(weights, ema=ema)
+        read = read_weights(source, ema=ema)
         try:
             model = model_from_weights(read)
         except ValueError as err:
-            raise UsageError(f"{weights}: {err}") from None
+            raise UsageError(f"{source}: {err}") from None
         saved = read.checkpoint.config if read.checkpoint is not None else None
-        source, classes, preprocessing = str(weights), read.classes, read.preprocessing
+        classes, preprocessing = read.classes, read.preprocessing
         runtime, precision, kind = "pytorch", "fp32", "weights"
     config = Config.from_dict(saved) if saved else Config()
     config.data.skip_bad_images = False  # an evaluation setting: the eval command's own, never the training run's

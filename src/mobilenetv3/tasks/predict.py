@@ -15,7 +15,10 @@ from ..data.classes import class_mismatch
 from ..data.images import Conversions, load_image
 from ..data.transforms import Preprocessing, image_transform, normalize_batch
 from ..engine import top_classes
-from ..errors import UsageError
+from ..errors import SettingError, UsageError
+from ..export import check_pytorch_options, open_exported
+from ..weights import load_model
+from .common import is_exported, renamed, required_source
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +39,15 @@ class Prediction:
         return asdict(self)
 
 
-def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Optional[str] = None,
-            exported: Optional[str] = None, runtime: Optional[str] = None, precision: Optional[str] = None,
-            topk: Optional[int] = None, batch_size: int = 32, skip_bad_images: bool = False,
-            classes: Union[str, Sequence[str], None] = None) -> list[Prediction]:
-    """Classify ``images`` (files, folders searched recursively, globs) with ``checkpoint`` (any weights format)
-    or an ``exported`` model (``.onnx``, an OpenVINO IR ``.xml``, an ExecuTorch ``.pte``, a ``.torchscript.pt`` or a
-    ``.pt2``; ``onnx=`` is the older name), run in its own runtime unless ``runtime="openvino"`` (an ONNX file in
+def predict(images: Iterable[str], *, source: Optional[str] = None, runtime: Optional[str] = None,
+            precision: Optional[str] = None, topk: Optional[int] = None, batch_size: int = 32,
+            skip_bad_images: bool = False, classes: Union[str, Sequence[str], None] = None,
+            checkpoint: Optional[str] = None, onnx: Optional[str] = None,
+            exported: Optional[str] = None) -> list[Prediction]:
+    """Classify ``images`` (files, folders searched recursively, globs) with ``source``: weights (any format) or an
+    exported model (``.onnx``, an OpenVINO IR ``.xml``, an ExecuTorch ``.pte``, a ``.torchscript.pt`` or a ``.pt2``;
+    ``checkpoint``, ``onnx`` and ``exported`` are the older names), run in its own runtime unless
+    ``runtime="openvino"`` (an ONNX file in
     OpenVINO), in ``precision`` ``fp32`` (default) or ``bf16`` (OpenVINO); class names and preprocessing come
     from the file. ``classes`` (names, a text file of one per line, or ``"a,b,c"``) names the classes instead:
     they must be the file's (``data.class_mismatch``: their count, and the names where the file's are more than
@@ -50,24 +55,20 @@ def predict(images: Iterable[str], *, checkpoint: Optional[str] = None, onnx: Op
     ``topk`` above the class count shows them all and says so. An unreadable image is a ``UsageError`` naming
     it, unless ``skip_bad_images``: then it is left out of the results, and the ones left out are named in one
     logged line."""
-    from ..export import check_pytorch_options, open_exported
-    from ..weights import load_model
-
-    if onnx and exported:
-        raise UsageError("give --exported FILE or --onnx FILE, not both")
-    exported = exported or onnx
-    if bool(checkpoint) == bool(exported):
-        raise UsageError("give exactly one of --checkpoint PATH or --exported FILE (--onnx FILE)")
-    if (topk is not None and topk < 1) or batch_size < 1:
-        raise UsageError("--topk and --batch-size must be at least 1")
+    source = renamed("predict", "source", source, checkpoint=checkpoint, onnx=onnx, exported=exported)
+    source = required_source(source, "the weights or the exported model to classify with")
+    if topk is not None and topk < 1:
+        raise SettingError("topk", "must be at least 1")
+    if batch_size < 1:
+        raise SettingError("batch_size", "must be at least 1")
     paths = expand_inputs(images)
-    if exported:
-        model = open_exported(exported, runtime, precision)
+    if is_exported(source):
+        model = open_exported(source, runtime, precision)
     else:
         check_pytorch_options(runtime, precision)
-        model = load_model(checkpoint)
+        model = load_model(source)
     if not model.preprocessing:
-        raise UsageError(f"{exported} carries no preprocessing metadata (export it with `mobilenetv3 export`)")
+        raise UsageError(f"{source} carries no preprocessing metadata (export it with `mobilenetv3 export`)")
     names = model.classes if classes is None else _given_classes(classes, model)
     predictions = classify(model, paths, Preprocessing.from_dict(model.preprocessing), names, topk,
                            batch_size, outputs_probabilities=getattr(model, "softmax", False),

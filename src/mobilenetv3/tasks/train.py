@@ -21,23 +21,23 @@ import torch
 from torch import nn
 
 from .. import auto, checkpoint as ckpt
-from ..build import RunData, build_data, build_model, device_type, pick_device, record_architecture
+from ..build import (RunData, build_data, build_model, build_trainable, device_type, pick_device, record_architecture,
+                     train_options)
 from ..config import Config, RunConfig, load_config, replace, validate
 from ..data.datasets import Dataset
 from ..dist import (DistInfo, StopSignal, all_gather_object, all_reduce_sum, barrier, destroy_distributed,
                     init_distributed)
-from ..engine import (EMA_BN_BATCHES, EpochResult, StepInfo, TrainOptions, evaluate, recompute_batchnorm,
+from ..engine import (EMA_BN_BATCHES, EpochResult, StepInfo, evaluate, recompute_batchnorm,
                       train_one_epoch)
 from ..errors import RunError, UsageError
 from ..models import create_model
-from ..optim import build_optimizer, build_schedule, param_groups, say_seed_rates, smoothed_cross_entropy
+from ..optim import build_schedule, say_seed_rates
 from ..rundir import VAL_INDICES, read_holdout, run_lock, write_holdout
 from ..runlog import RunLog
 from ..weights import read_weights
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ARCHITECTURE = ("num_classes", "width_mult", "head_channels", "in_chans", "bn_eps", "bn_momentum", "head_bias",
                 "stem_stride")
 
@@ -222,22 +222,6 @@ def stored_rates(config: Config, resume: Optional[Resume]) -> Optional[tuple]:
     return tuple(float(v) for v in rates.reshape(-1))
 
 
-def build_trainable(config: Config, model: nn.Module, lr: float, device: torch.device) -> ckpt.Trainable:
-    """The optimizer, the fp16 loss scaler and the EMA of the weights, as configured."""
-    o, run = config.optim, config.run
-    optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay, o.decay_bias), lr, o.momentum,
-                                o.nesterov)
-    scaler = torch.amp.GradScaler(device.type) if run.amp == "fp16" and device.type == "cuda" else None
-    ema = None
-    if run.ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        # Parameters only: an average of BatchNorm statistics taken while the weights move fits neither the live
-        # weights nor the averaged ones; they are recomputed for the averaged weights at each epoch's end.
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(run.ema_decay), use_buffers=False)
-    return ckpt.Trainable(model, optimizer, scaler, ema)
-
-
 # ------------------------------------------------------------------------------------------ the run
 class _Run:
     """One training run in this process: built from the config, then ``fit()``."""
@@ -263,15 +247,11 @@ class _Run:
             raise UsageError(f"--max-steps {config.run.max_steps}: {resume.path} is at step {self.state.global_step} "
                              "already; give more steps to continue it")
         self.train_model = self._wrap(model)
-        o, run = config.optim, config.run
-        self.options = TrainOptions(
-            loss_fn=lambda logits, targets: smoothed_cross_entropy(logits, targets, o.label_smoothing, o.smoothing),
-            lr_at=self.schedule.lr_at, device=self.device, amp_dtype=AMP_DTYPES[run.amp],
-            scaler=self.trainable.scaler, ema=self.trainable.ema, ema_warmup_steps=self.schedule.warmup_steps,
-            grad_clip=o.grad_clip, channels_last=run.channels_last)
+        self.options = train_options(config, self.schedule, self.trainable, self.device)
         self.card = ckpt.model_card(model.model_name, model.model_kwargs, self.data.classes,
                                     self.data.preprocessing.to_dict())
-        self.runlog = RunLog(run_dir, info.is_main, run.progress, self.schedule.epochs, self.schedule.steps_per_epoch)
+        self.runlog = RunLog(run_dir, info.is_main, config.run.progress, self.schedule.epochs,
+                             self.schedule.steps_per_epoch)
         self.last_metrics: dict = {}
 
     def _data_and_model(self, resume: Optional[Resume]) -> tuple[RunData, nn.Module]:
