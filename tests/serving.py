@@ -55,12 +55,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app):
-    """``app`` served by uvicorn on loopback in a thread of this process; yields its base URL."""
+def live_server(app, **config):
+    """``app`` served by uvicorn on loopback in a thread of this process (``config``: more of uvicorn's settings);
+    yields its base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                           **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

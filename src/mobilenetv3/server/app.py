@@ -269,6 +269,9 @@ class _Endpoints:
         """The uploads as model inputs, decoded in the decoding threads once their cost, read from their
         headers, is within the request's pixel budget (413 before any decoding)."""
         work, limit = request.state.work, self.settings.max_pixels
+        if len(uploads) > self.settings.max_images:
+            raise BadRequest(413, f"{len(uploads)} files in one request, more than the limit of "
+                                  f"{self.settings.max_images}")
         total = sum(decoded_pixels(data, preprocessing, limit, name) for name, data in uploads)
         if total > self.settings.request_pixels:
             raise BadRequest(413, f"the {len(uploads)} images would decode {total / 1e6:.1f} megapixels, more than "
