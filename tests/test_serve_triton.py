@@ -5,6 +5,7 @@ paths, requested outputs, ids; every bad request refused with a 4xx (gRPC: its s
 and a good request answered after it."""
 import json
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from torchvision.transforms import v2
 from mobilenetv3 import predict
 from mobilenetv3.server import ServerSettings, create_app, load_served_model
 
+from conftest import run_cli
 from serving import PREPROCESSING, free_port, live_server, write_images, write_served_model
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -344,3 +346,35 @@ def test_binary_outputs_follow_the_json_with_its_length_in_the_header(server, fi
     assert described["parameters"] == {"binary_data_size": 12} and "data" not in described
     values = struct.unpack("<3f", answer.content[length:])
     assert abs(sum(values) - 1) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------ from the shell
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: 25 s on 2 busy cores
+def test_serve_grpc_port_from_the_command_line(files, expected, workers):
+    """``mobilenetv3 serve --grpc-port``: both protocols answer, and SIGTERM still ends it with 0; with workers, each
+    worker's gRPC server shares the port (SO_REUSEPORT, gRPC's default)."""
+    from test_serve_process import start
+
+    port, grpc_port = free_port(), free_port()
+    process = start(files[0], port, "--grpc-port", grpc_port, "--workers", workers, "--max-delay-ms", "0",
+                    "--no-warmup")
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        image = files[1][0]
+        for _ in range(4):  # new connections, spread over the workers
+            assert_close(grpc_infer(client, pixels(image), "UINT8").as_numpy("probabilities")[0], expected[str(image)])
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert_close(http_infer(http, pixels(image), "UINT8", True).as_numpy("probabilities")[0], expected[str(image)])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("flags, says", [(["--grpc-port", "0"], "--grpc-port must be between 1 and 65535"),
+                                         (["--grpc-port", "{port}"], "not --port")])
+def test_a_bad_grpc_port_is_one_line_and_exit_2(files, flags, says):
+    port = free_port()
+    result = run_cli("serve", files[0], "--port", port, *[flag.format(port=port) for flag in flags])
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result

@@ -396,6 +396,8 @@ def _add_serve(subparsers) -> None:
     p.add_argument("model", help="a checkpoint or weights in any format the project reads, or an exported .onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than loopback: set --api-key)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--grpc-port", type=int, help="also serve the Open Inference Protocol over gRPC on this port "
+                                                 "(Triton's GRPCInferenceService; default: no gRPC)")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="auto: ONNX Runtime for .onnx, OpenVINO for .xml, PyTorch for weights; onnxruntime and "
                         "openvino export weights first")
@@ -429,7 +431,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .tasks import serve
 
     settings = dict(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_upload_mb=args.max_upload_mb,
-                    max_pixels=args.max_pixels, topk=args.topk, decode_threads=args.decode_threads, warmup=args.warmup)
+                    max_pixels=args.max_pixels, topk=args.topk, decode_threads=args.decode_threads, warmup=args.warmup,
+                    grpc_port=args.grpc_port)
     if args.api_key is not None:
         settings["api_key"] = args.api_key
     serve(args.model, host=args.host, port=args.port, runtime=args.runtime, workers=args.workers, name=args.name,

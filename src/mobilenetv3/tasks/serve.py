@@ -33,15 +33,18 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, runtime: str
     """Serve ``model`` (any file the project loads) on ``host:port``. ``settings`` are ``ServerSettings`` fields
     (``max_batch``, ``max_delay_ms``, ``max_upload_mb``, ``max_pixels``, ``topk``, ``api_key``, ``decode_threads``);
     ``api_key`` defaults to the ``MOBILENETV3_API_KEY`` environment variable; an idle keep-alive connection is
-    closed after ``keep_alive_s`` seconds. Returns when the server stops."""
+    closed after ``keep_alive_s`` seconds; ``grpc_port`` (a setting) serves the Open Inference Protocol over gRPC
+    too (Triton's ``inference.GRPCInferenceService``). Returns when the server stops."""
     uvicorn, ServerSettings, create_app = _serve_extra()
     from ..server import load_served_model
 
     settings.setdefault("api_key", os.environ.get(API_KEY_VARIABLE) or None)
+    settings.setdefault("grpc_host", host)
     options = ServerSettings(**settings)
     _check_settings(options, port, workers, keep_alive_s)
     served = load_served_model(model, runtime, name, threads, precision)  # in the parent too: a bad file is one line
     _check_listening(host, port, options.api_key)
+    _check_grpc(host, port, options.grpc_port)
     log.info("serving %s on http://%s:%d/ (page at /, KServe v2 at /v2/models/%s)", served.describe(),
              f"[{host}]" if ":" in host else host, port, served.name)
     common = dict(host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=30,
@@ -116,6 +119,19 @@ def _check_listening(host: str, port: int, api_key: Optional[str]) -> None:
     if not _is_loopback(host) and api_key is None:
         log.warning("listening on %s without an API key: anyone who can reach this machine can use the model "
                     "(set --api-key or %s)", host, API_KEY_VARIABLE)
+
+
+def _check_grpc(host: str, port: int, grpc_port: Optional[int]) -> None:
+    """One line if gRPC is asked for on a port that cannot be listened on, or without grpcio."""
+    if grpc_port is None:
+        return
+    if not 0 < grpc_port < 65536 or grpc_port == port:
+        raise UsageError(f"--grpc-port must be between 1 and 65535 and not --port ({port}), not {grpc_port}")
+    try:
+        importlib.import_module("grpc")
+    except ImportError:
+        raise UsageError(f"serving gRPC needs grpcio (the serve extra): {EXTRA_HINT}") from None
+    _check_listening(host, grpc_port, api_key="")  # the warning about a missing key is said once, for HTTP
 
 
 def _is_loopback(host: str) -> bool:
