@@ -1,7 +1,9 @@
 """``mobilenetv3 serve`` as a user starts it: a real process that answers, and on SIGTERM finishes the
 requests in flight and exits 0."""
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -15,13 +17,16 @@ from serving import free_port, write_images, write_served_model
 pytest.importorskip("uvicorn")
 
 
-def start(model, port: int, *flags, env=None) -> subprocess.Popen:
+def start(model, port: int, *flags, env=None, verify=None) -> subprocess.Popen:
+    """``mobilenetv3 serve`` started, once ready; ``verify``: an SSL context trusting its certificate (HTTPS)."""
     process = subprocess.Popen(cli_command("serve", model, "--port", port, *flags), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+            scheme = "https" if verify else "http"
+            if httpx.get(f"{scheme}://127.0.0.1:{port}/v2/health/ready", timeout=1,
+                         verify=verify or True).status_code == 200:
                 return process
         except httpx.TransportError:
             time.sleep(0.2)
@@ -65,3 +70,46 @@ def test_a_server_started_from_the_command_line_answers_curl(tmp_path):
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "without an API key" not in err
+
+
+def self_signed_certificate(folder) -> tuple:
+    """A certificate for 127.0.0.1 and its key, made now with the openssl command (an EC key: fast)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_two_workers_over_tls_add_up_their_metrics_and_log_request_ids(tmp_path):
+    """Each worker loads the model (the parent only checks the file), /metrics of either counts both, HTTPS with
+    a certificate made now, every answer and access log line carries its X-Request-ID, and the metrics folder
+    is gone after exit."""
+    model, image = write_served_model(tmp_path), write_images(tmp_path)[0]
+    cert, key = self_signed_certificate(tmp_path)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    port, requests = free_port(), 12
+    process = start(model, port, "--workers", "2", "--ssl-certfile", cert, "--ssl-keyfile", key, "--access-log",
+                    env={"TMPDIR": str(temporary)}, verify=trusted)
+    try:
+        assert len(list(temporary.glob("mobilenetv3-metrics-*"))) == 1
+        for index in range(requests):  # a connection each: both workers answer
+            answer = httpx.post(f"https://127.0.0.1:{port}/predict", content=image.read_bytes(), verify=trusted,
+                                headers={"Content-Type": "image/jpeg", "X-Request-ID": f"req-{index}"}, timeout=30)
+            assert answer.status_code == 200 and answer.headers["X-Request-ID"] == f"req-{index}", answer.text
+        images = 'mobilenetv3_inference_count_total{model="mobilenetv3_small",version="1"}'
+        for _ in range(4):  # whichever worker answers the scrape
+            scrape = httpx.get(f"https://127.0.0.1:{port}/metrics", verify=trusted, timeout=30).text
+            assert f"{images} {float(requests)}" in scrape, [l for l in scrape.splitlines() if images in l]
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken
+            httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert f"https://127.0.0.1:{port}/ with 2 workers" in err and err.count("loaded mobilenetv3_small version 1") == 2
+    assert all(f"id=req-{index}" in err for index in range(requests)) and "Traceback" not in err
+    assert not list(temporary.glob("mobilenetv3-metrics-*"))
