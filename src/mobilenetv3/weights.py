@@ -16,7 +16,11 @@ from typing import Optional
 import torch
 
 from . import checkpoint as ckpt
+from .convert import TORCHVISION_KWARGS, check_shapes, from_timm, from_torchvision, mindspore, to_timm, to_torchvision
+from .convert.common import fitting_model
+from .convert.mindspore import check_seed_network, to_mindspore, training_tensors, write_ckpt
 from .errors import UsageError
+from .models import create_model, default_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +87,6 @@ def _read_ours(saved: ckpt.Checkpoint, path: Path, ema: bool) -> Weights:
 
 def foreign_weights(state_dict: dict, source: str) -> Weights:
     """A state dict in any framework's names -> ``Weights`` (architecture inferred from the shapes)."""
-    from .convert import TORCHVISION_KWARGS, from_timm, from_torchvision
-    from .convert.common import fitting_model
 
     state_dict = {_strip_wrappers(k): v for k, v in state_dict.items()}
     if "stem.conv.weight" in state_dict:
@@ -133,7 +135,6 @@ def _read_safetensors(path: Path) -> Weights:
     card = ckpt.card_from_metadata(metadata)
     if card is None:
         return foreign_weights(tensors, str(path))
-    from .models import create_model
 
     tensors = _in_model_order(tensors, create_model(card["model_name"], **card["model_kwargs"]))
     return Weights(card["model_name"], card["model_kwargs"], tensors, "safetensors", card["classes"],
@@ -141,7 +142,6 @@ def _read_safetensors(path: Path) -> Weights:
 
 
 def _read_mindspore(path: Path) -> Weights:
-    from .convert import mindspore
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
@@ -158,8 +158,6 @@ def model_from_weights(weights: Weights, **overrides) -> torch.nn.Module:
     """The network ``weights`` describe, with their values, in eval mode; ``classes`` and ``preprocessing``
     attached (the model's registry default when the file has none), and ``dataset``, the data they were trained
     on (``Weights.dataset``, ``None`` when unknown), which export records."""
-    from .convert import check_shapes
-    from .models import create_model, default_preprocessing
 
     model = create_model(weights.model_name, **dict(weights.model_kwargs, **overrides))
     check_shapes(weights.state_dict, model)
@@ -209,9 +207,6 @@ def write_weights(weights: Weights, path: Path, fmt: str, crc: Optional[bool] = 
     Frameworks fix BatchNorm eps in code (torchvision 1e-3, timm and the seed 1e-5): weights trained with
     another eps compute a slightly different function there, which is logged.
     """
-    from .convert import to_timm, to_torchvision
-    from .convert.mindspore import check_seed_network, to_mindspore, training_tensors, write_ckpt
-
     if fmt not in FORMATS:
         raise UsageError(f"unknown weights format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     with_crc = writes_crc(weights, fmt, crc)

@@ -17,12 +17,12 @@ from torch import nn
 
 from ..build import build_dataset_split, build_eval_loader, device_type, pick_device, preprocessing_for
 from ..config import FIELD_SECTION, Config, DataConfig, apply_over_run, validate
-from ..data import check_labels
+from ..data import check_labels, check_scored_once
 from ..data.classes import class_mismatch, names_are_indices
 from ..data.transforms import Preprocessing
 from ..dist import destroy_distributed, init_distributed
 from ..engine import evaluate as score
-from ..errors import RunError, SettingError, UsageError
+from ..errors import SettingError, UsageError
 from ..export import check_pytorch_options, exported_kind, open_exported
 from ..files import file_sha256
 from ..progress import tracked
@@ -167,9 +167,7 @@ def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: 
     loader = build_eval_loader(config.data, val, preprocessing, info, pin_memory=device.type == "cuda")
     batches = tracked(loader, len(loader), f"eval {config.data.dataset} val", enabled=info.is_main)
     metrics = score(model, batches, num_classes=model.num_classes, device=device)
-    expected = len(val) - metrics["skipped"]
-    if metrics["count"] != expected:
-        raise RunError(f"evaluation scored {metrics['count']} samples, the dataset has {expected}")
+    check_scored_once(metrics, val, "evaluation")
     if not info.is_main:
         return None
     return EvalResult(**{k: metrics[k] for k in ("top1", "top5", "topk", "loss", "count", "skipped",
@@ -183,7 +181,8 @@ def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: 
 
 
 _KINDS = {"onnx": "ONNX file", "openvino": "OpenVINO IR", "executorch": "ExecuTorch program",
-          "torchscript": "TorchScript program", "pt2": "torch.export program"}
+          "torchscript": "TorchScript program", "pt2": "torch.export program", "litert": "LiteRT model",
+          "ncnn": "ncnn model", "coreml": "Core ML package"}
 
 
 def _open(source: str, ema: bool, settings: dict, runtime: Optional[str] = None,

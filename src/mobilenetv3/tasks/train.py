@@ -24,9 +24,9 @@ from .. import auto, checkpoint as ckpt
 from ..build import (RunData, build_data, build_model, build_trainable, device_type, pick_device, record_architecture,
                      train_options)
 from ..config import Config, RunConfig, load_config, replace, validate
-from ..data.datasets import Dataset
-from ..dist import (DistInfo, StopSignal, all_gather_object, all_reduce_sum, barrier, destroy_distributed,
-                    init_distributed)
+from ..data import check_scored_once
+from ..dist import (DistInfo, StopSignal, all_gather_object, all_reduce_sum, barrier, broadcast_object,
+                    destroy_distributed, init_distributed)
 from ..engine import (EMA_BN_BATCHES, EpochResult, StepInfo, evaluate, recompute_batchnorm,
                       train_one_epoch)
 from ..errors import RunError, UsageError
@@ -78,10 +78,7 @@ class Resume:
     def read(cls, path: Path) -> "Resume":
         if path.suffix == ".ckpt":  # the seed's training checkpoint: its network, the recipe given now
             return cls(path, seed=read_weights(path).seed)
-        saved = ckpt.Checkpoint.load(path)
-        if saved.config is None:
-            raise UsageError(f"{path} holds weights only, not a training state; start from it with --pretrained")
-        return cls(path, checkpoint=saved)
+        return cls(path, checkpoint=ckpt.Checkpoint.load(path).require_training_state(path))
 
 
 def resolve_resume(run: RunConfig, name: str) -> Optional[Path]:
@@ -162,8 +159,6 @@ def train(config: Union[Config, str, None] = None, **settings) -> TrainResult:
     try:
         run_dir = _run_dir(config, resume)
         if info.enabled:
-            from ..dist import broadcast_object
-
             run_dir = Path(broadcast_object(str(run_dir)))
         if not info.is_main:
             return _Run(config, info, run_dir, resume).fit()
@@ -311,7 +306,7 @@ class _Run:
 
     def _epoch(self, stop: StopSignal) -> bool:
         """Train (the rest of) one epoch, then validate and save; ``True`` when a signal stopped the run."""
-        epoch, start = self.state.epoch, ckpt.TrainState(**vars(self.state))
+        epoch, start = self.state.epoch, self.state.copy()
         self.data.train_loader.sampler.set_epoch(epoch, start.step_in_epoch)
         self.runlog.start_epoch(epoch, start.step_in_epoch)
         left = self.schedule.total_steps - start.global_step
@@ -386,7 +381,7 @@ class _Run:
             ema_metrics = self._score(self.trainable.ema.module)
             record.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
             metrics["ema"] = {k: ema_metrics[k] for k in ("top1", "top5", "loss", "count")}
-        _check_count(metrics, self.data.val, "validation")
+        check_scored_once(metrics, self.data.val, "validation")
         log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% (%d images%s)%s", record["epoch"],
                  epochs, record["train_loss"], 100 * metrics["top1"], 100 * metrics["top5"], metrics["count"],
                  f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else "",
@@ -398,7 +393,7 @@ class _Run:
     def _test(self, record: dict) -> dict:
         """``--val-split``: the test split, scored once, after the last epoch; recorded apart from validation."""
         test = self._score(self.trainable.model, self.data.test_loader)
-        _check_count(test, self.data.test, "the test split")
+        check_scored_once(test, self.data.test, "the test split")
         record.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"], test_count=test["count"])
         if self.trainable.ema is not None:
             record["test_ema_top1"] = self._score(self.trainable.ema.module, self.data.test_loader)["top1"]
@@ -423,7 +418,7 @@ class _Run:
         loss = all_reduce_sum(torch.tensor([self.state.epoch_loss_sum], dtype=torch.float64, device=self.device))
         if not self.info.is_main:
             return
-        state = ckpt.TrainState(**dict(vars(self.state), epoch_loss_sum=loss.item() / self.info.world_size))
+        state = self.state.copy(epoch_loss_sum=loss.item() / self.info.world_size)
         saved = ckpt.Checkpoint.capture(self.trainable, self.card, self.config.to_dict(), state, rng_ranks,
                                         self.schedule.steps_per_epoch)
         name = ckpt.epoch_checkpoint_name(state.epoch, self.schedule.steps_per_epoch) if epoch_file else "last.pt"
@@ -506,10 +501,3 @@ class _Run:
             time=time.perf_counter() - self.started,
             plot=str(run_dir / "curves.png") if (run_dir / "curves.png").exists() else None,
             **{f"test_{k}": metrics.get("test", {}).get(k) for k in ("top1", "top5", "count")})
-
-
-def _check_count(metrics: dict, data: Dataset, what: str) -> None:
-    """Every sample of ``data`` scored once (unreadable ones skipped): else a fault of the loader."""
-    expected = len(data) - metrics["skipped"]
-    if metrics["count"] != expected:
-        raise RunError(f"{what} scored {metrics['count']} samples, the set has {expected}")
