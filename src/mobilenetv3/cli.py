@@ -194,7 +194,8 @@ def _add_exported_flags(p: argparse.ArgumentParser, verb: str) -> None:
 
     p.add_argument("--exported", metavar="FILE",
                    help=f"{verb} an exported model instead: .onnx (ONNX Runtime), an OpenVINO IR .xml (OpenVINO), "
-                        "an ExecuTorch .pte (ExecuTorch), a .torchscript.pt or a .pt2 (PyTorch)")
+                        "an ExecuTorch .pte (ExecuTorch), a LiteRT .tflite (LiteRT), an .ncnn.param (ncnn), a Core ML "
+                        ".mlpackage (Core ML, macOS only), a .torchscript.pt or a .pt2 (PyTorch)")
     p.add_argument("--onnx", metavar="FILE", help="the same as --exported, for an .onnx file")
     p.add_argument("--runtime", choices=RUNTIMES,
                    help="what runs the exported file (default: its own; openvino also runs .onnx files)")
@@ -202,8 +203,21 @@ def _add_exported_flags(p: argparse.ArgumentParser, verb: str) -> None:
                    help="OpenVINO's precision (default fp32; bf16 needs a CPU with native bf16)")
 
 
-def _exported_options(args: argparse.Namespace) -> dict:
-    return dict(onnx=args.onnx, exported=args.exported, runtime=args.runtime, precision=args.precision)
+def _model_file(args: argparse.Namespace) -> Optional[str]:
+    """The one model file given: ``--checkpoint`` (weights, not an exported file) or ``--exported`` (``--onnx``)."""
+    from .export import exported_kind, open_exported
+    from .weights import read_weights
+
+    exported = args.exported or args.onnx
+    if args.exported and args.onnx:
+        raise UsageError("give --exported FILE or --onnx FILE, not both")
+    if args.checkpoint and exported:
+        raise UsageError("give exactly one of --checkpoint PATH or --exported FILE (--onnx FILE)")
+    if args.checkpoint and exported_kind(Path(args.checkpoint)):
+        read_weights(args.checkpoint)  # an exported file given as weights: its one line ("... not weights")
+    if exported and not exported_kind(Path(exported)):
+        open_exported(exported)  # not an exported file: its one line, naming the kinds there are
+    return args.checkpoint or exported
 
 
 # What evaluation reads of the config: the data and its eval protocol, never the training augmentation.
@@ -214,7 +228,10 @@ EVAL_FIELDS = ("dataset", "data_path", "download", "transform", "image_size", "e
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import evaluate, write_report
 
-    result = evaluate(args.checkpoint, **_exported_options(args), ema=args.ema, out_dir=args.out,
+    source = _model_file(args)
+    if not source:
+        raise UsageError("give --checkpoint PATH (or --exported FILE)")
+    result = evaluate(source, runtime=args.runtime, precision=args.precision, ema=args.ema, out_dir=args.out,
                       by_index=args.by_index, report=False, **_overrides(args))
     if result is None:  # not the main process
         return 0
@@ -248,13 +265,17 @@ def _add_export(subparsers) -> None:
     from .export import ACTIVATION_RANGES, DEFAULT_KEEP_FP32, FORMATS, KEEP_FP32, OVERFLOW_FIX
     from .tasks.export import DEFAULT_VALIDATION_IMAGES
 
-    p = subparsers.add_parser("export", help="export to ONNX, OpenVINO, ExecuTorch, TorchScript or torch.export "
-                                             "(INT8: ONNX, OpenVINO, ExecuTorch), verified",
+    p = subparsers.add_parser("export", help="export to ONNX, OpenVINO, ExecuTorch, LiteRT, Core ML, ncnn, "
+                                             "TorchScript or torch.export (INT8: ONNX, OpenVINO, ExecuTorch, "
+                                             "LiteRT), verified",
                               description="Export weights and verify the file in its runtime against PyTorch.")
     p.add_argument("--checkpoint", required=True, help="weights in any format the project reads")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="output format (default onnx)")
     p.add_argument("--output", help="output file (default: beside the checkpoint)")
     p.add_argument("--softmax", action="store_true", help="append a softmax (the seed's export); default: logits")
+    p.add_argument("--precision", choices=("fp16", "fp32"), help="coreml: what the program computes in (default fp16)")
+    p.add_argument("--nhwc", action="store_true", help="litert: the file takes (N, H, W, C) images, as camera frames "
+                                                       "are laid out (default: (N, C, H, W))")
     p.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
     p.add_argument("--calibration-images", type=int, default=300,
                    help="training images to calibrate INT8 with, drawn at random (default 300)")
@@ -281,6 +302,15 @@ def _add_export(subparsers) -> None:
     p.set_defaults(handler=_cmd_export)
 
 
+def _print_coreml(summary: dict) -> None:
+    """What was checked of a Core ML package: it cannot predict off macOS."""
+    image = summary["input"]
+    print(f"  checked without Core ML (it predicts only on macOS): {summary['kind']} in {summary['precision']}, "
+          f"input {image['name']} {image['width']}x{image['height']} {image['color']} (scale {image['scale']:.6g}, "
+          f"bias {', '.join(f'{b:.6g}' for b in image['bias'])}), {len(summary['classes'])} class labels")
+    print(f"  operators: {', '.join(f'{name} {count}' for name, count in summary['ops'].items())}")
+
+
 def _kinds(text: str) -> tuple:
     """``se,classifier`` -> ``("se", "classifier")``; ``none`` -> ``()``."""
     return () if text.strip() == "none" else tuple(kind.strip() for kind in text.split(",") if kind.strip())
@@ -289,23 +319,31 @@ def _kinds(text: str) -> tuple:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .tasks import export_model
 
-    result = export_model(args.checkpoint, format=args.format, output=args.output, softmax=args.softmax,
+    result = export_model(source=args.checkpoint, format=args.format, output=args.output, softmax=args.softmax,
                           ema=args.ema, calibration_images=args.calibration_images, verify_images=args.verify_images,
                           sample_seed=args.sample_seed, use_dataset=not args.no_dataset, keep_fp32=args.keep_fp32,
                           int8_overflow_fix=args.int8_overflow_fix, int8_ranges=args.int8_ranges,
                           int8_max_drop=args.int8_max_drop, int8_validation_images=args.int8_validation_images,
+                          precision=args.precision, nhwc=args.nhwc,
                           **_overrides(args))
     print(f"exported {result.format}: {result.path}")
     if result.calibration_sample:
         print(f"  calibrated on {result.calibration_sample.describe()}")
     if result.int8:
         _print_int8(result.int8, result.validation_sample)
-    checks = [("random", result.random, f"{result.random['compared']} images")]
+    checks = [("random", result.random, f"{result.random['compared']} images")] if result.random else []
     if result.real:
         checks.append(("real", result.real, result.real_sample.describe()))
     for name, figures, images in checks:
         print(f"  {name} inputs ({images}): max |difference| to PyTorch "
               f"{figures['max_abs_diff']:.2e}, top-1 agreement {100 * figures['top1_agreement']:.2f}%")
+    if result.fp16:
+        print(f"  in ncnn's default fp16 storage ({result.fp16['compared']} images): max |difference| to PyTorch "
+              f"{result.fp16['max_abs_diff']:.2e}, top-1 agreement {100 * result.fp16['top1_agreement']:.2f}%")
+    if result.operators:
+        print(f"  operators: {', '.join(f'{name} {count}' for name, count in result.operators.items())}")
+    if result.coreml:
+        _print_coreml(result.coreml)
     if result.delegation:
         print(f"  {_delegation_line(result.delegation)}")
     if result.accuracy:
@@ -368,12 +406,15 @@ def _add_predict(subparsers) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .tasks import predict
 
-    results = predict(args.images, checkpoint=args.checkpoint, **_exported_options(args), topk=args.topk,
+    source = _model_file(args)
+    if not source:
+        raise UsageError("give exactly one of --checkpoint PATH or --exported FILE (--onnx FILE)")
+    results = predict(args.images, source=source, runtime=args.runtime, precision=args.precision, topk=args.topk,
                       batch_size=args.batch_size, skip_bad_images=args.skip_bad_images, classes=args.classes)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
-    print(f"model: {args.checkpoint or args.exported or args.onnx} ({results[0].runtime} {results[0].precision})")
+    print(f"model: {source} ({results[0].runtime} {results[0].precision})")
     width = min(60, max(len(r.path) for r in results))
     for r in results:
         top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r.top)
@@ -393,7 +434,9 @@ def _add_serve(subparsers) -> None:
                                           "(pip install 'mobilenetv3[serve]'). SIGTERM or Ctrl-C stops it after "
                                           "the requests in flight.",
                               formatter_class=_DefaultsShown)
-    p.add_argument("model", help="a checkpoint or weights in any format the project reads, or an exported .onnx")
+    p.add_argument("model", nargs="+", help="a checkpoint or weights in any format the project reads, an exported "
+                   ".onnx or .xml; several of them (each named after its file); or a model repository folder "
+                   "(REPO/NAME/VERSION/FILE or REPO/NAME.EXT: see the README)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than loopback: set --api-key)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--grpc-port", type=int, help="also serve the Open Inference Protocol over gRPC on this port "
@@ -417,7 +460,26 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run every batch size once before listening (kernels and memory ready for the first request)")
     p.add_argument("--keep-alive-s", type=int, default=5, help="seconds an idle keep-alive connection stays open")
-    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--preferred-batch", type=int, nargs="+", default=[], metavar="SIZE",
+                   help="batch sizes that run at once, without waiting --max-delay-ms for more (Triton's)")
+    p.add_argument("--max-queue", type=int,
+                   help="inference requests in progress at most; more get 503 with Retry-After at once "
+                        "(default: 2 x --max-batch, at least 64)")
+    p.add_argument("--timeout-s", type=float, default=10.0,
+                   help="a request's deadline, its upload included (the header X-Request-Timeout-Ms may shorten "
+                        "it): a body still arriving then gets 408; a request not yet run, 503, and is dropped")
+    p.add_argument("--max-request-pixels", type=int,
+                   help="pixels one request may decode, all its images together (JPEGs at their reduced "
+                        "decoding size), checked from the headers before decoding (default: --max-pixels)")
+    p.add_argument("--max-images", type=int, default=64, help="files per /predict, images per v2 request")
+    p.add_argument("--header-timeout-s", type=float, default=5.0,
+                   help="a connection whose request headers take longer is closed (silent and slow-loris clients)")
+    p.add_argument("--grace-s", type=float, default=15.0,
+                   help="on SIGTERM, how long requests in progress may finish before they are ended with a 503 "
+                        "(keep it below Kubernetes' terminationGracePeriodSeconds)")
+    p.add_argument("--access-log", action="store_true", help="log every request, with its X-Request-ID")
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
+    p.add_argument("--ssl-keyfile", help="the certificate's PEM private key (unless it is in --ssl-certfile)")
     p.set_defaults(handler=_cmd_serve)
 
 
@@ -432,11 +494,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = dict(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, topk=args.topk, decode_threads=args.decode_threads, warmup=args.warmup,
-                    grpc_port=args.grpc_port)
+                    preferred_batch=tuple(args.preferred_batch), max_queue=args.max_queue, timeout_s=args.timeout_s,
+                    max_request_pixels=args.max_request_pixels, max_images=args.max_images, grpc_port=args.grpc_port)
     if args.api_key is not None:
         settings["api_key"] = args.api_key
-    serve(args.model, host=args.host, port=args.port, runtime=args.runtime, workers=args.workers, name=args.name,
-          threads=args.threads, precision=args.precision, access_log=args.access_log, keep_alive_s=args.keep_alive_s, **settings)
+    serve(source=args.model, host=args.host, port=args.port, runtime=args.runtime, workers=args.workers, name=args.name,
+          threads=args.threads, precision=args.precision, access_log=args.access_log, keep_alive_s=args.keep_alive_s,
+          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, header_timeout_s=args.header_timeout_s,
+          grace_s=args.grace_s, **settings)
     return 0
 
 
@@ -466,23 +531,23 @@ def _add_convert(subparsers) -> None:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .tasks import convert_weights
 
-    r = convert_weights(args.src, args.dst, to=args.to, from_format=args.from_format, ema=args.ema, crc=args.crc,
+    r = convert_weights(source=args.src, output=args.dst, to=args.to, from_format=args.from_format, ema=args.ema, crc=args.crc,
                         any_architecture=args.any_architecture)
     shown = ", ".join(f"{k}={v}" for k, v in r.model_kwargs.items() if k in ("num_classes", "width_mult",
                                                                              "head_channels", "head_bias"))
-    print(f"{r.src} ({r.source_format}, {r.model_name}, {shown}) -> {r.dst} ({r.target_format}"
+    print(f"{r.source} ({r.source_format}, {r.model_name}, {shown}) -> {r.output} ({r.target_format}"
           f"{', with a CRC trailer' if r.crc else ''})")
     if r.training_state_kept:
         print(f"training state kept: {', '.join(r.training_state)}")
     elif r.training_state:
         print(f"training state dropped ({r.target_format} files hold weights only; continue the run from "
-              f"{r.src} with --resume): {', '.join(r.training_state)}")
+              f"{r.source} with --resume): {', '.join(r.training_state)}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------ bench
 def _add_bench(subparsers) -> None:
-    from .bench import CORE_MODES, INFERENCE_VARIANTS, affinity
+    from .benchmarking import CORE_MODES, INFERENCE_VARIANTS, affinity
 
     p = subparsers.add_parser("bench", help="benchmark latency and throughput against torchvision",
                               description="Time our inference paths or training step next to torchvision's in the "
@@ -513,7 +578,8 @@ def _add_bench(subparsers) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import busy_warning, format_rows, machine_info, run_bench
+    from .benchmarking import busy_warning, format_rows, machine_info
+    from .tasks.bench import bench
 
     machine = machine_info()
     print(f"{machine['cpu']} (flags {' '.join(machine['cpu_flags']) or 'n/a'}), {machine['cores']} cores, "
@@ -522,9 +588,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     warning = busy_warning(machine["load_average_1min"], machine["cores"] or 1)
     if warning:
         print(warning, flush=True)
-    result = run_bench(args.what, args.model, args.batch_size, args.image_size, args.quick,
-                       Path(args.out) if args.out else None, threads=args.threads, cores=args.cores,
-                       variants=args.variants, machine=machine)
+    result = bench(args.what, models=args.model, batch_sizes=args.batch_size, image_size=args.image_size,
+                   quick=args.quick, output=args.out, threads=args.threads, cores=args.cores, variants=args.variants,
+                   machine=machine).to_dict()
     for note in result.get("notes", []):
         print(f"{note} (left out)")
     if args.what == "training":
@@ -561,7 +627,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"{PROG} {args.command}: error: {_one_line(_as_flags(err))}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_one_line(_as_flags(err, args.command))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -604,11 +670,19 @@ def _log_to_stderr() -> None:
     package.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
-def _as_flags(err: BaseException):
+# The tasks' parameters whose flag is not the parameter's name, by command (a setting's flag is its name with dashes)
+FLAG_NAMES = {"eval": dict(source="--checkpoint", out_dir="--out"), "export": dict(source="--checkpoint"),
+              "predict": dict(source="--checkpoint"), "serve": dict(source="MODEL"),
+              "convert": dict(source="SRC", output="DST"), "bench": dict(kind="WHAT", models="--model",
+                                                                       batch_sizes="--batch-size", output="--out")}
+
+
+def _as_flags(err: BaseException, command: str = ""):
     """A setting given on the command line (or left at its default) named as the flag the user types, not as
-    the config field: ``--batch-size must be at least 1``; a YAML file's keeps its key."""
+    the task's parameter or config field: ``--batch-size must be at least 1``; a YAML file's keeps its key."""
     if isinstance(err, SettingError) and err.source in (None, "flag"):
-        return f"--{err.key.replace('_', '-')} {err.problem}"
+        flag = FLAG_NAMES.get(command, {}).get(err.key) or f"--{err.key.replace('_', '-')}"
+        return f"{flag} {err.problem}"
     return err
 
 
