@@ -97,6 +97,19 @@ def test_a_lone_client_never_waits_for_company():
     assert model.batches == [1] * 5 and seconds < 0.5  # the old rule: 5 x 0.5 s
 
 
+def test_after_a_batch_of_several_requests_the_next_waits_for_as_many_within_the_delay():
+    model = Recorder()
+
+    async def scenario(batcher):
+        await asyncio.gather(*together(batcher, images(1), images(2), images(3)))  # three concurrent clients
+        first = asyncio.ensure_future(batcher.submit(images(4)))  # their next requests, not announced
+        await asyncio.sleep(0.1)
+        await asyncio.gather(first, batcher.submit(images(5)), batcher.submit(images(6)))
+
+    run_with(DynamicBatcher(model, max_batch=8, max_delay=1.0), scenario)
+    assert model.batches == [3, 3]
+
+
 def test_a_batch_at_a_preferred_size_runs_without_waiting_for_more():
     model = Recorder()
 

@@ -2,9 +2,9 @@
 
 One inference thread takes the oldest waiting request and everything already queued behind it that fits in
 ``max_batch`` images. It waits for more only while a batch is forming: while requests are on their way
-(admitted, their images still being read or decoded: ``expect``) or while the previous batch held several
-requests (clients are concurrent; their next requests are coming), and never past ``max_delay`` after the
-oldest request arrived. A lone client therefore never waits: with nothing else in sight its request runs at
+(admitted, their images still being read or decoded: ``expect``) or while the batch holds fewer requests than
+the previous one did (concurrent clients: their next requests are coming), and never past ``max_delay`` after
+the oldest request arrived. A lone client therefore never waits: with nothing else in sight its request runs at
 once. A batch that reaches one of the ``preferred`` sizes with nothing more queued runs without waiting.
 ``max_batch=1`` switches batching off: each request runs alone, in arrival order. A request whose answer is
 no longer wanted (``submit(wanted=...)``: client gone, deadline passed) is dropped before its model run.
@@ -114,9 +114,9 @@ class DynamicBatcher:
         instead of ``None`` drops the request (``Dropped``)."""
         loop = asyncio.get_running_loop()
         request = _Request(images, loop.create_future(), loop, wanted)
-        self._queue.put(request)
         if expected is not None:
-            expected.arrived()
+            expected.arrived()  # first: a batch that finds it must not wait for its announcement
+        self._queue.put(request)
         return await request.future
 
     def _serve_forever(self) -> None:
@@ -143,9 +143,9 @@ class DynamicBatcher:
         if first is _STOP:
             return None
         batch, count = [first], len(first.images)
-        deadline, concurrent = first.arrived + self.max_delay, self._previous_requests > 1
+        deadline, previous = first.arrived + self.max_delay, self._previous_requests
         while count < self.max_batch:
-            request = self._next(deadline, concurrent)
+            request = self._next(deadline, forming=len(batch) < previous)
             if request is None:
                 break
             if request is _STOP or count + len(request.images) > self.max_batch:
@@ -158,14 +158,15 @@ class DynamicBatcher:
         self._previous_requests = len(batch)
         return batch
 
-    def _next(self, deadline: float, concurrent: bool):
-        """The next queued request; else, while a batch is forming and before ``deadline``, the next to come;
-        ``None`` when there is nothing to wait for."""
+    def _next(self, deadline: float, forming: bool):
+        """The next queued request; else, while a batch is ``forming`` (fewer requests than the last batch) or
+        requests are on their way, and before ``deadline``, the next to come; ``None`` when there is nothing to
+        wait for."""
         try:
             return self._queue.get_nowait()
         except queue.Empty:
             pass
-        while concurrent or self._coming > 0:
+        while forming or self._coming > 0:
             waiting = deadline - time.monotonic()
             if waiting <= 0:
                 return None
