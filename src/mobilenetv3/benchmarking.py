@@ -20,8 +20,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .models import count_madds, create_model
 from .errors import RunError, UsageError
+from .export import (ExecuTorchModule, OpenVinoModule, export_executorch, export_onnx, export_openvino, quantize_onnx,
+                     quantize_openvino)
+from .export.openvino import check_bf16
+from .models import count_madds, create_model
+from .models.layers import ConvBNAct
 
 log = logging.getLogger(__name__)
 TORCHVISION_NAMES = {"mobilenetv3_large": "mobilenet_v3_large", "mobilenetv3_small": "mobilenet_v3_small"}
@@ -160,7 +164,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy with every BatchNorm folded into the convolution before it (eval mode only)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    from .models.layers import ConvBNAct
 
     folded = copy.deepcopy(model).eval()
     for module in folded.modules():
@@ -202,7 +205,6 @@ def _onnxruntime(model: nn.Module, s: _Setup, tag: str, int8: bool = False) -> C
     """ONNX Runtime running ``model``'s export (torchvision's model: the same exporter), with our options."""
     import onnxruntime as ort
 
-    from .export import export_onnx, quantize_onnx
 
     path = s.folder / f"{tag}.onnx"
     if not path.exists():
@@ -232,7 +234,6 @@ def _openvino_by_hand(s: _Setup) -> Callable[[], object]:
 
 def _openvino(s: _Setup, int8: bool = False, precision: str = "fp32") -> Callable[[], object]:
     """Ours: ``export_openvino``'s IR (INT8: ``quantize_openvino``'s) run by ``OpenVinoModule``."""
-    from .export import OpenVinoModule, export_openvino, quantize_openvino
 
     path = s.folder / f"{s.name}.xml"  # one fp32 IR per setup: INT8 and bf16 start from it too
     if not path.exists():
@@ -246,7 +247,6 @@ def _openvino(s: _Setup, int8: bool = False, precision: str = "fp32") -> Callabl
 def _executorch(s: _Setup, int8: bool = False) -> Callable[[], object]:
     """Ours through ``mobilenetv3.export.executorch`` (INT8: calibrated on random images), its thread pool sized
     to ``s.threads`` where the ExecuTorch build lets Python do that."""
-    from .export.executorch import ExecuTorchModule, export_executorch
 
     try:
         from executorch.extension.pybindings import portable_lib
@@ -328,7 +328,6 @@ def _native_bf16() -> bool:
     """Whether OpenVINO computes bf16 natively on this CPU (``export.openvino.check_bf16``'s test)."""
     import openvino
 
-    from .export.openvino import check_bf16
 
     try:
         check_bf16(openvino.Core())

@@ -25,8 +25,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .files import atomic_output, fsync_dir, write_atomic
+from .convert import check_shapes
 from .errors import UsageError
+from .files import atomic_output, fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,6 @@ def restore_seed(seed, trainable: Trainable, steps_per_epoch: int, source: str) 
     MindSpore's Momentum and PyTorch's SGD keep the same buffer (v = m * v + g), so the buffers carry over.
     The seed stores no running loss: the epoch's mean loss counts only the steps this run takes.
     """
-    from .convert import check_shapes
 
     model, optimizer = trainable.model, trainable.optimizer
     check_shapes(seed.state_dict, model)

@@ -142,7 +142,6 @@ def _read_safetensors(path: Path) -> Weights:
 
 
 def _read_mindspore(path: Path) -> Weights:
-
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
