@@ -334,6 +334,28 @@ def test_grpc_needs_the_api_key_for_models_but_not_for_health(files):
         assert client.is_model_ready(NAME, headers={"authorization": "Bearer sesame"})
 
 
+def test_grpc_calls_are_admitted_as_http_requests_are(files):
+    """``--max-queue`` bounds gRPC calls too (0 here: every inference refused); health and metadata are not bound."""
+    grpc_port = free_port()
+    app = create_app(load_served_model(str(files[0])),
+                     ServerSettings(max_delay_ms=0, warmup=False, grpc_port=grpc_port, max_queue=0))
+    with live_server(app):
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        with pytest.raises(InferenceServerException, match="limit of 0 requests in progress") as refused:
+            grpc_infer(client, pixels(files[1][0]), "UINT8")
+        assert refused.value.status() == "StatusCode.UNAVAILABLE"
+        assert client.is_model_ready(NAME) and client.get_model_metadata(NAME).name == NAME
+
+
+def test_a_grpc_call_past_its_deadline_is_dropped_and_the_server_goes_on(grpc_client, files, expected):
+    large = np.zeros((1, 1500, 1500, 3), np.uint8)  # resizing it takes longer than the deadline
+    with pytest.raises(InferenceServerException, match="deadline of 1 ms") as expired:
+        grpc_infer(grpc_client, large, "UINT8", headers={"x-request-timeout-ms": "1"})
+    assert expired.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    good = grpc_infer(grpc_client, pixels(files[1][0]), "UINT8").as_numpy("probabilities")
+    assert_close(good[0], expected[str(files[1][0])])
+
+
 def test_binary_outputs_follow_the_json_with_its_length_in_the_header(server, files):
     """The binary extension's response layout, read here without tritonclient."""
     tensor = reference_input(files[1][0])

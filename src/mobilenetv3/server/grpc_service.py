@@ -8,6 +8,11 @@ in ``raw_output_contents``, as Triton answers) and ModelStatistics. Any other me
 UNIMPLEMENTED. A refusal is the HTTP one's message with the matching status code (400: INVALID_ARGUMENT, 404:
 NOT_FOUND, 413: RESOURCE_EXHAUSTED, ...). With an API key, every method but the health and server metadata ones
 needs the metadata ``authorization: Bearer KEY``.
+
+ModelInfer is admitted as an HTTP inference request is (``admission.py``): it counts towards ``--max-queue``
+(UNAVAILABLE when full), has the server's deadline, shortened by the call's own deadline or the metadata
+``x-request-timeout-ms`` (DEADLINE_EXCEEDED once passed), and a call the client cancelled is dropped before
+decoding and before inference.
 """
 from __future__ import annotations
 
@@ -15,11 +20,13 @@ import functools
 import hmac
 import logging
 from types import SimpleNamespace
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable
 
 import grpc
 
 from ..version import __version__
+from .admission import HEAVY_BYTES, TIMEOUT_HEADER, Admission, ClientGone, Expired, Work
+from .batching import Dropped
 from .protocol import (
     EXTENSIONS,
     InferRequest,
@@ -31,7 +38,7 @@ from .protocol import (
     prepare_input,
     requested_output,
 )
-from .uploads import MAX_PIXELS, BadRequest
+from .uploads import BadRequest
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +67,15 @@ def messages() -> SimpleNamespace:
 
 
 class InferenceService:
-    """The RPCs, over the app's ``models`` (a ``repository.ModelRepository``). ``run_in_thread(function, *args)``
-    runs reading and preparing a request off the event loop (the app's decoding threads); ``statistics(name,
-    version)`` is a model version's ``ModelStatistics``."""
+    """The RPCs, over the app's ``models`` (a ``repository.ModelRepository``) and ``admission`` (its
+    ``admission.Admission``), with the HTTP app's ``settings`` (``app.ServerSettings``: the API key, the limits on
+    images). ``run_in_thread(function, *args, heavy=, work=)`` runs reading and preparing a request off the event
+    loop (the app's decoding lanes); ``statistics(name, version)`` is a model version's ``ModelStatistics``."""
 
-    def __init__(self, models, run_in_thread: Callable[..., Awaitable],
-                 statistics: Callable[[str, str], ModelStatistics],
-                 api_key: Optional[str] = None, max_pixels: int = MAX_PIXELS):
-        self.models, self.run_in_thread, self.statistics = models, run_in_thread, statistics
-        self.api_key, self.max_pixels = api_key, max_pixels
+    def __init__(self, models, admission: Admission, run_in_thread: Callable[..., Awaitable],
+                 statistics: Callable[[str, str], ModelStatistics], settings):
+        self.models, self.admission, self.run_in_thread, self.statistics = models, admission, run_in_thread, statistics
+        self.settings = settings
 
     def handler(self) -> grpc.GenericRpcHandler:
         m = messages()
@@ -92,10 +99,15 @@ class InferenceService:
             try:
                 if authenticated:
                     self._check_key(context)
-                return await method(request)
+                return await method(request, context)
+            except Expired as err:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, err.message)
             except BadRequest as err:
                 code = STATUS_CODES.get(err.status, grpc.StatusCode.INVALID_ARGUMENT)
                 await context.abort(code, err.message)
+            except ClientGone as err:  # nobody is listening: said in one line, as HTTP does
+                log.info("gRPC %s: %s", name, err)
+                await context.abort(grpc.StatusCode.CANCELLED, str(err))
             except Exception as err:  # noqa: BLE001 - one bad request must not end the server
                 log.exception("gRPC %s failed", name)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}")
@@ -103,40 +115,41 @@ class InferenceService:
         return rpc
 
     def _check_key(self, context) -> None:
-        if self.api_key is None:
+        if self.settings.api_key is None:
             return
         given = dict(context.invocation_metadata() or ()).get("authorization", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise BadRequest(401, "missing API key: send the metadata 'authorization: Bearer KEY'")
-        if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+        if not hmac.compare_digest(token.strip().encode(), self.settings.api_key.encode()):
             raise BadRequest(401, "wrong API key")
 
     # ------------------------------------------------------------------------------------------ the RPCs
-    async def server_live(self, request):
+    async def server_live(self, request, context):
         return messages().ServerLiveResponse(live=True)
 
-    async def server_ready(self, request):
+    async def server_ready(self, request, context):
         return messages().ServerReadyResponse(ready=self.models.ready())
 
-    async def server_metadata(self, request):
+    async def server_metadata(self, request, context):
         return messages().ServerMetadataResponse(name="mobilenetv3", version=__version__, extensions=EXTENSIONS)
 
-    async def model_ready(self, request):
+    async def model_ready(self, request, context):
         with self.models.use(request.name or None, request.version or None):
             return messages().ModelReadyResponse(ready=True)
 
-    async def model_metadata(self, request):
+    async def model_metadata(self, request, context):
         from google.protobuf import json_format
 
         with self.models.use(request.name or None, request.version or None) as live:
             metadata = model_metadata(live.model, live.version)
         return json_format.ParseDict(metadata, messages().ModelMetadataResponse(), ignore_unknown_fields=True)
 
-    async def model_infer(self, message):
+    async def model_infer(self, message, context):
         with self.models.use(message.model_name or None, message.model_version or None) as live:
-            request, images = await self.run_in_thread(self._prepare, message, live.model)
-            probabilities, _ = await live.batcher.submit(images)
+            async with self.admission.admit(_Call(context)) as work:
+                context.add_done_callback(lambda _: setattr(work, "gone", True))  # ends early if cancelled
+                request, probabilities = await self._run(message, live, work)
         response = messages().ModelInferResponse(model_name=live.name, model_version=live.version,
                                                  id=message.id)
         for output in model_outputs(request, probabilities, live.model.classes):
@@ -144,11 +157,28 @@ class InferenceService:
             response.raw_output_contents.append(output.raw())
         return response
 
+    async def _run(self, message, live, work: Work):
+        """The request read and its input prepared (a decoding lane), then run by the model's batcher; dropped
+        before either once the call is cancelled or its deadline passed."""
+        expected = live.batcher.expect()
+        try:
+            request, images = await self.run_in_thread(self._prepare, message, live.model,
+                                                       heavy=message.ByteSize() > HEAVY_BYTES, work=work)
+            work.check("inference")
+            probabilities, _ = await live.batcher.submit(images, expected, work.still_wanted)
+        except Dropped:
+            work.check("inference")
+            raise ClientGone("the call was dropped before inference") from None
+        finally:
+            expected.arrived()
+        return request, probabilities
+
     def _prepare(self, message, model):
         request = infer_request(message)
-        return request, prepare_input(request, model, self.max_pixels)
+        limits = self.settings
+        return request, prepare_input(request, model, limits.max_pixels, limits.request_pixels, limits.max_images)
 
-    async def model_statistics(self, request):
+    async def model_statistics(self, request, context):
         from google.protobuf import json_format
 
         names = [request.name] if request.name else self.models.names()
@@ -157,6 +187,17 @@ class InferenceService:
             with self.models.use(name, request.version or None) as live:
                 stats.append(self.statistics(live.name, live.version).to_dict())
         return json_format.ParseDict(dict(model_stats=stats), messages().ModelStatisticsResponse())
+
+
+class _Call:
+    """A gRPC call's metadata as ``Admission.admit`` reads an HTTP request's headers: ``x-request-timeout-ms`` from
+    the metadata, or else from the call's own deadline."""
+
+    def __init__(self, context):
+        self.headers = dict(context.invocation_metadata() or ())
+        remaining = context.time_remaining()
+        if TIMEOUT_HEADER not in self.headers and remaining is not None:
+            self.headers[TIMEOUT_HEADER] = str(max(1, int(remaining * 1000)))
 
 
 def infer_request(message) -> InferRequest:
