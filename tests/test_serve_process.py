@@ -3,6 +3,7 @@ requests in flight and exits 0."""
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -113,3 +114,40 @@ def test_two_workers_over_tls_add_up_their_metrics_and_log_request_ids(tmp_path)
     assert f"https://127.0.0.1:{port}/ with 2 workers" in err and err.count("loaded mobilenetv3_small version 1") == 2
     assert all(f"id=req-{index}" in err for index in range(requests)) and "Traceback" not in err
     assert not list(temporary.glob("mobilenetv3-metrics-*"))
+
+
+def test_sigterm_with_slow_clients_exits_0_within_the_grace_and_ends_them_cleanly(tmp_path):
+    """The issue's case: slow clients at SIGTERM held the server past Kubernetes' 30 s and got a 500. With
+    --grace-s 2 (and deadlines longer than that) the process exits 0 within the grace; each slow client gets a
+    503 or a closed connection, never a 500, and no traceback is logged."""
+    model, image = write_served_model(tmp_path), write_images(tmp_path)[0]
+    port = free_port()
+    process = start(model, port, "--grace-s", "2", "--timeout-s", "60", "--header-timeout-s", "60")
+    head = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(3)]
+    for connection in slow:
+        connection.sendall(head + b"x" * 100)  # then nothing more
+    silent = socket.create_connection(("127.0.0.1", port), timeout=20)
+    time.sleep(0.5)
+    good = httpx.post(f"http://127.0.0.1:{port}/predict", content=image.read_bytes(),
+                      headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert good.status_code == 200, good.text  # the slow clients do not hold up the others
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and time.monotonic() - started < 2 + 3, err
+    for connection in slow + [silent]:
+        answer = _all_received(connection)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503"), answer
+    assert "Traceback" not in err and "500 Internal" not in err, err
+
+
+def _all_received(connection: socket.socket) -> bytes:
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    connection.close()
+    return received
