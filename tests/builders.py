@@ -132,27 +132,30 @@ def write_idx(root: Path, gz: bool, seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------------------------- weights files
 def write_weights(path: Path, num_classes: int = 3, bias=None, preprocessing: dict = None,
-                  responsive: bool = False, trained_on: dict = None) -> Path:
+                  responsive: bool = False, trained_on: dict = None, in_chans: int = 3, classes=None) -> Path:
     """Our weights file (format ``mobilenetv3``) of a fresh MobileNetV3-Small at width 0.5; with ``bias``
     (one number per class) a model that ignores its input: zero classifier weights, that bias. With
     ``preprocessing`` (resize=..., crop=..., mean=...) the file names its classes c0, c1, ... too.
     ``responsive``: batch-norm statistics measured on random images and a wider classifier, seeded, so that
     the outputs differ from image to image (a fresh network's hardly do). ``trained_on``: settings of the run
     that saved it (``dict(dataset=..., data_path=...)``), kept as a training checkpoint keeps its config: what
-    an export records as its training data."""
+    an export records as its training data. ``in_chans``: input channels; ``classes``: names instead of c0, c1, ...
+    (with ``preprocessing``)."""
     import torch
 
     from mobilenetv3 import weights as wts
     from mobilenetv3.models import create_model
 
-    model = create_model("mobilenetv3_small", num_classes=num_classes, width_mult=0.5)
+    model = create_model("mobilenetv3_small", num_classes=num_classes, width_mult=0.5,
+                         **(dict(in_chans=in_chans) if in_chans != 3 else {}))
     if responsive:
         _make_responsive(model, torch.Generator().manual_seed(0))
     if bias is not None:
         with torch.no_grad():
             model.classifier.weight.zero_()
             model.classifier.bias.copy_(torch.tensor(bias))
-    extra = dict(classes=[f"c{i}" for i in range(num_classes)], preprocessing=preprocessing) if preprocessing else {}
+    names = list(classes) if classes else [f"c{i}" for i in range(num_classes)]
+    extra = dict(classes=names, preprocessing=preprocessing) if preprocessing else {}
     weights = wts.Weights(model.model_name, model.model_kwargs, model.state_dict(), "mobilenetv3", **extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     if trained_on is None:
@@ -170,7 +173,9 @@ def write_weights(path: Path, num_classes: int = 3, bias=None, preprocessing: di
 def _make_responsive(model, generator) -> None:
     import torch
 
-    images = torch.rand(64, 3, 64, 64, generator=generator) * torch.rand(64, 3, 1, 1, generator=generator) * 4 - 2
+    channels = model.model_kwargs.get("in_chans", 3)
+    images = torch.rand(64, channels, 64, 64, generator=generator) * torch.rand(64, channels, 1, 1,
+                                                                                generator=generator) * 4 - 2
     norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
     momenta = [norm.momentum for norm in norms]
     for norm in norms:

@@ -10,21 +10,30 @@ from torch import nn
 from ..errors import RunError, UsageError
 from ..progress import Stages
 from .common import WithSoftmax
+from .coreml import export_coreml, import_coremltools, open_coreml, verify_coreml
 from .executorch import ExecuTorchModule, export_executorch, import_executorch
+from .litert import LiteRtModule, check_hard_activations, export_litert, import_litert_converter
+from .ncnn import NcnnModule, export_ncnn, import_pnnx, layer_types
+from .ncnn import companions as ncnn_companions
 from .onnx import OnnxModule, export_onnx, quantize_onnx
 from .openvino import PRECISIONS, OpenVinoModule, export_openvino, import_openvino, quantize_openvino
 from .torch_formats import TorchProgramModule, export_pt2, export_torchscript, is_torchscript
 
-FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8", "executorch", "executorch-int8")
-INT8_FORMATS = ("onnx-int8", "openvino-int8", "executorch-int8")
+FORMATS = ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8", "executorch", "executorch-int8",
+           "litert", "litert-int8", "coreml", "ncnn")
+INT8_FORMATS = ("onnx-int8", "openvino-int8", "executorch-int8", "litert-int8")
 SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2",
-            "openvino": ".xml", "openvino-int8": ".int8.xml", "executorch": ".pte", "executorch-int8": ".int8.pte"}
-RUNTIMES = ("onnxruntime", "openvino", "executorch")  # what --runtime picks to run an exported file
-KINDS = {".onnx": "onnx", ".xml": "openvino", ".pte": "executorch", ".pt2": "pt2"}  # exported files by suffix
-OWN_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
+            "openvino": ".xml", "openvino-int8": ".int8.xml", "executorch": ".pte", "executorch-int8": ".int8.pte",
+            "litert": ".tflite", "litert-int8": ".int8.tflite", "coreml": ".mlpackage", "ncnn": ".ncnn.param"}
+RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert", "ncnn", "coreml")  # what --runtime picks
+KINDS = {".onnx": "onnx", ".xml": "openvino", ".pte": "executorch", ".pt2": "pt2", ".tflite": "litert",
+         ".param": "ncnn", ".mlpackage": "coreml"}  # exported files by suffix
+OWN_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch", "litert": "litert",
+               "ncnn": "ncnn", "coreml": "coreml"}
+OWN_RUNTIME_ONLY = {"litert": "a LiteRT model", "ncnn": "an ncnn model", "coreml": "a Core ML package"}
 TORCH_KINDS = {"torchscript": "a TorchScript program", "pt2": "a torch.export program"}  # run by PyTorch itself
-EXPORTED_FILES = ("an .onnx file, an OpenVINO IR .xml, an ExecuTorch .pte, a TorchScript .torchscript.pt or a "
-                  "torch.export .pt2")
+EXPORTED_FILES = ("an .onnx file, an OpenVINO IR .xml, an ExecuTorch .pte, a LiteRT .tflite, an ncnn .ncnn.param, "
+                  "a Core ML .mlpackage, a TorchScript .torchscript.pt or a torch.export .pt2")
 
 
 def load_exported(path: Path, fmt: str):
@@ -35,6 +44,10 @@ def load_exported(path: Path, fmt: str):
         return OpenVinoModule(path, precision="fp32")
     if fmt in ("executorch", "executorch-int8"):
         return ExecuTorchModule(path)
+    if fmt in ("litert", "litert-int8"):
+        return LiteRtModule(path)
+    if fmt == "ncnn":
+        return NcnnModule(path, precision="fp32")
     return TorchProgramModule(path, fmt)
 
 
@@ -84,6 +97,8 @@ def open_exported(path, runtime: Optional[str] = None, precision: Optional[str] 
         raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if kind in TORCH_KINDS:
         return _open_torch_program(path, kind, runtime, precision, threads)
+    if kind in OWN_RUNTIME_ONLY:
+        return _open_phone_format(path, kind, runtime, precision, threads)
     runtime = runtime or OWN_RUNTIME[kind]
     if kind == "openvino" and runtime != "openvino":
         raise UsageError(f"{path} is an OpenVINO IR: it runs in OpenVINO (--runtime openvino)")
@@ -110,6 +125,23 @@ def _open_torch_program(path: Path, kind: str, runtime: Optional[str], precision
     return TorchProgramModule(path, kind)
 
 
+def _open_phone_format(path: Path, kind: str, runtime: Optional[str], precision: Optional[str],
+                       threads: Optional[int]) -> nn.Module:
+    """A ``.tflite`` in LiteRT, an ``.ncnn.param`` in ncnn (in fp32), an ``.mlpackage`` in Core ML (macOS only):
+    each runs in its own runtime only, as exported."""
+    if runtime not in (None, OWN_RUNTIME[kind]):
+        raise UsageError(f"{path} is {OWN_RUNTIME_ONLY[kind]}: it runs in {OWN_RUNTIME[kind]} (leave --runtime out)")
+    if precision not in (None, "fp32"):
+        raise UsageError(f"--precision {precision} is OpenVINO's: {OWN_RUNTIME[kind]} runs {path} as exported")
+    if kind == "litert":
+        return LiteRtModule(path, threads=threads)
+    if kind == "ncnn":
+        return NcnnModule(path, precision="fp32", threads=threads)
+    if threads:
+        raise UsageError("Core ML picks its own compute units: threads is not a setting of an .mlpackage")
+    return open_coreml(path)
+
+
 def _open_pte(path: Path, kind: str, precision: Optional[str], threads: Optional[int]) -> nn.Module:
     """A ``.pte`` in ExecuTorch, which runs it as exported (fp32 or INT8) on a thread pool of its own."""
     if kind != "executorch":
@@ -128,6 +160,12 @@ def check_extra(fmt: str) -> None:
         import_openvino()
     elif fmt.startswith("executorch"):
         import_executorch()
+    elif fmt.startswith("litert"):
+        import_litert_converter()
+    elif fmt == "coreml":
+        import_coremltools()
+    elif fmt == "ncnn":
+        import_pnnx()
 
 
 def check_pytorch_options(runtime: Optional[str], precision: Optional[str]) -> None:
@@ -143,21 +181,30 @@ def check_pytorch_options(runtime: Optional[str], precision: Optional[str]) -> N
 def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, *, softmax: bool = False,
                     real_inputs: Iterable[torch.Tensor] = (), calibration: Optional[Iterable[torch.Tensor]] = None,
                     calibration_info: Optional[dict] = None, tolerance: float = 1e-4,
-                    int8: Optional[dict] = None, stages: Optional[Stages] = None) -> dict:
+                    int8: Optional[dict] = None, stages: Optional[Stages] = None, nhwc: bool = False,
+                    precision: Optional[str] = None) -> dict:
     """Export ``model`` as ``fmt`` to ``path``, then run the file in its runtime on random inputs (batch 1
     and 3) and ``real_inputs`` and compare with PyTorch. fp32 formats must agree within ``tolerance``
     (``RunError`` otherwise, the file removed); INT8 reports its agreement and records ``calibration_info``
     (what the ``calibration`` images are) in the file; ``int8``: ``openvino-int8``'s settings, keyword arguments of
     ``quantize_openvino`` (``keep_fp32``, ``overflow_fix``, ``activation_ranges``, ``max_drop``, ``validation``,
-    ``validation_info``); ``stages`` says each step as it begins. Returns the comparison figures and paths
-    (ExecuTorch: and ``delegation``, where its operators run)."""
+    ``validation_info``); ``stages`` says each step as it begins; ``nhwc``: a LiteRT file takes (N, H, W, C);
+    ``precision``: what Core ML computes in (``fp16``, default, or ``fp32``). Returns the comparison figures and
+    paths (ExecuTorch: and ``delegation``, where its operators run; LiteRT and ncnn: their ``operators``; ncnn:
+    ``fp16``, the comparison in ncnn's default fp16 storage). Core ML predicts only on macOS: its package is
+    checked (``coreml``, what ``coreml.verify_coreml`` found), not run."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     check_extra(fmt)
     model = model.eval()
     stages = stages or Stages(f"export {fmt}", enabled=False)
     reference = WithSoftmax(model).eval() if softmax else model
-    written = _write(model, fmt, path, example, softmax, calibration, calibration_info, int8, stages)
+    written = _write(model, fmt, path, example, softmax, calibration, calibration_info, int8, stages, nhwc,
+                     precision)
+    if fmt == "coreml":
+        stages.begin(f"checking {path.name}'s program (Core ML predicts only on macOS)")
+        return dict(written, path=str(path), format=fmt, softmax=True,
+                    coreml=verify_coreml(path, model, precision or "fp16"))
     stages.begin(f"verifying {path.name} in its runtime against PyTorch")
     runtime = load_exported(path, fmt)
     generator = torch.Generator().manual_seed(0)
@@ -167,25 +214,42 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
     real_inputs = list(real_inputs)
     if real_inputs:
         figures["real"] = compare(reference, runtime, real_inputs)
+    if fmt == "ncnn":  # ncnn's default: fp16 storage and arithmetic where the CPU has them; reported, not bounded
+        written["fp16"] = compare(reference, NcnnModule(path, precision="fp16"), real_inputs or random_inputs)
     if fmt not in INT8_FORMATS:
         worst = max(f["max_abs_diff"] for f in figures.values())
         if worst > tolerance:
             path.unlink(missing_ok=True)
             if fmt == "openvino":
                 path.with_suffix(".bin").unlink(missing_ok=True)
+            if fmt == "ncnn":
+                for companion in ncnn_companions(path):
+                    companion.unlink(missing_ok=True)
             raise RunError(f"{fmt} export disagrees with PyTorch: max abs difference {worst:.3g} > {tolerance}")
     return dict(written, path=str(path), format=fmt, softmax=softmax, **figures)
 
 
 def _write(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, softmax: bool,
            calibration: Optional[Iterable[torch.Tensor]], calibration_info: Optional[dict],
-           int8: Optional[dict], stages: Stages) -> dict:
+           int8: Optional[dict], stages: Stages, nhwc: bool = False, precision: Optional[str] = None) -> dict:
     """Write ``model`` as ``fmt`` to ``path`` (INT8: and the fp32 file beside it, ``fp32_path``); what the
     writing tells beyond the file (ExecuTorch: ``delegation``)."""
     if fmt not in INT8_FORMATS:
         if fmt == "executorch":
             stages.begin(f"exporting {path.name}, lowered to XNNPACK")
             return dict(delegation=export_executorch(model, path, example, softmax))
+        if fmt == "litert":
+            stages.begin(f"converting to {path.name} with litert-torch")
+            export_litert(model, path, example, softmax, nhwc=nhwc)
+            return dict(operators=check_hard_activations(path, model))
+        if fmt == "ncnn":
+            stages.begin(f"converting to {path.name} with pnnx")
+            export_ncnn(model, path, example, softmax)
+            return dict(operators=layer_types(path))
+        if fmt == "coreml":
+            stages.begin(f"converting to {path.name} with coremltools")
+            export_coreml(model, path, example, _preprocessing_of(model), precision or "fp16")
+            return {}
         exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2,
                      "openvino": export_openvino}
         exporters[fmt](model, path, example, softmax)
@@ -204,9 +268,25 @@ def _write(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, softma
         stages.begin(f"quantising it to {path.name} with NNCF, calibrated on the training images"
                      + (" (accuracy control: a minute or more)" if (int8 or {}).get("max_drop") else ""))
         quantize_openvino(fp32_path, path, calibration, calibration_info, **(int8 or {}))
+    elif fmt == "litert-int8":  # quantised from the PyTorch model; compared with the fp32 file
+        export_litert(model, fp32_path, example, softmax, nhwc=nhwc)
+        stages.begin(f"quantising to {path.name} (PT2E, litert-torch's quantizer), calibrated on the training "
+                     "images, and converting it")
+        export_litert(model, path, example, softmax, nhwc=nhwc, calibration=calibration,
+                      calibration_info=calibration_info)
+        written["operators"] = check_hard_activations(path, model)
     else:  # quantised from the PyTorch model; the fp32 program is what its accuracy is compared with
         export_executorch(model, fp32_path, example, softmax)
         stages.begin(f"quantising to {path.name} (PT2E, XNNPACK's quantizer), calibrated on the training images, "
                      "and lowering it to XNNPACK")
         written["delegation"] = export_executorch(model, path, example, softmax, calibration, calibration_info)
     return written
+
+
+def _preprocessing_of(model: nn.Module) -> dict:
+    """The normalisation Core ML's image input does: the model's own preprocessing."""
+    pre = getattr(model, "preprocessing", None)
+    if not pre:
+        raise UsageError("a Core ML image input needs the model's preprocessing (mean and std): these weights "
+                         "record none")
+    return pre
