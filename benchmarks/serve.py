@@ -607,6 +607,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--costly-side", type=int, help="side of the costly request's PNG (default 6300: 39.7 MP, "
                                                    "within the server's default budget of 40)")
     p.add_argument("--quick", action="store_true", help="a smoke run of every part: small and short")
+    p.add_argument("--reload", action="store_true", help="measure hot reloads under load instead: 10 reloads "
+                                                        "under 16 clients (serve_reload.py, its own results file)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     quick_or_full = dict(crowd=(4, 32), requests=(40, 2000), rounds=(2, 4), overload_seconds=(2.0, 20.0),
@@ -665,6 +667,10 @@ def measure(args, folder: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.reload:
+        from serve_reload import main as reload_main
+
+        return reload_main(["--quick"] if args.quick else [])
     with tempfile.TemporaryDirectory(prefix="mobilenetv3-serve-bench-") as folder:
         result = measure(args, Path(folder))
     print_report(result)
