@@ -464,7 +464,7 @@ def _add_serve(subparsers) -> None:
                    help="batch sizes that run at once, without waiting --max-delay-ms for more (Triton's)")
     p.add_argument("--max-queue", type=int,
                    help="inference requests in progress at most; more get 503 with Retry-After at once "
-                        "(default: 2 x --max-batch, at least 64)")
+                        "(default: --max-batch, at least 8)")
     p.add_argument("--timeout-s", type=float, default=10.0,
                    help="a request's deadline, its upload included (the header X-Request-Timeout-Ms may shorten "
                         "it): a body still arriving then gets 408; a request not yet run, 503, and is dropped")

@@ -82,9 +82,9 @@ class ServerSettings:
 
     @property
     def queue_limit(self) -> int:
-        """``max_queue``, by default two full batches (64 at least): a request admitted under overload waits
-        about two batches' time, not the whole crowd's."""
-        return self.max_queue if self.max_queue is not None else max(64, 2 * self.max_batch)
+        """``max_queue``, by default one full batch (8 at least): a request admitted under overload waits for the
+        batch running and its own, about twice a batch's time, not for the whole crowd."""
+        return self.max_queue if self.max_queue is not None else max(8, self.max_batch)
 
     @property
     def request_pixels(self) -> int:
