@@ -105,7 +105,7 @@ def percentiles(seconds: list[float]) -> dict:
 
 
 def measure(args, folder: Path) -> dict:
-    source = write_model(folder)
+    source = args.model or write_model(folder)
     repo = folder / "repo"
     write_version(repo, source, 1)
     server = Server(repo, 32, 5.0, folder / "server.log")
@@ -149,7 +149,8 @@ def summarise(args, rows: list, reloads: list, rss_before, rss_after) -> dict:
     versions = sorted({version for _, _, version, error in rows if error is None}, key=int)
     return dict(benchmark="serve_reload", quick=args.quick, time=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 machine=machine_info(), settings=dict(clients=args.clients, reloads=args.reloads,
-                                                      model="mobilenetv3_small random weights, 224 px",
+                                                      model=str(args.model) if args.model else
+                                                      "mobilenetv3_small random weights, 224 px",
                                                       max_batch=32, max_delay_ms=5.0),
                 requests=len(rows), failed=len(errors), errors=errors[:5], versions_seen=versions,
                 steady=percentiles([s for b, s in good if not during_reload(b, s)]),
@@ -186,6 +187,7 @@ def print_report(result: dict) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, help="weights to serve (default: Small, random weights, 224 px)")
     p.add_argument("--clients", type=int, help="concurrent closed-loop clients (default 16)")
     p.add_argument("--reloads", type=int, help="reloads of a new version (default 10)")
     p.add_argument("--settle-s", type=float, default=5.0, help="load before the first reload")

@@ -49,3 +49,20 @@ def test_serve_benchmark_quick(tmp_path):
                                       "other_statuses", "rss_growth_pct", "abandoned_images", "costly_delay_ms",
                                       "over_budget_refused"}
     assert report["targets"]["over_budget_refused"]["met"] is True
+
+
+def test_serve_reload_benchmark_quick(tmp_path):
+    """benchmarks/serve_reload.py: clients on a repository server while new versions are loaded; every request
+    answered, every version in turn."""
+    pytest.importorskip("uvicorn")
+    out = tmp_path / "reload.json"
+    model = write_weights(tmp_path / "tiny.pt", num_classes=10, preprocessing=dict(
+        resize=36, crop=32, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3, in_chans=3))
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve_reload.py"), "--quick", "--clients", "2",
+               "--settle-s", "0.5", "--model", str(model), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["failed"] == 0 and report["requests"] > 0 and report["target"]["met"] is True
+    assert [r["status"] for r in report["reloads"]] == [200, 200] and report["versions_seen"][-1] == "3"
+    assert "0 failed over 2 reloads under 2 clients: PASS" in result.stdout
