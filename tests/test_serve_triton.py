@@ -3,6 +3,7 @@ tensors) and gRPC against a real server (uvicorn on a free port, gRPC beside it)
 probabilities for the same image; UINT8 pixels, FP16, the classification and statistics extensions, versioned
 paths, requested outputs, ids; every bad request refused with a 4xx (gRPC: its status code) naming the problem,
 and a good request answered after it."""
+import gzip
 import json
 import re
 import signal
@@ -115,6 +116,12 @@ def test_uint8_pixels_give_predicts_probabilities_over_every_protocol(http, grpc
         for protocol, answer in all_protocols(http, grpc_client, pixels(image), "UINT8").items():
             assert answer.dtype == np.float32, protocol
             assert_close(answer[0], expected[str(image)])
+    gray = files[1][2]  # a grayscale PNG sent as it is, one channel, to this RGB model: converted as predict does
+    with Image.open(gray) as image:
+        assert image.mode == "L"
+        one_channel = np.asarray(image)[None, :, :, None]
+    for answer in all_protocols(http, grpc_client, one_channel, "UINT8").values():
+        assert_close(answer[0], expected[str(gray)])
 
 
 def test_fp32_tensors_give_predicts_probabilities_and_fp16_the_same_as_fp32(http, grpc_client, files, expected):
@@ -203,6 +210,14 @@ def test_statistics_count_every_request_in_tritons_shape(server, http, grpc_clie
     assert over_grpc.inference_stats.success.count >= stats["success"]["count"]
 
 
+def test_compressed_requests_give_the_same_answers(http, files, expected):
+    """tritonclient's request_compression_algorithm: the body gzip- or zlib-compressed (Content-Encoding)."""
+    image = files[1][0]
+    for algorithm in ("gzip", "deflate"):
+        answer = http_infer(http, pixels(image), "UINT8", True, request_compression_algorithm=algorithm)
+        assert_close(answer.as_numpy("probabilities")[0], expected[str(image)])
+
+
 def test_ids_are_echoed_as_sent(server, http, grpc_client, files):
     url = f"http://{server[0]}/v2/models/{NAME}/infer"
     tensor = reference_input(files[1][0])
@@ -270,6 +285,9 @@ BAD_HTTP = [  # name, body (a dict: JSON), or (bytes, headers), status, what the
      "whole number of bytes"),
     ("header length zero", with_binary(dict(inputs=[BINARY_INPUT]), b"", length=0), 400, "not supported"),
     ("not JSON", (b"{oops", {}), 400, "not valid JSON"),
+    ("unknown content encoding", (b"{}", {"Content-Encoding": "br"}), 415, "Content-Encoding 'br'"),
+    ("not gzip", (b"{oops", {"Content-Encoding": "gzip"}), 400, "not valid gzip"),
+    ("gzip bomb", (gzip.compress(b" " * (17 << 20)), {"Content-Encoding": "gzip"}), 413, "inflates to more than"),
     ("a JSON list", (b"[1, 2]", {}), 400, "must be a JSON object"),
     ("unknown version", v2_json(), 404, "no version '7'"),
 ]

@@ -37,10 +37,12 @@ from .protocol import (
     InferRequest,
     ModelStatistics,
     http_response,
+    inflated,
     model_metadata,
     model_outputs,
     prepare_input,
     read_http_request,
+    served_names,
 )
 from .repository import LiveModel, ModelRepository
 from .runtime import ServedModel, load_served_model
@@ -369,8 +371,8 @@ class _Endpoints:
         with self.model(request) as live:
             async with self.admitted(request, live) as work:
                 body = await self.body(request)
-                v2_request, images = await self.in_thread(_v2_input, body, header_length, live.model, self.settings,
-                                                          heavy=len(body) > HEAVY_BYTES, work=work)
+                v2_request, images = await self.in_thread(_v2_input, body, request.headers, live.model,
+                                                          self.settings, heavy=len(body) > HEAVY_BYTES, work=work)
                 probabilities, batch = await self.run_model(request, live, images)
         outputs = model_outputs(v2_request, probabilities, live.model.classes)
         content, headers = http_response(live.name, live.version, outputs, v2_request.id)
@@ -382,7 +384,7 @@ class _Endpoints:
         """Triton's statistics extension: ``{"model_stats": [...]}`` of every model served, or of the one named."""
         name = request.path_params.get("name")
         found = []
-        for each in [name] if name else self.models.names():
+        for each in [name] if name else served_names(self.models):
             with self.models.use(each, request.path_params.get("version")) as live:
                 found.append(self.model_statistics(live.name, live.version).to_dict())
         return JSONResponse(dict(model_stats=found))
@@ -432,10 +434,11 @@ class _Endpoints:
         return Response(content, media_type=media_type)
 
 
-def _v2_input(body: bytes, header_length: Optional[str], model: ServedModel,
+def _v2_input(body: bytes, headers, model: ServedModel,
               settings: ServerSettings) -> tuple[InferRequest, torch.Tensor]:
-    """A v2 request body -> the request and the model's input batch (in a decoding thread)."""
-    request = read_http_request(body, header_length)
+    """A v2 request body (and its headers) -> the request and the model's input batch (in a decoding thread)."""
+    body = inflated(body, headers.get("content-encoding"), settings.max_upload_bytes)
+    request = read_http_request(body, headers.get(HEADER_LENGTH))
     return request, prepare_input(request, model, settings.max_pixels, settings.request_pixels, settings.max_images)
 
 

@@ -37,6 +37,7 @@ from .protocol import (
     model_outputs,
     prepare_input,
     requested_output,
+    served_names,
 )
 from .uploads import BadRequest
 
@@ -181,7 +182,7 @@ class InferenceService:
     async def model_statistics(self, request, context):
         from google.protobuf import json_format
 
-        names = [request.name] if request.name else self.models.names()
+        names = [request.name] if request.name else served_names(self.models)
         stats = []
         for name in names:
             with self.models.use(name, request.version or None) as live:

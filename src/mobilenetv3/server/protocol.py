@@ -22,6 +22,7 @@ import math
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -105,6 +106,27 @@ def read_http_request(body: bytes, header_length: Optional[str] = None) -> Infer
     parameters = checked_parameters(document.get("parameters"), "the request's")
     return InferRequest(inputs, _json_outputs(document.get("outputs")), _request_id(document.get("id")),
                         bool_parameter(parameters, "binary_data_output", "the request's") or False)
+
+
+def inflated(body: bytes, encoding: Optional[str], limit: int) -> bytes:
+    """A body sent with ``Content-Encoding`` gzip or deflate (zlib's format: tritonclient's
+    ``request_compression_algorithm``) inflated, refused with 413 once it passes ``limit`` bytes: a small body
+    that inflates to gigabytes is not inflated further."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise BadRequest(415, f"Content-Encoding {encoding[:MAX_SHOWN]!r} is not supported: send gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise BadRequest(400, f"the body is not valid {encoding} data") from None
+    if len(data) > limit:
+        raise BadRequest(413, f"the body inflates to more than the limit of {limit} bytes")
+    if not inflater.eof:
+        raise BadRequest(400, f"the body is truncated {encoding} data")
+    return data
 
 
 def _header_length(value: str, body_length: int) -> int:
@@ -405,6 +427,11 @@ def model_metadata(model: ServedModel, version: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
+def served_names(models) -> list[str]:
+    """The names of the models a ``repository.ModelRepository`` serves now (READY in its index)."""
+    return sorted({row["name"] for row in models.index(ready_only=True)})
+
+
 class Duration:
     """A count and the nanoseconds they took (Triton's ``$duration_stat``)."""
 
