@@ -105,6 +105,8 @@ def test_two_workers_over_tls_add_up_their_metrics_and_log_request_ids(tmp_path)
         for _ in range(4):  # whichever worker answers the scrape
             scrape = httpx.get(f"https://127.0.0.1:{port}/metrics", verify=trusted, timeout=30).text
             assert f"{images} {float(requests)}" in scrape, [l for l in scrape.splitlines() if images in l]
+        changed = httpx.post(f"https://127.0.0.1:{port}/v2/repository/models/mobilenetv3_small/load", verify=trusted)
+        assert changed.status_code == 400 and "need --workers 1" in changed.json()["error"]  # a worker each: refused
         with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken
             httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)
     finally:
@@ -135,7 +137,7 @@ def test_sigterm_with_slow_clients_exits_0_within_the_grace_and_ends_them_cleanl
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 0 and time.monotonic() - started < 2 + 3, err
+    assert process.returncode == 0 and time.monotonic() - started < 2 + 1, err  # the grace (+1 s: a busy machine)
     for connection in slow + [silent]:
         answer = _all_received(connection)
         assert answer == b"" or answer.startswith(b"HTTP/1.1 503"), answer

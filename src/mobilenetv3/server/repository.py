@@ -278,6 +278,11 @@ class ModelRepository:
         with self._lock:
             return sorted(self.live)
 
+    def served(self) -> list[LiveModel]:
+        """The models served now, by name (what the page offers)."""
+        with self._lock:
+            return [self.live[name] for name in sorted(self.live)]
+
     def ready(self) -> bool:
         """Every model that should be served is (a failed reload keeps the version before: still ready)."""
         with self._lock:
