@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ENVIRONMENT_KEY = "MOBILENETV3_SERVE"  # the settings handed to worker processes
 API_KEY_VARIABLE = "MOBILENETV3_API_KEY"
 EXTRA_HINT = "pip install 'mobilenetv3[serve]'"
+SHUTDOWN_MARGIN_S = 0.5  # of --grace-s, for uvicorn's first pause (0.1 s), ending the last requests and exiting
 # How long uvicorn waits for a worker's answer to its health check before it kills and restarts it: a worker
 # starting (importing torch, loading the models) holds the interpreter longer than uvicorn's 5 s on a busy machine,
 # and was killed and started again, with a traceback in the log.
@@ -68,7 +69,8 @@ def serve(source: Union[str, Sequence[str], None] = None, *, host: str = "127.0.
     address = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
     from ..server.connections import http_protocol
 
-    common = dict(host=host, port=port, access_log=False, log_level="info", timeout_graceful_shutdown=grace_s,
+    common = dict(host=host, port=port, access_log=False, log_level="info",
+                  timeout_graceful_shutdown=max(grace_s - SHUTDOWN_MARGIN_S, 0.1),
                   timeout_keep_alive=keep_alive_s, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                   http=http_protocol(header_timeout_s))
     with _sigterm_ends_quietly():
