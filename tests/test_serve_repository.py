@@ -250,6 +250,7 @@ def test_metrics_are_per_model_with_images_over_runs_and_rejections(repo, image)
     assert f"mobilenetv3_inference_count_total{digits} 3.0" in text  # 3 images in one run: mean batch 3
     assert f"mobilenetv3_inference_exec_count_total{digits} 1.0" in text
     assert f"mobilenetv3_requests_in_flight{fashion} 0.0" in text
+    assert f"mobilenetv3_queue_seconds_count{fashion} 3.0" in text and f"mobilenetv3_queue_seconds_count{digits} 1.0" in text
     metrics = Metrics()
     metrics.observe_rejected("fashion", "2", "queue_full")
     metrics.observe_dropped("fashion", "2", "deadline")
