@@ -196,6 +196,7 @@ def test_a_client_gone_mid_upload_is_one_log_line_and_a_client_close(caplog):
             assert time.monotonic() < deadline, "the upload's end was not counted as a client close"
             time.sleep(0.05)
         assert metric(url, "mobilenetv3_requests_total", status="500") == 0 and model.entered == runs_before
+        assert metric(url, "mobilenetv3_requests_dropped_total", reason="client_gone") == 1
         assert_good_request(url)
     lines = [r.getMessage() for r in caplog.records if "went away during the upload" in r.getMessage()]
     assert len(lines) == 1 and "1000 bytes came" in lines[0]

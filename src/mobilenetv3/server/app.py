@@ -259,8 +259,9 @@ class _Endpoints:
             request.state.work, request.state.expected = work, live.batcher.expect()
             try:
                 yield work
-            except (ClientGone, Expired, Dropped) as err:
-                self.stats.observe_dropped(live.name, live.version, work.still_wanted() or type(err).__name__)
+            except (ClientGone, Expired) as err:  # what the batcher's Dropped becomes (run_model)
+                self.stats.observe_dropped(live.name, live.version,
+                                           "client_gone" if isinstance(err, ClientGone) else "deadline")
                 raise
             finally:
                 request.state.expected.arrived()
