@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from serve import HERE, JPEGS, Server, make_jpegs, write_model
 
 from mobilenetv3.benchmarking import machine_info
-from serve import HERE, JPEGS, Server, make_jpegs, write_model
 
 DEFAULT_OUT = HERE / "results" / "serve_reload.json"
 TARGET_FAILED = 0

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from builders import write_weights
 
 ROOT = Path(__file__).resolve().parents[1]

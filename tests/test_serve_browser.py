@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ON_CI
-from serving import live_server, write_images, write_served_model
 from mobilenetv3 import predict
 from mobilenetv3.server import ServerSettings, create_app, load_served_model
+
+from conftest import ON_CI
+from serving import live_server, write_images, write_served_model
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 try:
@@ -69,9 +70,10 @@ def test_several_images_at_once_each_show_their_class_with_the_model_chosen(brow
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    from mobilenetv3.server.repository import ModelRepository
+
     from builders import write_weights
     from serving import PREPROCESSING
-    from mobilenetv3.server.repository import ModelRepository
 
     repo, images = tmp_path / "models", write_images(tmp_path)[:3]
     write_weights(repo / "digits.pt", preprocessing=PREPROCESSING, responsive=True)

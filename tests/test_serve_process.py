@@ -104,7 +104,7 @@ def test_two_workers_over_tls_add_up_their_metrics_and_log_request_ids(tmp_path)
         images = 'mobilenetv3_inference_count_total{model="mobilenetv3_small",version="1"}'
         for _ in range(4):  # whichever worker answers the scrape
             scrape = httpx.get(f"https://127.0.0.1:{port}/metrics", verify=trusted, timeout=30).text
-            assert f"{images} {float(requests)}" in scrape, [l for l in scrape.splitlines() if images in l]
+            assert f"{images} {float(requests)}" in scrape, [line for line in scrape.splitlines() if images in line]
         changed = httpx.post(f"https://127.0.0.1:{port}/v2/repository/models/mobilenetv3_small/load", verify=trusted)
         assert changed.status_code == 400 and "need --workers 1" in changed.json()["error"]  # a worker each: refused
         with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken

@@ -472,7 +472,8 @@ def _page(models: ModelRepository, settings: ServerSettings) -> str:
     """The web page, with what it needs to know about this server's models filled in."""
     page = resources.files("mobilenetv3.server").joinpath("static/index.html").read_text(encoding="utf-8")
     described = [dict(name=live.name, version=live.version, runtime=live.model.runtime,
-                      classes=len(live.model.classes), topk=min(5, len(live.model.classes))) for live in models.served()]
+                      classes=len(live.model.classes), topk=min(5, len(live.model.classes)))
+                 for live in models.served()]
     first = described[0] if described else dict(name="", runtime="", classes=0, topk=5)
     config = dict(model=first["name"], runtime=first["runtime"], classes=first["classes"], topk=first["topk"],
                   models=described, needs_key=settings.api_key is not None)
