@@ -239,6 +239,9 @@ def test_requested_outputs_are_the_ones_returned(server, files):
     top = httpx.post(url, json=dict(inputs=inputs, outputs=[dict(name="probabilities",
                                                                  parameters=dict(classification=5))])).json()
     assert [(o["name"], o["datatype"], o["shape"]) for o in top["outputs"]] == [("probabilities", "BYTES", [1, 3])]
+    plain = httpx.post(url, json=dict(inputs=inputs, outputs=[dict(name="probabilities",
+                                                                   parameters=dict(classification=0))])).json()
+    assert plain["outputs"][0]["datatype"] == "FP32"  # 0: no classification, as Triton reads it
 
 
 # ------------------------------------------------------------------------------------------ bad requests

@@ -211,7 +211,7 @@ def requested_output(name: str, parameters: dict) -> RequestedOutput:
     """A requested output from its name and parameters (``binary_data``, ``classification``)."""
     where = f"output {name!r}"
     return RequestedOutput(name, bool_parameter(parameters, "binary_data", where),
-                           int_parameter(parameters, "classification", where, least=1) or 0)
+                           int_parameter(parameters, "classification", where, least=0) or 0)  # 0: none
 
 
 def checked_parameters(parameters, where: str) -> dict:
