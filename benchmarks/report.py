@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Optional
@@ -338,6 +339,30 @@ def serve_section(result: dict) -> list[str]:
     return lines
 
 
+def serve_reload_section(result: dict) -> list[str]:
+    """``benchmarks/serve_reload.py``: hot reloads under load."""
+    s, steady, during = result["settings"], result["steady"], result["during_reload"]
+    loads = sorted(r["seconds"] for r in result["reloads"])
+    quick = " (a `--quick` smoke run)" if result.get("quick") else ""
+    lines = ["## Hot reload under load (`mobilenetv3 serve` of a model repository)", "",
+             f"Machine: {machine_line(result['machine'])}.", "",
+             f"{s['clients']} closed-loop clients POST a 256x256 JPEG to `/predict?model=m` while a new version of "
+             f"the model ({s['model']}) is written to the repository and loaded with `POST "
+             f"/v2/repository/models/m/load`, {len(loads)} times{quick}; server `--max-batch {s['max_batch']} "
+             f"--max-delay-ms {s['max_delay_ms']:g}`.", "",
+             "| requests | answered | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
+    for name, p in (("steady", steady), ("while a reload runs", during)):
+        lines.append(f"| {name} | {p['requests']} | {_number(p['p50_ms'], '.1f')} | {_number(p['p99_ms'], '.1f')} | "
+                     f"{_number(p['max_ms'], '.1f')} |")
+    lines += ["", f"Each load (read, check, warm every batch size, swap, drain the old version): "
+                  f"{loads[0]:.1f}-{loads[-1]:.1f} s (median {statistics.median(loads):.1f}); versions answered: "
+                  f"{', '.join(result['versions_seen'])}; server RSS {_number(result['rss_before_mb'], '.0f')} MB "
+                  f"before the reloads, {_number(result['rss_after_mb'], '.0f')} MB after.", "",
+              f"- failed requests: {result['failed']} of {result['requests']} over {len(loads)} reloads under "
+              f"{s['clients']} clients (target 0 over 10 under 16: {_verdict(result['target']['met'])})"]
+    return lines
+
+
 def accuracy_section(result: dict) -> list[str]:
     reached = result["reached"]
     lines = ["## Time to accuracy", ""]
@@ -436,6 +461,7 @@ bash benchmarks/run_all.sh RUN_DIR   # RUN_DIR: a finished fashion-mnist-95 run,
 .venv/bin/python benchmarks/training.py
 .venv/bin/python benchmarks/loader.py
 .venv/bin/python benchmarks/serve.py
+.venv/bin/python benchmarks/serve.py --reload
 .venv/bin/python benchmarks/time_to_accuracy.py RUN_DIR
 .venv/bin/python benchmarks/report.py
 ```"""
@@ -460,7 +486,8 @@ def main(argv=None) -> int:
     ACCURATE_INT8.update(accurate_int8(_load("format_accuracy", args.results)))
     sections = [("inference", inference_section), ("format_accuracy", format_accuracy_section),
                 ("training", training_section), ("loader", loader_section),
-                ("serve", serve_section), ("time_to_accuracy", accuracy_section)]
+                ("serve", serve_section), ("serve_reload", serve_reload_section),
+                ("time_to_accuracy", accuracy_section)]
     for name, render in sections:
         result = _load(name, args.results)
         if result is None:

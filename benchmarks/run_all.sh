@@ -14,4 +14,5 @@ fi
 "$PY" benchmarks/training.py
 "$PY" benchmarks/loader.py
 "$PY" benchmarks/serve.py
+"$PY" benchmarks/serve.py --reload
 "$PY" benchmarks/report.py
