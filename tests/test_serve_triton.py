@@ -6,6 +6,7 @@ and a good request answered after it."""
 import gzip
 import json
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -375,6 +376,26 @@ def test_a_grpc_call_past_its_deadline_is_dropped_and_the_server_goes_on(grpc_cl
     assert expired.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     good = grpc_infer(grpc_client, pixels(files[1][0]), "UINT8").as_numpy("probabilities")
     assert_close(good[0], expected[str(files[1][0])])
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.parametrize("key_apart", [True, False], ids=["key file", "key in the certificate file"])
+def test_grpc_over_tls_with_the_https_certificate(tmp_path, files, expected, key_apart):
+    from test_serve_process import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    if not key_apart:
+        cert.write_bytes(cert.read_bytes() + key.read_bytes())
+    grpc_port = free_port()
+    app = create_app(load_served_model(str(files[0])), ServerSettings(
+        max_delay_ms=0, warmup=False, grpc_port=grpc_port, grpc_certfile=str(cert),
+        grpc_keyfile=str(key) if key_apart else None))
+    with live_server(app):
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=str(cert))
+        image = files[1][0]
+        assert_close(grpc_infer(client, pixels(image), "UINT8").as_numpy("probabilities")[0], expected[str(image)])
+        with pytest.raises(InferenceServerException):  # in plain text: no answer
+            grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_server_live(client_timeout=5)
 
 
 def test_binary_outputs_follow_the_json_with_its_length_in_the_header(server, files):

@@ -77,6 +77,8 @@ class ServerSettings:
     preferred_batch: tuple[int, ...] = ()  # batch sizes that run without waiting for more (Triton's)
     grpc_port: Optional[int] = None  # the Open Inference Protocol over gRPC on this port too (None: no gRPC)
     grpc_host: str = "127.0.0.1"
+    grpc_certfile: Optional[str] = None  # gRPC over TLS with this PEM certificate (chain): serve's --ssl-certfile
+    grpc_keyfile: Optional[str] = None  # its PEM private key (None: in grpc_certfile)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -216,7 +218,8 @@ class _Endpoints:
 
         service = InferenceService(self.models, self.admission, self.in_thread, self.model_statistics, self.settings)
         return await start_server(service, self.settings.grpc_host, self.settings.grpc_port,
-                                  self.settings.max_upload_bytes)
+                                  self.settings.max_upload_bytes, self.settings.grpc_certfile,
+                                  self.settings.grpc_keyfile)
 
     # ------------------------------------------------------------------------------------ helpers
     def check_key(self, request) -> None:

@@ -20,7 +20,7 @@ import functools
 import hmac
 import logging
 from types import SimpleNamespace
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Optional
 
 import grpc
 
@@ -240,19 +240,26 @@ def _parameters(parameters, where: str) -> dict:
     return checked_parameters(plain, where)
 
 
-async def start_server(service: InferenceService, host: str, port: int, max_message_bytes: int):
-    """A started ``grpc.aio`` server of ``service`` on ``host:port`` in the running event loop; requests larger
-    than ``max_message_bytes`` (the HTTP upload limit) are refused by gRPC itself (RESOURCE_EXHAUSTED)."""
+async def start_server(service: InferenceService, host: str, port: int, max_message_bytes: int,
+                       certfile: Optional[str] = None, keyfile: Optional[str] = None):
+    """A started ``grpc.aio`` server of ``service`` on ``host:port`` in the running event loop, over TLS with
+    ``certfile`` (a PEM certificate chain; its key in ``keyfile``, or in ``certfile`` itself, as uvicorn takes
+    them); requests larger than ``max_message_bytes`` (the HTTP upload limit) are refused by gRPC itself
+    (RESOURCE_EXHAUSTED)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
                                       ("grpc.max_send_message_length", -1)])
     server.add_generic_rpc_handlers((service.handler(),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if certfile is None:
+            bound = server.add_insecure_port(address)
+        else:
+            with open(certfile, "rb") as chain, open(keyfile or certfile, "rb") as key:
+                bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key.read(), chain.read())]))
     except RuntimeError as err:
         raise RuntimeError(f"cannot listen for gRPC on {address}: {err}") from None
     if not bound:
         raise RuntimeError(f"cannot listen for gRPC on {address}")
     await server.start()
-    log.info("gRPC (inference.GRPCInferenceService) on %s", address)
+    log.info("gRPC (inference.GRPCInferenceService) on %s%s", address, " over TLS" if certfile else "")
     return server

@@ -58,6 +58,8 @@ def serve(source: Union[str, Sequence[str], None] = None, *, host: str = "127.0.
 
     settings.setdefault("api_key", os.environ.get(API_KEY_VARIABLE) or None)
     settings.setdefault("grpc_host", host)
+    settings.setdefault("grpc_certfile", ssl_certfile)  # TLS for gRPC too, with the same certificate
+    settings.setdefault("grpc_keyfile", ssl_keyfile)
     options = ServerSettings(**settings, access_log=access_log, workers=workers)
     _check_settings(options, port, workers, keep_alive_s)
     _check_time_limits(options, header_timeout_s, grace_s)
