@@ -141,7 +141,7 @@ def test_coreml_off_macos_is_one_line(coreml_fp16, tmp_path):
 # -------------------------------------------------------------------------------------------- LiteRT
 @needs_fashion_mnist
 @pytest.mark.parametrize("nhwc", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_litert_agrees_with_pytorch_and_keeps_hard_swish(model, images, tmp_path, nhwc):
+def test_litert_agrees_with_pytorch_and_keeps_hard_swish(model, images, tmp_path, nhwc, capfd):
     pytest.importorskip("litert_torch")
     from mobilenetv3.export.litert import LAYOUT_KEY, LiteRtModule, read_metadata
 
@@ -159,6 +159,7 @@ def test_litert_agrees_with_pytorch_and_keeps_hard_swish(model, images, tmp_path
     x = torch.cat(images)[:7]
     with torch.no_grad():
         torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=0)
+    assert "XNNPACK" not in capfd.readouterr().err  # the interpreter's C++ note on every load is held
 
 
 @needs_fashion_mnist

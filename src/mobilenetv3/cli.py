@@ -338,7 +338,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  {name} inputs ({images}): max |difference| to PyTorch "
               f"{figures['max_abs_diff']:.2e}, top-1 agreement {100 * figures['top1_agreement']:.2f}%")
     if result.fp16:
-        print(f"  in ncnn's default fp16 storage ({result.fp16['compared']} images): max |difference| to PyTorch "
+        print(f"  in ncnn's default fp16 storage ({result.fp16['compared']:,} images): max |difference| to PyTorch "
               f"{result.fp16['max_abs_diff']:.2e}, top-1 agreement {100 * result.fp16['top1_agreement']:.2f}%")
     if result.operators:
         print(f"  operators: {', '.join(f'{name} {count}' for name, count in result.operators.items())}")

@@ -61,25 +61,34 @@ def import_litert_converter():
 @contextlib.contextmanager
 def _quiet():
     """The converter's chatter kept off the terminal: its stage lines and absl's INFO lines (on the process's
-    stderr, written by C++ too: file descriptor 2 is held), torch's pytree deprecation note (torchao) and the
-    root logger as it was (absl adds a handler to it)."""
+    stderr, written by C++ too), torch's pytree deprecation note (torchao) and the root logger as it was (absl
+    adds a handler to it)."""
     root, pytree_log = logging.getLogger(), logging.getLogger("torch.utils._pytree")
     handlers, level, pytree_level = list(root.handlers), root.level, pytree_log.level
     pytree_log.setLevel(logging.ERROR)
+    try:
+        with _native_stderr_held(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pytree_log.setLevel(pytree_level)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """File descriptor 2 sent to /dev/null: what C++ writes there ("INFO: Created TensorFlow Lite XNNPACK
+    delegate for CPU." on every interpreter) stays off the terminal; failures still reach Python as exceptions."""
     saved = os.dup(2)
     try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        pytree_log.setLevel(pytree_level)
-        for handler in [h for h in root.handlers if h not in handlers]:
-            root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def check_tflite_path(path: Path) -> None:
@@ -250,8 +259,9 @@ class LiteRtModule(nn.Module):
         check_tflite_path(self.path)
         meta = read_metadata(self.path)
         try:
-            self.interpreter = interpreter.Interpreter(model_path=str(self.path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with _native_stderr_held():
+                self.interpreter = interpreter.Interpreter(model_path=str(self.path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise UsageError(f"{self.path}: not a loadable LiteRT model ({' '.join(str(err).split())[:200]})") \
                 from None
@@ -291,8 +301,9 @@ class LiteRtModule(nn.Module):
     def _resize(self, batch: int) -> bool:
         """The interpreter resized to take ``batch`` images; False where it cannot be."""
         try:
-            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input_shape])
-            self.interpreter.allocate_tensors()
+            with _native_stderr_held():
+                self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input_shape])
+                self.interpreter.allocate_tensors()
         except RuntimeError:
             return False
         self._batch = batch
