@@ -342,6 +342,16 @@ def test_bad_grpc_requests_get_a_status_and_the_server_goes_on(server, grpc_clie
     assert_close(good[0], expected[str(files[1][0])])
 
 
+def test_grpc_calls_are_counted_in_the_metrics(server, grpc_client, files):
+    grpc_infer(grpc_client, pixels(files[1][0]), "UINT8")
+    with pytest.raises(InferenceServerException):
+        grpc_client.infer(NAME, [], outputs=[grpcclient.InferRequestedOutput("bogus")])
+    metrics = httpx.get(f"http://{server[0]}/metrics").text
+    for status in ("200", "400"):
+        assert re.search(rf'mobilenetv3_requests_total{{endpoint="grpc_ModelInfer",status="{status}"}} [1-9]',
+                         metrics), status
+
+
 def test_grpc_needs_the_api_key_for_models_but_not_for_health(files):
     grpc_port = free_port()
     app = create_app(load_served_model(str(files[0])),

@@ -216,7 +216,8 @@ class _Endpoints:
         """The gRPC service (``grpc_service.py``) on ``settings.grpc_port``, over the same models and batchers."""
         from .grpc_service import InferenceService, start_server
 
-        service = InferenceService(self.models, self.admission, self.in_thread, self.model_statistics, self.settings)
+        service = InferenceService(self.models, self.admission, self.in_thread, self.model_statistics, self.settings,
+                                   self.stats.observe_request)
         return await start_server(service, self.settings.grpc_host, self.settings.grpc_port,
                                   self.settings.max_upload_bytes, self.settings.grpc_certfile,
                                   self.settings.grpc_keyfile)

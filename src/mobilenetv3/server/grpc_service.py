@@ -16,9 +16,11 @@ decoding and before inference.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
+import time
 from types import SimpleNamespace
 from typing import Awaitable, Callable, Optional
 
@@ -44,6 +46,7 @@ from .uploads import BadRequest
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
+CLIENT_CLOSED = 499  # the status counted for a call cancelled before its answer (app.py's, nginx's)
 CONTENTS = {"FP32": "fp32_contents", "UINT8": "uint_contents"}  # the typed contents of each input datatype
 STATUS_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
                 408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -71,12 +74,15 @@ class InferenceService:
     """The RPCs, over the app's ``models`` (a ``repository.ModelRepository``) and ``admission`` (its
     ``admission.Admission``), with the HTTP app's ``settings`` (``app.ServerSettings``: the API key, the limits on
     images). ``run_in_thread(function, *args, heavy=, work=)`` runs reading and preparing a request off the event
-    loop (the app's decoding lanes); ``statistics(name, version)`` is a model version's ``ModelStatistics``."""
+    loop (the app's decoding lanes); ``statistics(name, version)`` is a model version's ``ModelStatistics``;
+    ``observe(endpoint, status, seconds)`` counts each call in the app's metrics (``grpc_ModelInfer``, ..., with the
+    HTTP status of its outcome: 200, the refusal's 4xx, 499 for a cancelled call, 500)."""
 
     def __init__(self, models, admission: Admission, run_in_thread: Callable[..., Awaitable],
-                 statistics: Callable[[str, str], ModelStatistics], settings):
+                 statistics: Callable[[str, str], ModelStatistics], settings,
+                 observe: Callable[[str, int, float], None] = lambda endpoint, status, seconds: None):
         self.models, self.admission, self.run_in_thread, self.statistics = models, admission, run_in_thread, statistics
-        self.settings = settings
+        self.settings, self.observe = settings, observe
 
     def handler(self) -> grpc.GenericRpcHandler:
         m = messages()
@@ -86,7 +92,10 @@ class InferenceService:
                        ModelReady=(self.model_ready, m.ModelReadyRequest, True),
                        ModelMetadata=(self.model_metadata, m.ModelMetadataRequest, True),
                        ModelInfer=(self.model_infer, m.ModelInferRequest, True),
-                       ModelStatistics=(self.model_statistics, m.ModelStatisticsRequest, True))
+                       ModelStatistics=(self.model_statistics, m.ModelStatisticsRequest, True),
+                       RepositoryIndex=(self.repository_index, m.RepositoryIndexRequest, True),
+                       RepositoryModelLoad=(self.repository_model_load, m.RepositoryModelLoadRequest, True),
+                       RepositoryModelUnload=(self.repository_model_unload, m.RepositoryModelUnloadRequest, True))
         handlers = {name: grpc.unary_unary_rpc_method_handler(
             self._guarded(name, method, authenticated), request_deserializer=request_type.FromString,
             response_serializer=lambda message: message.SerializeToString())
@@ -97,21 +106,27 @@ class InferenceService:
         """``method`` with the API key checked and every failure a status code and one line (never a traceback to
         the client; an unexpected one is logged)."""
         async def rpc(request, context):
+            started, status = time.perf_counter(), 200
             try:
                 if authenticated:
                     self._check_key(context)
                 return await method(request, context)
             except Expired as err:
+                status = err.status
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, err.message)
             except BadRequest as err:
-                code = STATUS_CODES.get(err.status, grpc.StatusCode.INVALID_ARGUMENT)
-                await context.abort(code, err.message)
+                status = err.status
+                await context.abort(STATUS_CODES.get(err.status, grpc.StatusCode.INVALID_ARGUMENT), err.message)
             except ClientGone as err:  # nobody is listening: said in one line, as HTTP does
+                status = CLIENT_CLOSED
                 log.info("gRPC %s: %s", name, err)
                 await context.abort(grpc.StatusCode.CANCELLED, str(err))
             except Exception as err:  # noqa: BLE001 - one bad request must not end the server
+                status = 500
                 log.exception("gRPC %s failed", name)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}")
+            finally:
+                self.observe(f"grpc_{name}", status, time.perf_counter() - started)
 
         return rpc
 
@@ -188,6 +203,22 @@ class InferenceService:
             with self.models.use(name, request.version or None) as live:
                 stats.append(self.statistics(live.name, live.version).to_dict())
         return json_format.ParseDict(dict(model_stats=stats), messages().ModelStatisticsResponse())
+
+
+    # ----------------------------------------------------------- the model repository (repository.ModelRepository)
+    async def repository_index(self, request, context):
+        response = messages().RepositoryIndexResponse()
+        for row in self.models.index(ready_only=request.ready):
+            response.models.add(**row)
+        return response
+
+    async def repository_model_load(self, request, context):
+        await asyncio.get_running_loop().run_in_executor(None, self.models.load, request.model_name)
+        return messages().RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request, context):
+        await asyncio.get_running_loop().run_in_executor(None, self.models.unload, request.model_name)
+        return messages().RepositoryModelUnloadResponse()
 
 
 class _Call:
