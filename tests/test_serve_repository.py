@@ -303,3 +303,33 @@ def test_a_bad_repository_or_certificate_is_one_line_and_exit_2(tmp_path, repo):
     (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\nnonsense\n-----END CERTIFICATE-----\n")
     assert "not a PEM certificate and its private key" in one_line_error(lone, "--ssl-certfile",
                                                                          tmp_path / "cert.pem")
+
+
+def test_tritons_clients_drive_the_repository_over_http_and_grpc(repo, image):
+    httpclient = pytest.importorskip("tritonclient.http")
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    grpc_port = free_port()
+    with live_server(repository_app(repo, grpc_port=grpc_port)) as url:
+        over_http = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        over_grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        index = over_http.get_model_repository_index()
+        assert {(m["name"], m["version"], m["state"]) for m in index} >= {("fashion", "2", "READY"),
+                                                                         ("digits", "1", "READY")}
+        assert [(m.name, m.version, m.state) for m in over_grpc.get_model_repository_index().models] == \
+            [(m["name"], m["version"], m["state"]) for m in index]
+        write_version(repo, "fashion", 3)
+        over_grpc.load_model("fashion")
+        assert over_http.is_model_ready("fashion", "3") and not over_http.is_model_ready("fashion", "2")
+        over_http.unload_model("digits")
+        assert not over_http.is_model_ready("digits")
+        assert ("digits", "1", "UNAVAILABLE") in {(m.name, m.version, m.state)
+                                                  for m in over_grpc.get_model_repository_index().models}
+        for client in (over_http, over_grpc):
+            with pytest.raises(InferenceServerException, match="no model named 'nope'"):
+                client.load_model("nope")
+        over_http.load_model("digits")
+        assert over_grpc.is_model_ready("digits")
+        with httpx.Client(base_url=url) as session:
+            assert_serves(session, image, "fashion", 3)

@@ -105,6 +105,9 @@ def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSett
         runtime = models.runtime
         models = ModelRepository.of(models, lambda path, name: load_served_model(str(path), runtime, name))
     models.on_use = metrics.request_in_flight
+    if settings.workers > 1:
+        models.frozen = (f"load and unload need --workers 1: each of the {settings.workers} worker processes holds "
+                         "its own models (restart the server to change them)")
     decoders = DecodeLanes(settings.decode_threads)
     server = _Endpoints(models, settings, decoders, metrics)
 
@@ -410,28 +413,14 @@ class _Endpoints:
     async def repository_load(self, request):
         """(Re)load a model's highest version from disk: swapped in once loaded, checked and warm; the version
         served before answers meanwhile, and goes on if this fails (400 with the reason)."""
-        name = self.changeable(request)
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self.models.load, name)
-        except BadRequest:
-            raise
-        except Exception as err:  # noqa: BLE001 - a file that cannot be served is the caller's to fix
-            log.warning("loading %s failed: %s", name, err)
-            raise BadRequest(400, f"failed to load {name!r}: {' '.join(str(err).split()) or type(err).__name__}") \
-                from None
+        await asyncio.get_running_loop().run_in_executor(None, self.models.load, request.path_params["name"])
         return JSONResponse({})
 
     @_endpoint("repository_unload")
     async def repository_unload(self, request):
         """Stop serving a model once the requests holding it are answered."""
-        await asyncio.get_running_loop().run_in_executor(None, self.models.unload, self.changeable(request))
+        await asyncio.get_running_loop().run_in_executor(None, self.models.unload, request.path_params["name"])
         return JSONResponse({})
-
-    def changeable(self, request) -> str:
-        if self.settings.workers > 1:
-            raise BadRequest(400, f"load and unload need --workers 1: each of the {self.settings.workers} worker "
-                                  "processes holds its own models (restart the server to change them)")
-        return request.path_params["name"]
 
     @_endpoint("metrics")
     async def metrics(self, request):

@@ -211,6 +211,7 @@ class ModelRepository:
         self.wanted: set[str] = set()  # the names that should be served: ready() when all are
         self.start_batcher: Optional[Callable[[ServedModel, str], object]] = None
         self.on_use = None  # (name, version) -> a context manager around each use (the in-flight gauge)
+        self.frozen: Optional[str] = None  # why load and unload are refused, if they are (a worker of several)
         self._lock = threading.Condition()  # guards live, states and in_use
         self._changing = threading.Lock()  # one load or unload at a time
         self._loaded: list[tuple[ModelFile, ServedModel]] = []
@@ -316,7 +317,9 @@ class ModelRepository:
 
     def load(self, name: str) -> LiveModel:
         """(Re)load ``name``'s highest version from disk and swap it in once checked and warm; the version served
-        before answers meanwhile and goes on if this fails (``BadRequest``, ``UsageError`` or the loader's)."""
+        before answers meanwhile and goes on if this fails: ``BadRequest`` (404 for no such model, 400 with the
+        reason it could not be served)."""
+        self._check_not_frozen()
         with self._changing:
             file = self._file_named(name)
             key = (name, file.version)
@@ -326,12 +329,13 @@ class ModelRepository:
             try:
                 live = self._bring_up(file, None)
             except Exception as err:  # noqa: BLE001 - said in the index and to the caller; the old one serves on
+                log.warning("loading %s version %s failed: %s", name, file.version, _one_line(err))
                 if serving is not None and serving.version == file.version:
                     self._set_state(key, READY, f"the version served is the one before: a reload failed: "
                                                 f"{_one_line(err)}")
                 else:
                     self._set_state(key, UNAVAILABLE, _one_line(err))
-                raise
+                raise BadRequest(400, f"failed to load {name!r}: {_one_line(err)}") from None
             old = self._swap_in(live)
             self.wanted.add(name)
             if old is not None:
@@ -342,6 +346,7 @@ class ModelRepository:
 
     def unload(self, name: str) -> None:
         """Stop serving ``name`` once the requests holding it are done; ``BadRequest`` 404 if it is not loaded."""
+        self._check_not_frozen()
         with self._changing:
             with self._lock:
                 live = self.live.pop(name, None)
@@ -425,6 +430,10 @@ class ModelRepository:
             if not same_version_serves():
                 self.states[key] = (UNAVAILABLE, reason)
         log.info("%s version %s stopped (%s)", key[0], key[1], reason)
+
+    def _check_not_frozen(self) -> None:
+        if self.frozen:
+            raise BadRequest(400, self.frozen)
 
     def _set_state(self, key: tuple[str, str], state: str, reason: str) -> None:
         with self._lock:
