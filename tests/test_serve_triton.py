@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -55,10 +56,9 @@ def expected(files):
 @pytest.fixture(scope="module")
 def server(files):
     """``(http address, grpc address)`` of one server with both protocols."""
-    grpc_port = free_port()
-    app = create_app(load_served_model(str(files[0])), ServerSettings(max_delay_ms=0, grpc_port=grpc_port))
+    app = create_app(load_served_model(str(files[0])), ServerSettings(max_delay_ms=0, grpc_port=0))  # 0: any free
     with live_server(app) as url:
-        yield url.removeprefix("http://"), f"127.0.0.1:{grpc_port}"
+        yield url.removeprefix("http://"), f"127.0.0.1:{app.state.grpc_port}"
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,18 @@ def http(server):
 @pytest.fixture(scope="module")
 def grpc_client(server):
     return grpcclient.InferenceServerClient(server[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports, held together while chosen (two free_port() calls may give one port twice)."""
+    held = [socket.socket() for _ in range(count)]
+    try:
+        for each in held:
+            each.bind(("127.0.0.1", 0))
+        return [each.getsockname()[1] for each in held]
+    finally:
+        for each in held:
+            each.close()
 
 
 def pixels(path) -> np.ndarray:
@@ -353,11 +365,10 @@ def test_grpc_calls_are_counted_in_the_metrics(server, grpc_client, files):
 
 
 def test_grpc_needs_the_api_key_for_models_but_not_for_health(files):
-    grpc_port = free_port()
     app = create_app(load_served_model(str(files[0])),
-                     ServerSettings(max_delay_ms=0, warmup=False, grpc_port=grpc_port, api_key="sesame"))
+                     ServerSettings(max_delay_ms=0, warmup=False, grpc_port=0, api_key="sesame"))
     with live_server(app):
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
         assert client.is_server_live()
         with pytest.raises(InferenceServerException, match="missing API key"):
             client.is_model_ready(NAME)
@@ -368,11 +379,10 @@ def test_grpc_needs_the_api_key_for_models_but_not_for_health(files):
 
 def test_grpc_calls_are_admitted_as_http_requests_are(files):
     """``--max-queue`` bounds gRPC calls too (0 here: every inference refused); health and metadata are not bound."""
-    grpc_port = free_port()
     app = create_app(load_served_model(str(files[0])),
-                     ServerSettings(max_delay_ms=0, warmup=False, grpc_port=grpc_port, max_queue=0))
+                     ServerSettings(max_delay_ms=0, warmup=False, grpc_port=0, max_queue=0))
     with live_server(app):
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
         with pytest.raises(InferenceServerException, match="limit of 0 requests in progress") as refused:
             grpc_infer(client, pixels(files[1][0]), "UINT8")
         assert refused.value.status() == "StatusCode.UNAVAILABLE"
@@ -396,16 +406,16 @@ def test_grpc_over_tls_with_the_https_certificate(tmp_path, files, expected, key
     cert, key = self_signed_certificate(tmp_path)
     if not key_apart:
         cert.write_bytes(cert.read_bytes() + key.read_bytes())
-    grpc_port = free_port()
     app = create_app(load_served_model(str(files[0])), ServerSettings(
-        max_delay_ms=0, warmup=False, grpc_port=grpc_port, grpc_certfile=str(cert),
+        max_delay_ms=0, warmup=False, grpc_port=0, grpc_certfile=str(cert),
         grpc_keyfile=str(key) if key_apart else None))
     with live_server(app):
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=str(cert))
+        address = f"127.0.0.1:{app.state.grpc_port}"
+        client = grpcclient.InferenceServerClient(address, ssl=True, root_certificates=str(cert))
         image = files[1][0]
         assert_close(grpc_infer(client, pixels(image), "UINT8").as_numpy("probabilities")[0], expected[str(image)])
         with pytest.raises(InferenceServerException):  # in plain text: no answer
-            grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_server_live(client_timeout=5)
+            grpcclient.InferenceServerClient(address).is_server_live(client_timeout=5)
 
 
 def test_binary_outputs_follow_the_json_with_its_length_in_the_header(server, files):
@@ -429,7 +439,7 @@ def test_serve_grpc_port_from_the_command_line(files, expected, workers):
     worker's gRPC server shares the port (SO_REUSEPORT, gRPC's default)."""
     from test_serve_process import start
 
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     process = start(files[0], port, "--grpc-port", grpc_port, "--workers", workers, "--max-delay-ms", "0",
                     "--no-warmup")
     try:

@@ -75,7 +75,8 @@ class ServerSettings:
     max_request_pixels: Optional[int] = None  # pixels one request may decode, all its files (None: max_pixels)
     max_images: int = MAX_FILES  # files per /predict, images per v2 request
     preferred_batch: tuple[int, ...] = ()  # batch sizes that run without waiting for more (Triton's)
-    grpc_port: Optional[int] = None  # the Open Inference Protocol over gRPC on this port too (None: no gRPC)
+    grpc_port: Optional[int] = None  # the Open Inference Protocol over gRPC on this port too (None: no gRPC; 0: a
+    # free port, said in the app's state.grpc_port)
     grpc_host: str = "127.0.0.1"
     grpc_certfile: Optional[str] = None  # gRPC over TLS with this PEM certificate (chain): serve's --ssl-certfile
     grpc_keyfile: Optional[str] = None  # its PEM private key (None: in grpc_certfile)
@@ -124,7 +125,9 @@ def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSett
     @asynccontextmanager
     async def lifespan(app):
         await asyncio.get_running_loop().run_in_executor(None, models.start, start_batcher)  # listening once warm
-        grpc_server = await server.start_grpc() if settings.grpc_port else None
+        grpc_server = None
+        if settings.grpc_port is not None:
+            grpc_server, app.state.grpc_port = await server.start_grpc()
         yield
         if grpc_server is not None:
             await grpc_server.stop(GRPC_STOP_GRACE_S)
@@ -216,7 +219,8 @@ class _Endpoints:
         return self.statistics_by_model.setdefault((name, version), ModelStatistics(name, version))
 
     async def start_grpc(self):
-        """The gRPC service (``grpc_service.py``) on ``settings.grpc_port``, over the same models and batchers."""
+        """The gRPC service (``grpc_service.py``) on ``settings.grpc_port``, over the same models and batchers, and
+        the port it listens on."""
         from .grpc_service import InferenceService, start_server
 
         service = InferenceService(self.models, self.admission, self.in_thread, self.model_statistics, self.settings,

@@ -273,7 +273,8 @@ def _parameters(parameters, where: str) -> dict:
 
 async def start_server(service: InferenceService, host: str, port: int, max_message_bytes: int,
                        certfile: Optional[str] = None, keyfile: Optional[str] = None):
-    """A started ``grpc.aio`` server of ``service`` on ``host:port`` in the running event loop, over TLS with
+    """A started ``grpc.aio`` server of ``service`` on ``host:port`` (0: a free port) in the running event loop, and
+    the port it listens on; over TLS with
     ``certfile`` (a PEM certificate chain; its key in ``keyfile``, or in ``certfile`` itself, as uvicorn takes
     them); requests larger than ``max_message_bytes`` (the HTTP upload limit) are refused by gRPC itself
     (RESOURCE_EXHAUSTED)."""
@@ -293,4 +294,4 @@ async def start_server(service: InferenceService, host: str, port: int, max_mess
         raise RuntimeError(f"cannot listen for gRPC on {address}")
     await server.start()
     log.info("gRPC (inference.GRPCInferenceService) on %s%s", address, " over TLS" if certfile else "")
-    return server
+    return server, bound
