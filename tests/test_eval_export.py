@@ -246,4 +246,4 @@ def test_torch_hub_loads_from_a_local_checkout(trained):
 
 def test_export_formats_listed():
     assert FORMATS == ("onnx", "onnx-int8", "torchscript", "pt2", "openvino", "openvino-int8", "executorch",
-                       "executorch-int8")
+                       "executorch-int8", "litert", "litert-int8", "coreml", "ncnn")
