@@ -36,7 +36,7 @@ def expected(files):
     """``mobilenetv3 predict``'s probabilities, all three classes, per image path."""
     model, images = files
     return {str(p.path): {t["class"]: t["probability"] for t in p.top}
-            for p in predict([str(i) for i in images], checkpoint=str(model), topk=3)}
+            for p in predict([str(i) for i in images], source=str(model), topk=3)}
 
 
 def client(model_path, **settings) -> TestClient:

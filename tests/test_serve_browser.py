@@ -50,7 +50,7 @@ def test_an_image_uploaded_through_the_page_shows_its_class(browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     model, image = write_served_model(tmp_path), write_images(tmp_path)[1]
-    expected = predict([str(image)], checkpoint=str(model))[0].top
+    expected = predict([str(image)], source=str(model))[0].top
     with live_server(create_app(load_served_model(str(model)), ServerSettings())) as url:
         browser.get(url + "/")
         assert "mobilenetv3_small" in browser.find_element(By.ID, "about").text
