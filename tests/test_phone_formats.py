@@ -255,6 +255,14 @@ def test_a_damaged_file_given_to_eval_or_predict_is_one_line(command, name, tmp_
     assert "Traceback" not in result.stderr
 
 
+def test_a_phone_runtime_runs_only_its_own_files(tmp_path):
+    from mobilenetv3.export import open_exported
+
+    for runtime, suffix in (("litert", ".tflite"), ("ncnn", ".ncnn.param"), ("coreml", ".mlpackage")):
+        with pytest.raises(UsageError, match=rf"--runtime {runtime} runs its own files \({suffix}\), not "):
+            open_exported(tmp_path / "m.onnx", runtime=runtime)
+
+
 def test_missing_ncnn_weights_are_one_line(tmp_path):
     pytest.importorskip("ncnn")
     from mobilenetv3.export.ncnn import NcnnModule

@@ -99,6 +99,8 @@ def open_exported(path, runtime: Optional[str] = None, precision: Optional[str] 
         return _open_torch_program(path, kind, runtime, precision, threads)
     if kind in OWN_RUNTIME_ONLY:
         return _open_phone_format(path, kind, runtime, precision, threads)
+    if runtime in OWN_RUNTIME_ONLY:
+        raise UsageError(f"--runtime {runtime} runs its own files ({SUFFIXES[runtime]}), not {path}")
     runtime = runtime or OWN_RUNTIME[kind]
     if kind == "openvino" and runtime != "openvino":
         raise UsageError(f"{path} is an OpenVINO IR: it runs in OpenVINO (--runtime openvino)")
