@@ -450,7 +450,8 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--max-delay-ms", type=float, default=5.0,
                    help="longest a request waits for others to batch with")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with the model and its batcher")
-    p.add_argument("--threads", type=int, help="threads of the runtime (default: its own choice)")
+    p.add_argument("--threads", type=int, help="threads of the runtime (default: the CPUs less one, shared by the "
+                                               "workers: the HTTP loop and decoding need a core)")
     p.add_argument("--name", help="the model's name in /v2/models/NAME (default: its architecture)")
     p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${{{_api_key_variable()}}})")
     p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest request body (larger: 413)")
@@ -464,7 +465,7 @@ def _add_serve(subparsers) -> None:
                    help="batch sizes that run at once, without waiting --max-delay-ms for more (Triton's)")
     p.add_argument("--max-queue", type=int,
                    help="inference requests in progress at most; more get 503 with Retry-After at once "
-                        "(default: --max-batch, at least 8)")
+                        "(default: --max-batch, at least 32)")
     p.add_argument("--timeout-s", type=float, default=10.0,
                    help="a request's deadline, its upload included (the header X-Request-Timeout-Ms may shorten "
                         "it): a body still arriving then gets 408; a request not yet run, 503, and is dropped")

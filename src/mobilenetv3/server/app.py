@@ -87,9 +87,9 @@ class ServerSettings:
 
     @property
     def queue_limit(self) -> int:
-        """``max_queue``, by default one full batch (8 at least): a request admitted under overload waits for the
+        """``max_queue``, by default one full batch (32 at least): a request admitted under overload waits for the
         batch running and its own, about twice a batch's time, not for the whole crowd."""
-        return self.max_queue if self.max_queue is not None else max(8, self.max_batch)
+        return self.max_queue if self.max_queue is not None else max(32, self.max_batch)
 
     @property
     def request_pixels(self) -> int:
