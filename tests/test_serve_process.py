@@ -153,3 +153,35 @@ def _all_received(connection: socket.socket) -> bytes:
         pass
     connection.close()
     return received
+
+
+def test_a_model_a_worker_cannot_load_is_unavailable_with_its_reason_and_the_server_stays_up(tmp_path):
+    """A zip that is not a checkpoint passes the parent's cheap check; each worker fails to load it: the model is
+    UNAVAILABLE with the reason in the index, readiness is 503, requests get an error; no worker dies."""
+    import zipfile
+
+    broken = tmp_path / "m.pt"
+    with zipfile.ZipFile(broken, "w") as archive:
+        archive.writestr("m/data.pkl", b"nonsense")
+    port = free_port()
+    process = subprocess.Popen(cli_command("serve", broken, "--port", port, "--workers", "2"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 503
+        index = httpx.post(f"http://127.0.0.1:{port}/v2/repository/index").json()
+        assert [(m["name"], m["state"]) for m in index] == [("m", "UNAVAILABLE")]
+        assert "not a readable PyTorch checkpoint" in index[0]["reason"]
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", content=b"x", headers={"Content-Type": "image/png"})
+        assert answer.status_code == 503 and answer.json()["error"] == "no model is loaded", answer.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and "died" not in err and "Traceback" not in err, err
+    assert err.count("m.pt cannot be served") == 2

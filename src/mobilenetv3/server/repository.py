@@ -261,9 +261,10 @@ class ModelRepository:
 
     def _find(self, name: Optional[str], version: Optional[str]) -> LiveModel:
         if name is None:
-            if len(self.live) != 1:
-                raise BadRequest(400, f"this server has several models: name one ({', '.join(sorted(self.live))})"
-                                 if self.live else "no model is loaded")
+            if not self.live:
+                raise BadRequest(503, "no model is loaded")
+            if len(self.live) > 1:
+                raise BadRequest(400, f"this server has several models: name one ({', '.join(sorted(self.live))})")
             return next(iter(self.live.values()))
         live = self.live.get(name)
         if live is None:
