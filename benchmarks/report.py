@@ -363,6 +363,26 @@ def serve_reload_section(result: dict) -> list[str]:
     return lines
 
 
+def serve_triton_section(result: dict) -> list[str]:
+    """``benchmarks/serve_triton.py``: Triton's own client against the server, beside ``mobilenetv3 predict``."""
+    s, target = result["settings"], result["target_max_abs_diff"]
+    quick = " (a `--quick` smoke run)" if result.get("quick") else ""
+    lines = ["## Triton's client (`tritonclient` against `mobilenetv3 serve`)", "",
+             f"Machine: {machine_line(result['machine'])}.", "",
+             f"`examples/triton_client.py`, run unmodified, sends each of "
+             f"{s.get('images_are') or str(len(s['images'])) + ' images'}{quick} as raw "
+             f"pixels (UINT8) to a server of {s['model']} over HTTP with JSON tensors, HTTP with binary tensors and "
+             f"gRPC, and asks for the top {s['top']} by the classification extension; `mobilenetv3 predict` "
+             "classifies the same files.", "",
+             "| protocol | largest difference from predict's probabilities | target |", "|---|---|---|"]
+    for protocol, diff in result["max_abs_diff"].items():
+        lines.append(f"| {protocol.replace('_', ' ')} | {diff:.1e} | <= {target:g}: {_verdict(diff <= target)} |")
+    lines += ["", f"- the classification extension's top {s['top']} ranked as predict ranks them: "
+                  f"{_verdict(result['classification_ranked_as_predict'])}; the example took "
+                  f"{result['example_seconds_median']:.2f} s per image (median; a fresh interpreter, four calls)"]
+    return lines
+
+
 def accuracy_section(result: dict) -> list[str]:
     reached = result["reached"]
     lines = ["## Time to accuracy", ""]
@@ -462,6 +482,7 @@ bash benchmarks/run_all.sh RUN_DIR   # RUN_DIR: a finished fashion-mnist-95 run,
 .venv/bin/python benchmarks/loader.py
 .venv/bin/python benchmarks/serve.py
 .venv/bin/python benchmarks/serve.py --reload
+.venv/bin/python benchmarks/serve_triton.py --model RUN_DIR/last.pt
 .venv/bin/python benchmarks/time_to_accuracy.py RUN_DIR
 .venv/bin/python benchmarks/report.py
 ```"""
@@ -487,6 +508,7 @@ def main(argv=None) -> int:
     sections = [("inference", inference_section), ("format_accuracy", format_accuracy_section),
                 ("training", training_section), ("loader", loader_section),
                 ("serve", serve_section), ("serve_reload", serve_reload_section),
+                ("serve_triton", serve_triton_section),
                 ("time_to_accuracy", accuracy_section)]
     for name, render in sections:
         result = _load(name, args.results)

@@ -462,3 +462,15 @@ def test_a_bad_grpc_port_is_one_line_and_exit_2(files, flags, says):
     port = free_port()
     result = run_cli("serve", files[0], "--port", port, *[flag.format(port=port) for flag in flags])
     assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result
+
+
+@pytest.mark.slow  # a server process and the example's interpreters: 10-20 s
+def test_the_triton_benchmark_meets_its_target_on_a_small_model(tmp_path, files):
+    out = tmp_path / "serve_triton.json"
+    benchmark = EXAMPLE.parents[1] / "benchmarks" / "serve_triton.py"
+    run = subprocess.run([sys.executable, str(benchmark), "--model", str(files[0]), "--images", str(files[1][0]),
+                          str(files[1][2]), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    assert report["target_met"] and set(report["max_abs_diff"]) == {"http_json", "http_binary", "grpc"}
+    assert max(report["max_abs_diff"].values()) <= TOLERANCE and report["classification_ranked_as_predict"]
