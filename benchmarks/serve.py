@@ -3,8 +3,9 @@
 1. batching: 1 client and 32 clients in closed loop (each client sends its next request when its last one is
    answered) against a server with batching (`--max-batch 32 --max-delay-ms 5`) and one without
    (`--max-batch 1`), in interleaved rounds: images/s on / off at each (targets >= 0.95x alone, >= 3x at 32).
-2. overload: open loop (requests at fixed times whatever became of the earlier ones, each on a new
-   connection, given up by its client after --give-up-s) on the batching server, first at the sustainable
+2. overload: open loop (requests at fixed times whatever became of the earlier ones, on kept-alive
+   connections as a load balancer's, a new one when none is idle; given up by its client after --give-up-s,
+   which closes its connection) on the batching server, first at the sustainable
    rate (80% of the images/s it reached with 32 clients), then at 10x that rate: the p99 of the answered
    requests at each (target: overload <= 2x sustainable), the 503s' latency (target p99 <= 50 ms), any other
    status (target none), the server's RSS (target: at most 10% over its most during the crowd's closed loop,
@@ -354,45 +355,65 @@ def compare_batching(servers: dict, clients: int, requests: int, args, jpegs: li
 # ------------------------------------------------------------------------------------------ open loop
 def _post_bytes(jpeg: bytes) -> bytes:
     return (f"POST /predict HTTP/1.1\r\nHost: bench\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
-            "Connection: close\r\n\r\n").encode() + jpeg
+            "\r\n").encode() + jpeg
 
 
-async def _one_request(port: int, request: bytes, give_up_s: float) -> tuple[object, float]:
-    """One request on its own connection: ``(HTTP status, or what went wrong, seconds)``; a client that has
-    waited ``give_up_s`` closes its connection ("gave up")."""
-    started, writer = time.perf_counter(), None
+async def _one_request(port: int, request: bytes, give_up_s: float, idle: list) -> tuple[object, float]:
+    """One request on an idle kept-alive connection of ``idle`` (or a new one), put back there once answered:
+    ``(HTTP status, or what went wrong, seconds)``. A client that has waited ``give_up_s`` closes its
+    connection ("gave up")."""
+    started, connection = time.perf_counter(), None
     try:
         async with asyncio.timeout(give_up_s):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(request)
-            await writer.drain()
-            status = int((await reader.readline()).split()[1])
-            length = 0
-            while (header := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = header.decode("latin-1").partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            while True:
+                reused = bool(idle)
+                connection = idle.pop() if reused else await asyncio.open_connection("127.0.0.1", port)
+                answer = await _exchange(*connection, request)
+                if answer is not None or not reused:
+                    break
+                connection[1].close()  # the server had closed it while it was idle: again on a new one
+            status, keep = answer if answer is not None else ("closed", False)
     except TimeoutError:
-        status = "gave up"
+        status, keep = "gave up", False
     except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as err:
-        status = type(err).__name__
-    finally:
-        if writer is not None:
-            writer.close()
+        status, keep = type(err).__name__, False
+    if connection is not None:
+        idle.append(connection) if keep else connection[1].close()
     return status, time.perf_counter() - started
 
 
+async def _exchange(reader, writer, request: bytes) -> Optional[tuple[int, bool]]:
+    """Send ``request``, read the whole answer: ``(status, whether the connection stays open)``; ``None`` when
+    the connection was closed before any answer."""
+    writer.write(request)
+    await writer.drain()
+    line = await reader.readline()
+    if not line:
+        return None
+    status, length, keep = int(line.split()[1]), 0, True
+    while (header := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = header.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+        elif name.strip().lower() == "connection" and "close" in value.lower():
+            keep = False
+    await reader.readexactly(length)
+    return status, keep
+
+
 async def _open_loop(port: int, rate: float, seconds: float, jpegs: list[bytes], give_up_s: float):
-    requests = [_post_bytes(jpeg) for jpeg in jpegs]
+    requests, idle = [_post_bytes(jpeg) for jpeg in jpegs], []  # idle: kept-alive connections, as a balancer's
     started, tasks = time.perf_counter(), []
     for index in range(int(rate * seconds)):
         wait = started + index / rate - time.perf_counter()
         if wait > 0:
             await asyncio.sleep(wait)
-        tasks.append(asyncio.ensure_future(_one_request(port, requests[index % len(requests)], give_up_s)))
+        tasks.append(asyncio.ensure_future(_one_request(port, requests[index % len(requests)], give_up_s, idle)))
     sending = time.perf_counter() - started
-    return await asyncio.gather(*tasks), sending
+    results = await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
+    return results, sending
 
 
 def open_loop(server: Server, name: str, rate: float, seconds: float, jpegs: list[bytes], give_up_s: float) -> dict:
