@@ -69,14 +69,17 @@ class LiveModel:
 
 
 # ------------------------------------------------------------------------------------------ finding files
-def find_models(paths: Sequence[str], name: Optional[str] = None) -> list[ModelFile]:
+def find_models(paths: Sequence[str], name: Optional[str] = None,
+                check: Callable[[Path], None] = lambda path: None) -> list[ModelFile]:
     """The model files of ``mobilenetv3 serve PATH...``: one file (named ``name``, default its architecture), several
     files (each named after its file name) or repository folders (see the module's docstring). Each is checked
-    cheaply (readable, a format the server reads) without loading it: ``UsageError`` in one line otherwise."""
+    cheaply without loading it (``check``: the caller's own check first, then readable, a format the server
+    reads): ``UsageError`` in one line otherwise."""
     files = scan(paths, name)
     for each in files:
         if each.problem:
             raise UsageError(each.problem)
+        check(each.path)
         check_model_file(each.path)
     return files
 
@@ -202,10 +205,10 @@ class ModelRepository:
     ``start(start_batcher)`` once, which brings up what ``preload`` loaded; endpoints take a model with ``use``."""
 
     def __init__(self, paths: Sequence[str], load_file: Callable[[Path, Optional[str]], ServedModel],
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, check: Callable[[Path], None] = lambda path: None):
         self.paths, self.name, self.load_file = [str(p) for p in paths], name, load_file
         self.lone = len(self.paths) == 1 and not Path(self.paths[0]).is_dir()  # one file: one model, any name
-        self.files = find_models(self.paths, name)
+        self.files = find_models(self.paths, name, check)  # ``check``: the caller's cheap check of each file
         self.live: dict[str, LiveModel] = {}
         self.states: dict[tuple[str, str], tuple[str, str]] = {}  # (name, version) -> (state, reason)
         self.wanted: set[str] = set()  # the names that should be served: ready() when all are

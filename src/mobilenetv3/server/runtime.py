@@ -48,12 +48,9 @@ def load_served_model(path: str, runtime: str = "auto", name: Optional[str] = No
     OpenVINO IR ``.xml``) to run in ``runtime``: ``auto`` is the file's own (ONNX Runtime for ``.onnx``, OpenVINO
     for ``.xml``, PyTorch for weights); ONNX Runtime or OpenVINO with weights export them first (verified
     against PyTorch). ``threads`` caps the runtime's threads; ``precision`` (``fp32``, ``bf16``) is OpenVINO's."""
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     path = Path(path)
+    check_runtime(path, runtime)
     if path.suffix.lower() in EXPORTED:
-        if runtime == "torch":
-            raise UsageError(f"{path} is an exported file: serve it with --runtime {EXPORTED[path.suffix.lower()]}")
         return _from_exported(path, path, None if runtime == "auto" else runtime, name, threads, precision)
     from ..export import check_pytorch_options
     from ..weights import load_model
@@ -71,6 +68,14 @@ def load_served_model(path: str, runtime: str = "auto", name: Optional[str] = No
 
     return ServedModel(name or model.model_name, "torch", str(path), _class_names(model.classes, model.num_classes),
                        Preprocessing.from_dict(model.preprocessing), run)
+
+
+def check_runtime(path: Path, runtime: str) -> None:
+    """``runtime`` can serve ``path`` (told by its suffix, without reading it); ``UsageError`` otherwise."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    if path.suffix.lower() in EXPORTED and runtime == "torch":
+        raise UsageError(f"{path} is an exported file: serve it with --runtime {EXPORTED[path.suffix.lower()]}")
 
 
 def _from_exported(path: Path, source: Path, runtime: Optional[str], name: Optional[str], threads: Optional[int],

@@ -55,6 +55,7 @@ def serve(source: Union[str, Sequence[str], None] = None, *, host: str = "127.0.
     paths = _model_paths(renamed("serve", "source", source, model=model))
     uvicorn, ServerSettings, create_app = _serve_extra()
     from ..server.repository import ModelRepository
+    from ..server.runtime import check_runtime
 
     settings.setdefault("api_key", os.environ.get(API_KEY_VARIABLE) or None)
     settings.setdefault("grpc_host", host)
@@ -65,7 +66,8 @@ def serve(source: Union[str, Sequence[str], None] = None, *, host: str = "127.0.
     _check_time_limits(options, header_timeout_s, grace_s)
     _check_tls(ssl_certfile, ssl_keyfile)
     threads = threads or _inference_threads(workers)
-    repository = ModelRepository(paths, _model_loader(runtime, threads, precision), name)  # cheap checks only
+    repository = ModelRepository(paths, _model_loader(runtime, threads, precision), name,  # cheap checks only
+                                 lambda path: check_runtime(path, runtime))
     _check_listening(host, port, options.api_key)
     _check_grpc(host, port, options.grpc_port)
     scheme = "https" if ssl_certfile else "http"
