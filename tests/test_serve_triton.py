@@ -5,6 +5,7 @@ paths, requested outputs, ids; every bad request refused with a 4xx (gRPC: its s
 and a good request answered after it."""
 import gzip
 import json
+import math
 import re
 import shutil
 import signal
@@ -474,3 +475,93 @@ def test_the_triton_benchmark_meets_its_target_on_a_small_model(tmp_path, files)
     report = json.loads(out.read_text())
     assert report["target_met"] and set(report["max_abs_diff"]) == {"http_json", "http_binary", "grpc"}
     assert max(report["max_abs_diff"].values()) <= TOLERANCE and report["classification_ranked_as_predict"]
+
+
+# ------------------------------------------------------------------------------- fuzzed protocol requests
+def fuzzed_requests():
+    """``(v2 request body, Inference-Header-Content-Length)``, near the valid ones: real datatypes and shapes (some
+    huge, negative or of the wrong rank), data of the right size or not, flat, nested or binary, and any JSON value
+    in any field now and then."""
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8)
+    junk = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(max_size=6), inner, max_size=3), max_leaves=8)
+
+    def rarely(strategy, other):  # ``other`` one time in ten
+        return st.one_of(*[strategy] * 9, other)
+
+    @st.composite
+    def tensor(draw):
+        datatype = draw(rarely(st.sampled_from(["FP32", "FP16", "UINT8"]), st.just("INT64")))
+        if draw(rarely(st.just(True), st.just(False))):
+            sizes = [draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))]
+            shape = [sizes[0], 3, 8, 8] if datatype != "UINT8" else [*sizes, draw(st.sampled_from([1, 3, 2]))]
+        else:
+            shape = draw(st.lists(st.integers(-2, 2**62) | st.integers(0, 9), max_size=5))
+        count = math.prod(shape) if 0 < math.prod(shape) <= 2000 else draw(st.integers(0, 50))
+        count += draw(st.sampled_from([0, 0, 0, 1, -1])) if count else 0
+        numbers = st.integers(0, 255) if datatype == "UINT8" else st.floats(-4, 4, width=32)
+        values = draw(st.lists(numbers | st.integers(-1, 300) | st.floats(width=32), min_size=count, max_size=count)
+                      if draw(st.booleans()) else st.lists(numbers, min_size=count, max_size=count))
+        item = dict(name=draw(rarely(st.just("input"), st.just("bogus") | junk)), datatype=datatype, shape=shape)
+        if draw(st.booleans()):
+            dtype = {"FP32": "<f4", "FP16": "<f2", "UINT8": "u1"}.get(datatype, "<i8")
+            raw = np.nan_to_num(np.array(values, dtype=np.float64)).clip(-60000, 60000).astype(dtype).tobytes()
+            item["parameters"] = dict(binary_data_size=len(raw) + draw(st.sampled_from([0, 0, 0, 1])))
+            return item, raw
+        item["data"] = values if draw(st.booleans()) or not values else np.reshape(values, (-1, 1)).tolist()
+        return draw(rarely(st.just(item), junk)), b""
+
+    @st.composite
+    def body(draw):
+        tensors = draw(rarely(st.lists(tensor(), min_size=1, max_size=1), st.lists(tensor(), max_size=2)))
+        document = dict(inputs=[item for item, _ in tensors])
+        if draw(st.booleans()):
+            document["outputs"] = draw(rarely(st.lists(st.fixed_dictionaries(
+                dict(name=rarely(st.just("probabilities"), st.just("bogus"))), optional=dict(parameters=rarely(
+                    st.fixed_dictionaries({}, optional=dict(classification=rarely(st.integers(0, 5), junk),
+                                                            binary_data=rarely(st.booleans(), junk))), junk))),
+                max_size=2), junk))
+        for key, value in (("id", rarely(st.integers() | st.text(max_size=5), junk)),
+                           ("parameters", rarely(st.fixed_dictionaries({}, optional=dict(
+                               binary_data_output=rarely(st.booleans(), junk))), junk))):
+            if draw(st.booleans()):
+                document[key] = draw(value)
+        text, binary = json.dumps(document).encode(), b"".join(raw for _, raw in tensors)
+        length = draw(rarely(st.just(len(text)), st.sampled_from([0, len(text) + 1, None])))
+        return text + binary, None if length is None else str(length)
+
+    return body()
+
+
+def test_fuzzed_v2_requests_are_refused_with_a_4xx_or_prepared():
+    """Whatever the JSON and the binary part hold, reading and preparing a request either gives the model's input
+    or refuses it with a BadRequest (400, 413): never another exception (the server's 500)."""
+    from hypothesis import HealthCheck, given, settings
+
+    from mobilenetv3.data.transforms import Preprocessing
+    from mobilenetv3.server import BadRequest
+    from mobilenetv3.server.protocol import model_outputs, prepare_input, read_http_request
+    from mobilenetv3.server.runtime import ServedModel
+
+    model = ServedModel("m", "torch", "-", ["a", "b"], Preprocessing(9, 8, "bilinear", (0.5,) * 3, (0.2,) * 3, 3),
+                        run=lambda images: torch.full((len(images), 2), 0.5))
+    prepared = []
+
+    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(fuzzed_requests())
+    def read_and_prepare(request_body):
+        body, header_length = request_body
+        try:
+            request = read_http_request(body, header_length)
+            images = prepare_input(request, model, max_pixels=100, max_request_pixels=200, max_images=2)
+        except BadRequest as err:
+            assert 400 <= err.status < 500 and err.message
+            return
+        assert images.shape[1:] == (3, 8, 8) and images.dtype == torch.float32 and torch.isfinite(images).all()
+        model_outputs(request, model.run(images), model.classes)
+        prepared.append(request.inputs[0].datatype)
+
+    read_and_prepare()
+    assert prepared, "no request got through: the fuzzing stayed on the surface"
