@@ -565,3 +565,26 @@ def test_fuzzed_v2_requests_are_refused_with_a_4xx_or_prepared():
 
     read_and_prepare()
     assert prepared, "no request got through: the fuzzing stayed on the surface"
+
+
+def test_a_grpc_stream_answers_each_request_in_turn_and_goes_on_after_a_refusal(grpc_client, files, expected):
+    """tritonclient's start_stream / async_stream_infer (ModelStreamInfer): a bad request's refusal is its own
+    response, and the stream goes on."""
+    import queue
+
+    answers = queue.Queue()
+    image = files[1][0]
+    good = grpcclient.InferInput("input", list(pixels(image).shape), "UINT8").set_data_from_numpy(pixels(image))
+    bad = grpcclient.InferInput("bogus", list(pixels(image).shape), "UINT8").set_data_from_numpy(pixels(image))
+    grpc_client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for request_id, tensor in (("a", good), ("b", bad), ("c", good)):
+            grpc_client.async_stream_infer(NAME, [tensor], request_id=request_id)
+        received = [answers.get(timeout=30) for _ in range(3)]
+    finally:
+        grpc_client.stop_stream()
+    (first, _), (_, refused), (third, _) = received
+    assert "unknown input 'bogus'" in str(refused)
+    for result, request_id in ((first, "a"), (third, "c")):
+        assert result.get_response().id == request_id
+        assert_close(result.as_numpy("probabilities")[0], expected[str(image)])

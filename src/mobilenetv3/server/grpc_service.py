@@ -2,9 +2,10 @@
 ``grpc_service.proto``, which ``tritonclient.grpc`` speaks) on a port of its own (``--grpc-port``), serving the same
 models through the same batchers as HTTP, in the same event loop.
 
-Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer (inputs in
-``raw_input_contents`` or typed ``contents``: ``fp32_contents`` for FP32, ``uint_contents`` for UINT8; outputs always
-in ``raw_output_contents``, as Triton answers) and ModelStatistics. Any other method of the service is answered
+Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer and ModelStreamInfer
+(inputs in ``raw_input_contents`` or typed ``contents``: ``fp32_contents`` for FP32, ``uint_contents`` for UINT8;
+outputs always in ``raw_output_contents``, as Triton answers), ModelStatistics, and the model repository's
+RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload. Any other method of the service is answered
 UNIMPLEMENTED. A refusal is the HTTP one's message with the matching status code (400: INVALID_ARGUMENT, 404:
 NOT_FOUND, 413: RESOURCE_EXHAUSTED, ...). With an API key, every method but the health and server metadata ones
 needs the metadata ``authorization: Bearer KEY``.
@@ -100,6 +101,9 @@ class InferenceService:
             self._guarded(name, method, authenticated), request_deserializer=request_type.FromString,
             response_serializer=lambda message: message.SerializeToString())
             for name, (method, request_type, authenticated) in methods.items()}
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self.model_stream_infer, request_deserializer=m.ModelInferRequest.FromString,
+            response_serializer=lambda message: message.SerializeToString())
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _guarded(self, name: str, method, authenticated: bool):
@@ -172,6 +176,29 @@ class InferenceService:
             response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
             response.raw_output_contents.append(output.raw())
         return response
+
+    async def model_stream_infer(self, requests, context):
+        """ModelStreamInfer (``tritonclient``'s ``start_stream`` and ``async_stream_infer``): each request of the
+        stream answered in turn, in order; a refusal is that response's ``error_message`` and the stream goes on."""
+        try:
+            self._check_key(context)
+        except BadRequest as err:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, err.message)
+        async for message in requests:
+            started, status = time.perf_counter(), 200
+            try:
+                response = messages().ModelStreamInferResponse(infer_response=await self.model_infer(message, context))
+            except BadRequest as err:  # a deadline passed and a full queue too
+                status, response = err.status, messages().ModelStreamInferResponse(error_message=err.message)
+            except ClientGone as err:
+                log.info("gRPC ModelStreamInfer: %s", err)
+                return
+            except Exception as err:  # noqa: BLE001 - one bad request must not end the stream
+                log.exception("gRPC ModelStreamInfer failed")
+                status = 500
+                response = messages().ModelStreamInferResponse(error_message=f"internal error: {type(err).__name__}")
+            self.observe("grpc_ModelStreamInfer", status, time.perf_counter() - started)
+            yield response
 
     async def _run(self, message, live, work: Work):
         """The request read and its input prepared (a decoding lane), then run by the model's batcher; dropped
