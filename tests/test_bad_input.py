@@ -722,10 +722,10 @@ CASES = [
     Case("serve: the serve extra is not installed", ["serve", "{d}/weights.pt"],
          "pip install 'mobilenetv3[serve]'", make=(weights, serve_extra_missing)),
     # ---- convert
-    Case("convert: to an unknown format", ["convert", "{d}/weights.pt", "{d}/w.bin"], "add --to", make=weights,
+    Case("convert: to an unknown format", ["convert", "{d}/weights.pt", "{d}/w.bin"], "--to is needed", make=weights,
          absent=("w.bin",)),
     Case("convert: to .pth, which could be torchvision's or timm's", ["convert", "{d}/weights.pt", "{d}/x.pth"],
-         "add --to", make=weights, absent=("x.pth",)),
+         "--to is needed", make=weights, absent=("x.pth",)),
     Case("convert: random bytes as a MindSpore ckpt", ["convert", "{d}/random.ckpt", "{d}/o.pt"],
          "not a MindSpore checkpoint", make=random_ckpt, absent=("o.pt",)),
     Case("convert: a checkpoint that would run code", ["convert", "{d}/evil.pt", "{d}/out.safetensors"], REFUSED,

@@ -136,7 +136,7 @@ def test_an_older_file_of_the_default_datasets_classes_is_still_scored(tmp_path)
     from mobilenetv3.data import InMemoryImages
     from mobilenetv3.tasks.evaluate import _class_names, _open
 
-    scored = _open(None, str(out), False, {})  # what eval reads of it, without scoring 10,000 images
+    scored = _open(str(out), False, {})  # what eval reads of it, without scoring 10,000 images
     assert scored.dataset_from == "default" and scored.config.data.dataset == "fashion-mnist"
     val = InMemoryImages(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64),
                          FASHION_MNIST_CLASSES, "fashion-mnist")

@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from ..errors import RunError, UsageError
+from ..errors import RunError, SettingError, UsageError
 from ..progress import Stages
 from .common import WithSoftmax
 from .coreml import export_coreml, import_coremltools, open_coreml, verify_coreml
@@ -173,11 +173,10 @@ def check_extra(fmt: str) -> None:
 def check_pytorch_options(runtime: Optional[str], precision: Optional[str]) -> None:
     """Weights run in PyTorch, in fp32: ``runtime`` and ``precision`` are settings of exported files."""
     if runtime not in (None, "pytorch"):
-        raise UsageError(f"--runtime {runtime} runs an exported file (--exported FILE); export the weights first: "
-                         "mobilenetv3 export --format onnx|openvino")
+        raise SettingError("runtime", f"{runtime} runs an exported file, not weights; export the weights first: "
+                           "mobilenetv3 export --format onnx|openvino")
     if precision not in (None, "fp32"):
-        raise UsageError(f"--precision {precision} is OpenVINO's: give an exported file (--exported FILE) "
-                         "with --runtime openvino")
+        raise SettingError("precision", f"{precision} is OpenVINO's: give an exported file, run in openvino")
 
 
 def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, *, softmax: bool = False,

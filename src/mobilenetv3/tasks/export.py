@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+from torch import nn
 
 from ..build import build_dataset_split
 from ..config import Config, DataConfig, apply_over_run
@@ -22,13 +23,14 @@ from ..data.classes import class_mismatch
 from ..data.datasets import subset
 from ..data.transforms import Preprocessing
 from ..engine import top_classes
-from ..errors import UsageError
+from ..errors import SettingError, UsageError
 from ..export import FORMATS, INT8_FORMATS, SUFFIXES, check_extra, check_int8_settings, export_verified, \
     int8_source_path, open_exported, read_int8_info
 from ..files import check_writable
 from ..progress import Stages, tracked
 from ..rundir import VAL_INDICES, read_holdout
 from ..weights import model_from_weights, read_weights
+from .common import renamed, required_source
 
 SPLIT_NAMES = {"train": "training", "val": "validation"}
 DEFAULT_VALIDATION_IMAGES = 2000  # INT8 accuracy control: 0.05% of them is one answer
@@ -74,6 +76,9 @@ class ExportResult:
     validation_sample: Optional[ImageSample] = None  # OpenVINO INT8 with accuracy control: the images it checked
     int8: Optional[dict] = None  # OpenVINO INT8: how it was quantised (the IR's ``INT8_KEY`` record)
     dataset: Optional[dict] = None  # the data the model was trained on, recorded in the file (None: unknown)
+    operators: Optional[dict] = None  # LiteRT, ncnn: the file's operators by type (hard activations checked)
+    fp16: Optional[dict] = None  # ncnn: the comparison in ncnn's default fp16 storage and arithmetic
+    coreml: Optional[dict] = None  # Core ML: what was checked of the package (``export.coreml.spec_summary``)
 
 
 @dataclass
@@ -89,15 +94,17 @@ class ExportData:
     validation_sample: Optional[ImageSample] = None
 
 
-def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str] = None, softmax: bool = False,
-                 ema: bool = False, calibration_images: int = 300, verify_images: int = 128, sample_seed: int = 0,
-                 use_dataset: bool = True, keep_fp32: Optional[Sequence[str]] = None,
+def export_model(source: Optional[str] = None, *, format: str = "onnx", output: Optional[str] = None,
+                 softmax: bool = False, ema: bool = False, calibration_images: int = 300, verify_images: int = 128,
+                 sample_seed: int = 0, use_dataset: bool = True, keep_fp32: Optional[Sequence[str]] = None,
                  int8_overflow_fix: Optional[str] = None, int8_ranges: Optional[str] = None,
                  int8_max_drop: Optional[float] = None, int8_validation_images: Optional[int] = None,
+                 checkpoint: Optional[str] = None, precision: Optional[str] = None, nhwc: bool = False,
                  **settings) -> ExportResult:
-    """Export ``checkpoint`` (any weights format) as ``format`` and verify the file in its runtime.
+    """Export ``source`` (weights of any format; ``checkpoint`` is the older name) as ``format`` and verify the file
+    in its runtime.
 
-    ``output`` defaults to a file beside the checkpoint. ``settings`` are config fields over the training
+    ``output`` defaults to a file beside ``source``. ``settings`` are config fields over the training
     run's own config (``dataset``, ``data_path``, ``batch_size``, ``workers``, ``image_size``): the data used
     to verify on real images and to calibrate INT8 (``use_dataset=False``: random inputs only). The file is
     verified on ``verify_images`` validation images (0: all of them) and INT8 calibrated on
@@ -112,24 +119,22 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
     answer on at least ``1 - int8_max_drop`` of ``int8_validation_images`` (default 2000) training images apart
     from the calibration images (held out by the run when it held some out).
     """
+    source = Path(required_source(renamed("export_model", "source", source, checkpoint=checkpoint),
+                                  "the weights to export"))
     if format not in FORMATS:
         raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
-    if calibration_images < 1 or verify_images < 0:
-        raise UsageError("--calibration-images must be at least 1 and --verify-images at least 0 (0: all)")
+    if calibration_images < 1:
+        raise SettingError("calibration_images", "must be at least 1")
+    if verify_images < 0:
+        raise SettingError("verify_images", "must be at least 0 (0: all)")
     int8, validation_images = _int8_settings(format, keep_fp32, int8_overflow_fix, int8_ranges, int8_max_drop,
                                              int8_validation_images)
+    _check_phone_options(format, precision, nhwc)
     check_extra(format)  # before the weights and the data are read
-    weights = read_weights(checkpoint, ema=ema)
+    weights = read_weights(source, ema=ema)
     model = model_from_weights(weights)
     pre = Preprocessing.from_dict(model.preprocessing)
-    source = Path(checkpoint)
-    path = Path(output) if output else source.with_name(source.stem + SUFFIXES[format])
-    check_writable(path)  # before the data is read and the model exported
-    if format.startswith("openvino"):
-        for ir in (path, int8_source_path(path)) if format in INT8_FORMATS else (path,):
-            _check_ir_output(ir, source)
-    if format.startswith("executorch"):
-        _check_pte_output(path, int8_source_path(path) if format in INT8_FORMATS else None)
+    path = _output_path(source, format, output)
     config = Config.from_dict(weights.checkpoint.config) if weights.checkpoint and weights.checkpoint.config \
         else Config()
     apply_over_run(config, settings)
@@ -144,21 +149,72 @@ def export_model(checkpoint: str, *, format: str = "onnx", output: Optional[str]
         int8.update(validation=data.validation or (),
                     validation_info=data.validation_sample.to_dict() if data.validation_sample else None)
     size = d.image_size if "image_size" in settings else pre.crop
-    example = torch.randn(2, model.in_chans, size, size)
+    return _export_and_score(model, format, path, torch.randn(2, model.in_chans, size, size), softmax, data, int8,
+                             pre, config, stages, precision=precision, nhwc=nhwc)
+
+
+def _output_path(source: Path, format: str, output: Optional[str]) -> Path:
+    """The file to write (default: beside ``source``), checked writable before the data is read and the model
+    exported; an IR or a program must not overwrite what it is made from."""
+    path = Path(output) if output else source.with_name(source.stem + SUFFIXES[format])
+    check_writable(path.with_name(path.name + ".probe") if format == "coreml" else path)  # a package is a folder
+    for companion in _phone_format_companions(format, path):
+        check_writable(companion)
+    if format.startswith("openvino"):
+        for ir in (path, int8_source_path(path)) if format in INT8_FORMATS else (path,):
+            _check_ir_output(ir, source)
+    if format.startswith("executorch"):
+        _check_pte_output(path, int8_source_path(path) if format in INT8_FORMATS else None)
+    return path
+
+
+def _export_and_score(model: nn.Module, format: str, path: Path, example: torch.Tensor, softmax: bool,
+                      data: ExportData, int8: dict, pre: Preprocessing, config: Config, stages: Stages,
+                      **options) -> ExportResult:
+    """Write and verify the file; an INT8 one is then scored beside its fp32 file on the validation split.
+    ``options``: ``export_verified``'s ``precision`` (Core ML) and ``nhwc`` (LiteRT)."""
     calibration_info = data.calibration_sample.to_dict() if data.calibration_sample else None
     figures = export_verified(model, format, path, example, softmax=softmax, real_inputs=data.real,
                               calibration=data.calibration, calibration_info=calibration_info, int8=int8,
-                              stages=stages)
-    result = ExportResult(format, figures["path"], softmax, figures["random"], figures.get("real"),
+                              stages=stages, **options)
+    result = ExportResult(format, figures["path"], softmax, figures.get("random"), figures.get("real"),
                           figures.get("fp32_path"), real_sample=data.real_sample,
                           calibration_sample=data.calibration_sample, delegation=figures.get("delegation"),
-                          validation_sample=data.validation_sample, dataset=model.dataset)
+                          validation_sample=data.validation_sample, dataset=model.dataset,
+                          operators=figures.get("operators"), fp16=figures.get("fp16"), coreml=figures.get("coreml"))
     if format == "openvino-int8":
         result.int8 = read_int8_info(path)
     if format in INT8_FORMATS and data.val is not None:
         stages.begin(f"scoring INT8 and fp32 on the {len(data.val):,} validation images")
         result.accuracy = _int8_accuracy(result, data.val, pre, config)
     return result
+
+
+def _phone_format_companions(format: str, path: Path) -> list[Path]:
+    """The other files a LiteRT, ncnn or Core ML export writes, checked writable with ``path`` (and its suffix)."""
+    from ..export.coreml import check_package_path
+    from ..export.litert import check_tflite_path
+    from ..export.ncnn import check_param_path, companions
+
+    if format.startswith("litert"):
+        check_tflite_path(path)
+        return [int8_source_path(path)] if format in INT8_FORMATS else []
+    if format == "ncnn":
+        check_param_path(path)
+        return list(companions(path))
+    if format == "coreml":
+        check_package_path(path)
+    return []
+
+
+def _check_phone_options(format: str, precision: Optional[str], nhwc: bool) -> None:
+    """``precision`` is Core ML's (fp16, fp32), ``nhwc`` LiteRT's."""
+    if precision is not None and format != "coreml":
+        raise SettingError("precision", f"{precision}: a setting of --format coreml (fp16 or fp32)")
+    if precision not in (None, "fp16", "fp32"):
+        raise SettingError("precision", f"{precision!r}: Core ML computes in fp16 or fp32")
+    if nhwc and not format.startswith("litert"):
+        raise SettingError("nhwc", "a setting of --format litert and litert-int8")
 
 
 def _check_classes(model, val: Dataset, guessed: bool) -> None:
@@ -200,7 +256,8 @@ def _check_ir_output(path: Path, source: Path) -> None:
         raise UsageError(f"an OpenVINO IR is an .xml file (and its .bin): {path} does not end in .xml")
     weights = path.with_suffix(".bin")
     if weights.resolve() == source.resolve():
-        raise UsageError(f"the IR's weights file {weights} would overwrite {source}: give --output NAME.xml")
+        raise SettingError("output", f"{path}: the IR's weights file {weights} would overwrite {source}; name the "
+                           "IR another way")
     check_writable(weights)
 
 
