@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 dependencies = ["torch", "torchvision"]
 
-from mobilenetv3.weights import load_model  # noqa: E402
 from mobilenetv3.models import create_model  # noqa: E402
+from mobilenetv3.weights import load_model  # noqa: E402
 
 
 def _build(name: str, weights=None, **kwargs):

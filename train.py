@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # works without installing the package too
 
-from mobilenetv3.seed_compat import train_argv, run  # noqa: E402
+from mobilenetv3.seed_compat import run, train_argv  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run(train_argv))

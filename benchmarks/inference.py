@@ -25,8 +25,18 @@ from pathlib import Path
 
 import torch
 
-from mobilenetv3.benchmarking import CORE_MODES, INFERENCE_VARIANTS, affinity, core_modes, default_variants, \
-    inference_groups, inference_preamble, machine_info, peak_gflops, physical_floor
+from mobilenetv3.benchmarking import (
+    CORE_MODES,
+    INFERENCE_VARIANTS,
+    affinity,
+    core_modes,
+    default_variants,
+    inference_groups,
+    inference_preamble,
+    machine_info,
+    peak_gflops,
+    physical_floor,
+)
 from mobilenetv3.errors import UsageError
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "inference.json"

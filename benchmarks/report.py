@@ -14,9 +14,10 @@ from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-# The inference targets, as ratios measured in the same run: the best accurate path (ours; INT8 where proven) against the
-# best by-hand fp32 path (torchvision's model in ONNX Runtime or OpenVINO, whichever is faster) and torchvision
-# eager; each INT8 path against its own runtime's fp32. VNNI and native bf16 are what INT8 and bf16 gain speed from.
+# The inference targets, as ratios measured in the same run: the best accurate path (ours; INT8 where proven)
+# against the best by-hand fp32 path (torchvision's model in ONNX Runtime or OpenVINO, whichever is faster) and
+# torchvision eager; each INT8 path against its own runtime's fp32. VNNI and native bf16 are what INT8 and bf16
+# gain speed from.
 TARGET_BY_HAND, TARGET_EAGER, TARGET_INT8 = 1.5, 4.0, 1.5
 VNNI, BF16 = {"avx512_vnni", "avx_vnni"}, {"avx512_bf16", "amx_bf16"}
 
@@ -118,7 +119,8 @@ def _not_applicable(machine: dict) -> list[str]:
 
 # An INT8 path counts as accurate where format_accuracy.json shows its format meeting the INT8 accuracy target
 # (<= 0.5 pt below fp32, >= 99.0% agreement) on every trained model scored there.
-INT8_VARIANTS = {"onnx-int8": "onnxruntime int8", "openvino-int8": "openvino int8", "executorch-int8": "executorch int8"}
+INT8_VARIANTS = {"onnx-int8": "onnxruntime int8", "openvino-int8": "openvino int8",
+                 "executorch-int8": "executorch int8"}
 ACCURATE_INT8: set = set()
 
 
@@ -211,15 +213,18 @@ def format_accuracy_section(result: dict) -> list[str]:
                   "| format | precision | top-1 | agreement with eager | agreement with its fp32 | target |",
                   "|---|---|---|---|---|---|"]
         for row in model["rows"]:
-            cell = (lambda key: f"{100 * row[key]:.2f}%" if key in row else "")
+            eager, fp32 = (f"{100 * row[key]:.2f}%" if key in row else "" for key in ("agreement_with_eager",
+                                                                                        "agreement_with_fp32"))
             lines.append(f"| {row['format']} | {row['precision']} | {100 * row['top1']:.2f}% | "
-                         f"{cell('agreement_with_eager')} | {cell('agreement_with_fp32')} | {row.get('verdict', '')} |")
+                         f"{eager} | {fp32} | {row.get('verdict', '')} |")
         lines.append("")
     return lines
 
 
 def inference_section(result: dict) -> list[str]:
-    from mobilenetv3.benchmarking import add_ratios  # the ratios bench computes, also for rows of older runs without them
+    from mobilenetv3.benchmarking import (
+        add_ratios,  # the ratios bench computes, also for rows of older runs without them
+    )
 
     groups = _inference_groups(add_ratios([dict(r) for r in result["rows"]]))
     peak = result["peak"]

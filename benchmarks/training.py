@@ -35,13 +35,12 @@ def end_to_end(steps: int, batch_size: int = 128) -> list[dict]:
     import torchvision
     from torchvision import transforms as T
 
+    from mobilenetv3.build import build_data, build_model, pick_device
     from mobilenetv3.config import load_config
     from mobilenetv3.data import STATS
     from mobilenetv3.dist import DistInfo
-    from mobilenetv3.build import build_model, pick_device
     from mobilenetv3.engine import TrainOptions, train_one_epoch
     from mobilenetv3.optim import build_optimizer, param_groups, smoothed_cross_entropy, warmup_cosine_lr
-    from mobilenetv3.build import build_data
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from loader import PILImages

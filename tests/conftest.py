@@ -16,7 +16,7 @@ import pytest
 # (gdb: "Detaching after vfork", then the main thread crashed). fork+exec instead, as CPython's documented switch
 # for vfork trouble allows.
 subprocess._USE_VFORK = False
-import torch
+import torch  # noqa: E402 - after the switch above, which must come before anything starts a process
 
 # The export check runners load export_check_fixtures.py as a plugin (pytest_plugins) and import names from it, so
 # it is imported before pytest would load it: registered here, its asserts are rewritten as a test's.

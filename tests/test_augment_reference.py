@@ -47,8 +47,8 @@ def test_crop_at_is_pad_then_crop(padding):
     images = torch.randint(0, 256, (len(offsets), 3, HEIGHT, WIDTH), dtype=torch.uint8)
     top, left = (torch.tensor(v) for v in zip(*offsets))
     out = T.crop_at(images, padding, top, left)
-    for i, (t, l) in enumerate(offsets):
-        assert torch.equal(out[i], TF.crop(TF.pad(images[i], [padding]), t, l, HEIGHT, WIDTH)), (t, l)
+    for i, (top_i, left_i) in enumerate(offsets):
+        assert torch.equal(out[i], TF.crop(TF.pad(images[i], [padding]), top_i, left_i, HEIGHT, WIDTH)), (top_i, left_i)
 
 
 def test_pad_crop_is_some_random_crop():
@@ -59,8 +59,8 @@ def test_pad_crop_is_some_random_crop():
     found = set()
     for image, crop in zip(images, out):
         padded = TF.pad(image, [padding])
-        hits = [(t, l) for t, l in itertools.product(range(2 * padding + 1), repeat=2)
-                if torch.equal(crop, TF.crop(padded, t, l, HEIGHT, WIDTH))]
+        hits = [(top, left) for top, left in itertools.product(range(2 * padding + 1), repeat=2)
+                if torch.equal(crop, TF.crop(padded, top, left, HEIGHT, WIDTH))]
         assert hits
         found.update(hits)
     assert len(found) > 4

@@ -64,6 +64,7 @@ def test_format_accuracy_scores_every_format_on_the_eval_split(tmp_path):
     """Each export of a trained tiny checkpoint is scored on the whole eval split next to eager PyTorch; the
     fp32 files predict what eager predicts (a wrong export or a wrong preprocessing would not)."""
     import mobilenetv3
+
     from builders import TINY
 
     mobilenetv3.train(None, **dict(TINY, run_dir=str(tmp_path / "run"), epochs=1))

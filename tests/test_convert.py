@@ -5,7 +5,12 @@ import torchvision
 from torch import nn
 
 from mobilenetv3.convert import (
-    TORCHVISION_KWARGS, check_shapes, from_timm, from_torchvision, to_timm, to_torchvision,
+    TORCHVISION_KWARGS,
+    check_shapes,
+    from_timm,
+    from_torchvision,
+    to_timm,
+    to_torchvision,
 )
 from mobilenetv3.models import create_model
 

@@ -16,14 +16,32 @@ import pytest
 import torch
 from PIL import Image
 
-from builders import CIFAR_TRAIN_COUNTS, CLASSES, idx_bytes, truncate, write_cifar_bin, write_cifar_py, write_idx, \
-    write_image_folder
-from conftest import run_cli
-from mobilenetv3.data import (PRESETS, STATS, BatchAugment, EvalBatches, InMemoryImages, TrainBatches,
-                              build_dataset, build_loader, build_preset)
-from mobilenetv3.data import datasets
+from mobilenetv3.data import (
+    PRESETS,
+    STATS,
+    BatchAugment,
+    EvalBatches,
+    InMemoryImages,
+    TrainBatches,
+    build_dataset,
+    build_loader,
+    build_preset,
+    datasets,
+)
 from mobilenetv3.data.datasets import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from mobilenetv3.data.loader import check_scored_once, worker_error_message
+
+from builders import (
+    CIFAR_TRAIN_COUNTS,
+    CLASSES,
+    idx_bytes,
+    truncate,
+    write_cifar_bin,
+    write_cifar_py,
+    write_idx,
+    write_image_folder,
+)
+from conftest import run_cli
 
 
 # ------------------------------------------------------------------------------------------ fixtures

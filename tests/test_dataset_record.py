@@ -14,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3.config import Config
 from mobilenetv3.data.datasets import FASHION_MNIST_CLASSES
 from mobilenetv3.export import SUFFIXES, open_exported
 from mobilenetv3.models import create_model
+
+from conftest import run_cli
 
 DIGITS = [str(digit) for digit in range(10)]
 BIAS = [0.0, 4.0, 0.0, 9.0, 0.0, 3.0, 2.0, 1.0, 0.0, -1.0]  # the model ignores its input: class 3, then 1, 5

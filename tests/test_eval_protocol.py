@@ -18,6 +18,7 @@ from mobilenetv3.convert.mindspore import MINDSPORE_KWARGS
 from mobilenetv3.data.datasets import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from mobilenetv3.errors import UsageError
 from mobilenetv3.models import create_model
+
 from conftest import run_cli
 
 # The seed's CIFAR-10 eval protocol as ../shared/reference/SEED.md states it: Resize(224), rescale, normalise.

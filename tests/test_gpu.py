@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders import tiny_config, tiny_flags, write_image
-from conftest import run_cli
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3.models import create_model
 from mobilenetv3.tasks import train
+
+from builders import tiny_config, tiny_flags, write_image
+from conftest import run_cli
 
 DEVICE = os.environ.get("MOBILENETV3_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA GPU (MOBILENETV3_TEST_DEVICE=cpu to try on CPU)")

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders import tiny_flags, truncate, write_image
-from conftest import run_cli
 from mobilenetv3.data import build_loader, build_preset
 from mobilenetv3.data.datasets import IMAGENET_STATS, image_folder
 from mobilenetv3.data.gpu_decode import decode_images, is_jpeg
 from mobilenetv3.data.images import load_image
+
+from builders import tiny_flags, truncate, write_image
+from conftest import run_cli
 
 MEAN, STD = IMAGENET_STATS
 CPU = torch.device("cpu")

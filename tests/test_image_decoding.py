@@ -17,19 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import piexif  # noqa: E402 - the dev extra's writers: a missing one fails the tests, never skips them
+import png  # noqa: E402 - pypng
 import pytest
+import simplejpeg  # noqa: E402
+import tifffile  # noqa: E402
 from PIL import Image
 
-from conftest import ON_CI
-from serving import PREPROCESSING, png_header_only
 import mobilenetv3
 from mobilenetv3.data.datasets import FASHION_MNIST_SYSTEM_DIR, read_idx
 from mobilenetv3.data.images import Conversions, load_image
 
-import piexif  # noqa: E402 - the dev extra's writers: a missing one fails the tests, never skips them
-import png  # noqa: E402 - pypng
-import simplejpeg  # noqa: E402
-import tifffile  # noqa: E402
+from conftest import ON_CI
+from serving import PREPROCESSING, png_header_only
 
 JPEG_QUALITY = 100  # these tests are about orientation and colour, not about JPEG's loss
 # JPEG at quality 100 without chroma subsampling moves these 28 x 56 images by under a level on average; a

@@ -16,6 +16,7 @@ import mobilenetv3.convert.mindspore as ms
 from mobilenetv3.convert import from_mindspore, read_ckpt, to_mindspore, write_ckpt
 from mobilenetv3.convert.mindspore import DTYPES, MINDSPORE_KWARGS
 from mobilenetv3.models import create_model
+
 from conftest import MINDSPORE_FIXTURES, needs_mindspore_fixture
 
 FIXTURES = MINDSPORE_FIXTURES

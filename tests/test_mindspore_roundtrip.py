@@ -18,6 +18,7 @@ from mobilenetv3.config import load_config
 from mobilenetv3.convert import from_mindspore, read_ckpt, to_mindspore, to_timm, to_torchvision, write_ckpt
 from mobilenetv3.convert.mindspore import MINDSPORE_KWARGS
 from mobilenetv3.models import count_params, create_model
+
 from conftest import MINDSPORE_FIXTURES, needs_mindspore_fixture, run_cli
 
 TINY = ["--dataset", "synthetic", "--synthetic-samples", "32", "--image-size", "32", "--batch-size", "8",

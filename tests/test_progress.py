@@ -5,9 +5,10 @@ import io
 import json
 import logging
 
+from mobilenetv3 import progress
+
 from builders import write_weights
 from conftest import PROGRESS_LINE, run_cli
-from mobilenetv3 import progress
 
 SYNTHETIC = ["--dataset", "synthetic", "--synthetic-samples", "40", "--image-size", "32", "--batch-size", "2",
              "--workers", "0"]  # 10 validation images: 3 batches of 4 (the eval batch is twice the batch size)

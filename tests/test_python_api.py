@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 import mobilenetv3
-from conftest import run_cli
 from mobilenetv3.errors import SettingError, UsageError
+
+from conftest import run_cli
 
 TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
             width_mult=0.5, epochs=1, warmup_epochs=0, workers=0, progress=False, transform="none", stem_stride=2)
@@ -121,7 +122,8 @@ def test_bench_from_python_is_the_cli_bench(tmp_path):
                   "--quick", "--variants", "eager", "torchvision eager", "--out", tmp_path / "cli.json")
     assert cli.returncode == 0, cli.stderr
     printed = json.loads((tmp_path / "cli.json").read_text())
-    assert json.loads((tmp_path / "py.json").read_text())["variants"] == printed["variants"] == result.details["variants"]
+    written = json.loads((tmp_path / "py.json").read_text())
+    assert written["variants"] == printed["variants"] == result.details["variants"]
     assert [(r["model"], r["batch"], r["variant"]) for r in result.rows] == \
         [(r["model"], r["batch"], r["variant"]) for r in printed["rows"]]
     training = mobilenetv3.bench("training", models=["mobilenetv3_small"], batch_sizes=[4], image_size=32, quick=True)

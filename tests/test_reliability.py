@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders import CodeRunningPayload
-from conftest import MINDSPORE_FIXTURES, child_pids, cli_command, run_cli
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3 import weights as wts
 from mobilenetv3.config import load_config
 from mobilenetv3.errors import RunError
 from mobilenetv3.tasks import train
+
+from builders import CodeRunningPayload
+from conftest import MINDSPORE_FIXTURES, child_pids, cli_command, run_cli
 
 FIXTURES = MINDSPORE_FIXTURES
 

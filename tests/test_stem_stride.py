@@ -5,11 +5,12 @@ import pytest
 import torch
 import torchvision
 
-from builders import tiny_flags
-from conftest import run_cli
 from mobilenetv3 import load_model
 from mobilenetv3.convert import TORCHVISION_KWARGS, from_torchvision
 from mobilenetv3.models import create_model
+
+from builders import tiny_flags
+from conftest import run_cli
 
 
 def test_stride_1_keeps_twice_the_resolution_with_the_same_weights():

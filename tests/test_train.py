@@ -14,15 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from builders import TINY, tiny_config, tiny_flags
-from conftest import child_pids, cli_command, run_cli
 from mobilenetv3 import checkpoint as ckpt
 from mobilenetv3 import weights as wts
+from mobilenetv3.build import build_model
 from mobilenetv3.config import load_config
 from mobilenetv3.models import create_model
 from mobilenetv3.optim import RMSpropTF, param_groups, smoothed_cross_entropy, warmup_cosine_lr
-from mobilenetv3.build import build_model
 from mobilenetv3.tasks import train
+
+from builders import TINY, tiny_config, tiny_flags
+from conftest import child_pids, cli_command, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -292,9 +293,9 @@ def test_checkpoint_describes_itself_and_loads_weights_only(tmp_path):
 
 def test_ema_batchnorm_statistics_are_those_of_the_averaged_weights(tmp_path):
     """Regression: averaging BatchNorm buffers along with the weights left EMA at chance accuracy (10%)."""
+    from mobilenetv3.build import build_data
     from mobilenetv3.data import eval_loader
     from mobilenetv3.dist import DistInfo
-    from mobilenetv3.build import build_data
 
     config = tiny_config(tmp_path / "run", ema_decay=0.99, epochs=2)
     train(config)
@@ -455,7 +456,8 @@ def _one_process_reference(tmp_path):
     data = build_dataset("synthetic", None, "train", synthetic_samples=32, synthetic_classes=10, synthetic_size=32,
                          seed=config.run.seed)
     model = build_model(config.model, num_classes=10, in_chans=3)
-    optimizer = build_optimizer("sgd", param_groups(model, config.optim.weight_decay), 0.1, nesterov=config.optim.nesterov)
+    optimizer = build_optimizer("sgd", param_groups(model, config.optim.weight_decay), 0.1,
+                                nesterov=config.optim.nesterov)
     recipe, pre = build_preset("none", 32, (0.5,) * 3, (0.25,) * 3, 3)
     loaders = [build_loader(data, recipe, pre, train=True, batch_size=4, rank=r, world_size=2, seed=config.run.seed,
                             workers=0) for r in (0, 1)]
@@ -556,8 +558,8 @@ def test_presets_hold_the_seed_recipes():
 
 def test_nesterov_is_passed_to_sgd():
     """--nesterov builds PyTorch's Nesterov SGD (its update is PyTorch's own, not re-implemented here)."""
-    from mobilenetv3.config import Config
     from mobilenetv3.build import build_trainable
+    from mobilenetv3.config import Config
 
     model = torch.nn.Linear(3, 2)
     for nesterov in (False, True):

@@ -15,6 +15,7 @@ import mobilenetv3
 from mobilenetv3.config import load_config
 from mobilenetv3.convert import to_mindspore, write_ckpt
 from mobilenetv3.models import create_model
+
 from conftest import run_cli
 
 TINY = dict(dataset="synthetic", synthetic_samples=48, image_size=32, batch_size=8, model="mobilenetv3_small",
@@ -59,7 +60,8 @@ def test_max_steps_ends_the_run_early_and_a_resume_with_more_continues_it(tmp_pa
     assert run.global_step == 4 and len(lines) == 4 and not run.stopped
     assert run.val_count == 12 and (tmp_path / "run" / "model.safetensors").is_file()
     assert lines[0].startswith("epoch: [  0/  1], step:[    0/    6]")
-    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["best.pt", "last.pt"]  # no epoch file: unfinished
+    # no epoch file: the epoch is unfinished
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["best.pt", "last.pt"]
     assert "epoch 1/1: train loss" in caplog.text and "epoch 0/" not in caplog.text  # 1-based, cut short or not
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="mobilenetv3"):

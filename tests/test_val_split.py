@@ -6,13 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders import (IDX_COUNTS, tiny_config, tiny_flags, write_cifar_bin, write_cifar_py, write_idx,
-                      write_image_folder)
-from conftest import run_cli
-from mobilenetv3.build import build_dataset_split
+from mobilenetv3.build import build_data, build_dataset_split
 from mobilenetv3.dist import DistInfo
 from mobilenetv3.tasks import train
-from mobilenetv3.build import build_data
+
+from builders import IDX_COUNTS, tiny_config, tiny_flags, write_cifar_bin, write_cifar_py, write_idx, write_image_folder
+from conftest import run_cli
 
 CPU = torch.device("cpu")
 TINY_TRAIN, TINY_TEST = 48, 12  # the tiny run's synthetic splits

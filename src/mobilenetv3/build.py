@@ -14,18 +14,18 @@ import torch
 from torch import nn
 
 from . import auto
+from .checkpoint import Trainable
 from .config import Config, DataConfig, ModelConfig, validate
 from .convert import check_shapes
 from .data import STATS, build_dataset, build_loader, build_preset, check_labels, eval_loader
 from .data.datasets import Dataset, ImageFiles, draw_holdout, split_holdout
 from .data.transforms import Preprocessing, Recipe
-from .dist import DistInfo
-from .checkpoint import Trainable
+from .dist import ONE_PROCESS, DistInfo
 from .engine import TrainOptions
 from .errors import UsageError
+from .models import create_model
 from .optim import Schedule, build_optimizer, param_groups, smoothed_cross_entropy
 from .rundir import VAL_INDICES
-from .models import create_model
 from .weights import Weights
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def build_train_loader(d: DataConfig, dataset: Dataset, recipe: Recipe, preproce
 
 
 def build_eval_loader(d: DataConfig, dataset: Dataset, preprocessing: Preprocessing,
-                      info: DistInfo = DistInfo(), pin_memory: bool = False, device: Optional[torch.device] = None):
+                      info: DistInfo = ONE_PROCESS, pin_memory: bool = False, device: Optional[torch.device] = None):
     """Every sample of ``dataset`` once (this process's shard), at the configured eval batch size."""
     return eval_loader(dataset, preprocessing, batch_size=d.eval_batch_size or 2 * d.batch_size, rank=info.rank,
                        world_size=info.world_size, workers=d.workers, pin_memory=pin_memory,
@@ -205,7 +205,7 @@ def device_type(name: str) -> str:
     return "cuda" if name.startswith("cuda") or (name == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def pick_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
+def pick_device(name: str, info: DistInfo = ONE_PROCESS) -> torch.device:
     """The device of this process: ``auto`` takes its local GPU when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")

@@ -14,6 +14,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
+
 from .errors import SettingError, UsageError
 
 log = logging.getLogger(__name__)

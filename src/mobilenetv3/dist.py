@@ -30,6 +30,9 @@ class DistInfo:
         return self.world_size > 1
 
 
+ONE_PROCESS = DistInfo()  # a world of one process (frozen: safe as a shared default)
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -12,9 +12,9 @@ from typing import Any, Iterator, Mapping, NamedTuple, Optional
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..models import create_model
 from ..models.mobilenetv3 import ARCHS, _scaled  # _scaled: the one place that applies width_mult
-from ..errors import UsageError
 
 StateDict = Mapping[str, torch.Tensor]
 Pairs = list[tuple[str, str]]  # (our module prefix, their module prefix)

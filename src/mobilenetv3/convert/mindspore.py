@@ -43,9 +43,9 @@ from typing import Any, Iterator, Mapping, NamedTuple, Optional, Union
 
 import torch
 
+from ..errors import UsageError
 from ..files import write_atomic
 from .common import Pairs, StateDict, fitting_model, our_layout, rename
-from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from .common import BlockLayout, Pairs, StateDict, our_layout, rename, with_head_bias
 from ..errors import UsageError
+from .common import BlockLayout, Pairs, StateDict, our_layout, rename, with_head_bias
 
 # timm groups the bottlenecks into stages; its last stage holds the final 1x1 conv alone.
 _STAGE_SIZES = {15: (1, 2, 3, 4, 2, 3), 11: (1, 2, 3, 2, 3)}  # Large, Small

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ device: the per-image geometry (``ImageGeometry`` on tensors: the same crops and
 and the batch steps (``BatchAugment.finish``: jitter, normalisation, cutout, erasing; then mixup/cutmix).
 Files that are not JPEGs (PNG, ...), and JPEGs that are not plain 8-bit sRGB upright images (an EXIF rotation,
 CMYK, an ICC profile: ``images.is_plain``, read from the header), are decoded in the worker by the CPU loader's
-decoder (``images.load_image``), and the log says so once. ``device`` may be the CPU: that is how the tests run this path, against the CPU loader.
+decoder (``images.load_image``), and the log says so once. ``device`` may be the CPU: that is how the tests run
+this path, against the CPU loader.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from ..errors import UsageError
 from .batches import Batch, BatchRequest, MixCut, finish_batch, image_seeds, read_samples
 from .datasets import ImageFiles
 from .images import Conversions, is_plain, load_image, open_image
 from .transforms import BatchAugment, ImageGeometry
-from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 

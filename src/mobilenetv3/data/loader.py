@@ -19,12 +19,12 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
+from ..errors import RunError, UsageError
 from .batches import Batch, BatchRequest, MixCut, finish_batch, image_seeds, read_samples
 from .datasets import Dataset, ImageFiles, InMemoryImages
 from .gpu_decode import DeviceDecodedBatches, FileBytes
 from .images import Conversions, load_image
 from .transforms import BatchAugment, ImageGeometry, Preprocessing, Recipe
-from ..errors import RunError, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
 from ..errors import UsageError
 
 PRESETS = ("small", "seed-cifar10", "seed-imagenet", "none")

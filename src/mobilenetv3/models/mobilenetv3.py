@@ -15,9 +15,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from ..errors import SettingError, UsageError
 from .layers import BlockConfig, ConvBNAct, InvertedResidual, make_divisible
 from .registry import register_model
-from ..errors import SettingError, UsageError
 
 B = BlockConfig
 

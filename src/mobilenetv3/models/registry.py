@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import nn
+
 from ..errors import UsageError
 
 

@@ -14,5 +14,6 @@ from .predict import Prediction, predict
 from .serve import serve
 from .train import TrainResult, train
 
-__all__ = ["bench", "BenchResult", "train", "TrainResult", "evaluate", "EvalResult", "write_report", "export_model", "ExportResult", "predict",
+__all__ = ["bench", "BenchResult", "train", "TrainResult", "evaluate", "EvalResult", "write_report", "export_model",
+           "ExportResult", "predict",
            "Prediction", "serve", "convert_weights", "ConvertResult", "model_info", "ModelInfo"]

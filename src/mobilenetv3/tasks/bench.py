@@ -19,8 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..benchmarking import (core_modes, default_variants, device_sync, inference_groups, inference_preamble, machine_info,
-                     torchvision_model)
+from ..benchmarking import (
+    core_modes,
+    default_variants,
+    device_sync,
+    inference_groups,
+    inference_preamble,
+    machine_info,
+    torchvision_model,
+)
 from ..build import build_model, build_trainable, train_options
 from ..config import load_config
 from ..data.batches import Batch
@@ -109,7 +116,8 @@ def bench_training(name: str, batch: int, size: int, steps: int = 6, warmup: int
                    compile: bool = False, reference_channels_last: bool = False, in_chans: int = 3,
                    stem_stride: int = 2) -> list[dict]:
     """Images/s of the project's training step (``engine.train_one_epoch`` with a run's loss, optimizer, schedule
-    and log, built by the same functions as ``train``'s) against a bare torchvision model + SGD + cross-entropy loop, on the same tensors.
+    and log, built by the same functions as ``train``'s) against a bare torchvision model + SGD + cross-entropy
+    loop, on the same tensors.
 
     ``device``, ``amp_dtype`` (autocast) and ``compile`` (``torch.compile``) apply to both sides;
     ``channels_last`` to ours, ``reference_channels_last`` to torchvision's; ``in_chans`` and ``stem_stride``

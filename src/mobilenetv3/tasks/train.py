@@ -20,15 +20,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import auto, checkpoint as ckpt
-from ..build import (RunData, build_data, build_model, build_trainable, device_type, pick_device, record_architecture,
-                     train_options)
+from .. import auto
+from .. import checkpoint as ckpt
+from ..build import (
+    RunData,
+    build_data,
+    build_model,
+    build_trainable,
+    device_type,
+    pick_device,
+    record_architecture,
+    train_options,
+)
 from ..config import Config, RunConfig, load_config, replace, validate
 from ..data import check_scored_once
-from ..dist import (DistInfo, StopSignal, all_gather_object, all_reduce_sum, barrier, broadcast_object,
-                    destroy_distributed, init_distributed)
-from ..engine import (EMA_BN_BATCHES, EpochResult, StepInfo, evaluate, recompute_batchnorm,
-                      train_one_epoch)
+from ..dist import (
+    DistInfo,
+    StopSignal,
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    destroy_distributed,
+    init_distributed,
+)
+from ..engine import EMA_BN_BATCHES, EpochResult, StepInfo, evaluate, recompute_batchnorm, train_one_epoch
 from ..errors import RunError, UsageError
 from ..models import create_model
 from ..optim import build_schedule, say_seed_rates
