@@ -93,3 +93,30 @@ def test_no_import_circle_in_the_package():
     graph = import_graph()
     assert "mobilenetv3.data.loader" in graph and len(graph) > 50
     assert cycles(graph) == []
+
+
+MAX_FUNCTION_LINES = 50  # a function fits on a screen (STYLE.md); the model's constructor is the one exception
+LONGER_ALLOWED = {("mobilenetv3.models.mobilenetv3", "MobileNetV3.__init__")}
+
+
+def long_functions() -> list[tuple[str, str, int]]:
+    """``(module, Class.function, lines)`` of every function of the package longer than ``MAX_FUNCTION_LINES``."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for owner in ast.walk(tree):
+            for node in ast.iter_child_nodes(owner):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = f"{owner.name}.{node.name}" if isinstance(owner, ast.ClassDef) else node.name
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES and (module_name(path), name) not in LONGER_ALLOWED:
+                        found.append((module_name(path), name, lines))
+    return found
+
+
+def test_no_function_longer_than_a_screen():
+    assert long_functions() == []
+
+
+def test_the_training_task_keeps_the_runner_only():
+    assert len((PACKAGE / "tasks" / "train.py").read_text().splitlines()) < 550

@@ -454,8 +454,17 @@ def _add_serve(subparsers) -> None:
                                                "workers: the HTTP loop and decoding need a core)")
     p.add_argument("--name", help="the model's name in /v2/models/NAME (default: its architecture)")
     p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${{{_api_key_variable()}}})")
+    p.add_argument("--access-log", action="store_true", help="log every request, with its X-Request-ID")
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
+    p.add_argument("--ssl-keyfile", help="the certificate's PEM private key (unless it is in --ssl-certfile)")
+    _add_serve_limits(p, MAX_PIXELS)
+    p.set_defaults(handler=_cmd_serve)
+
+
+def _add_serve_limits(p: argparse.ArgumentParser, max_pixels: int) -> None:
+    """What a server admits, how long it waits, and how it batches: the serve flags that bound its work."""
     p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest request body (larger: 413)")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image (width x height) decoded")
+    p.add_argument("--max-pixels", type=int, default=max_pixels, help="largest image (width x height) decoded")
     p.add_argument("--topk", type=int, default=5, help="classes per image in /predict (?topk= overrides)")
     p.add_argument("--decode-threads", type=int, default=2, help="threads decoding uploaded images")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
@@ -478,10 +487,6 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--grace-s", type=float, default=15.0,
                    help="on SIGTERM, how long requests in progress may finish before they are ended with a 503 "
                         "(keep it below Kubernetes' terminationGracePeriodSeconds)")
-    p.add_argument("--access-log", action="store_true", help="log every request, with its X-Request-ID")
-    p.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
-    p.add_argument("--ssl-keyfile", help="the certificate's PEM private key (unless it is in --ssl-certfile)")
-    p.set_defaults(handler=_cmd_serve)
 
 
 def _api_key_variable() -> str:
@@ -541,8 +546,8 @@ def _add_convert(subparsers) -> None:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .tasks import convert_weights
 
-    r = convert_weights(source=args.src, output=args.dst, to=args.to, from_format=args.from_format, ema=args.ema, crc=args.crc,
-                        any_architecture=args.any_architecture)
+    r = convert_weights(source=args.src, output=args.dst, to=args.to, from_format=args.from_format, ema=args.ema,
+                        crc=args.crc, any_architecture=args.any_architecture)
     shown = ", ".join(f"{k}={v}" for k, v in r.model_kwargs.items() if k in ("num_classes", "width_mult",
                                                                              "head_channels", "head_bias"))
     print(f"{r.source} ({r.source_format}, {r.model_name}, {shown}) -> {r.output} ({r.target_format}"
