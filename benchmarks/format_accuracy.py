@@ -47,16 +47,21 @@ def predictions(run, batches) -> torch.Tensor:
 
 
 def runners(checkpoint: Path, formats, folder: Path):
-    """(name, precision, callable) for each format: exported, verified and opened in its own runtime."""
-    from mobilenetv3.export import FORMATS, SUFFIXES
-    from mobilenetv3.export.verify import load_exported
+    """(name, precision, callable) for each format of the table of formats (or those named) that runs on this
+    machine with its extra installed: exported, verified and opened in its own runtime."""
+    from mobilenetv3.export import TABLE
+    from mobilenetv3.export.formats import get, installed
     from mobilenetv3.tasks.export import export_model
 
-    for fmt in formats or FORMATS:
-        path = folder / f"model{SUFFIXES[fmt]}"
-        export_model(str(checkpoint), format=fmt, output=str(path))
-        precision = "int8" if "int8" in fmt else "fp32"
-        yield fmt, precision, load_exported(path, fmt)
+    for row in [get(name) for name in formats] if formats else TABLE:
+        if not row.runs_here() or not installed(row):
+            why = "does not run on this machine" if not row.runs_here() else "its extra is not installed"
+            print(f"  {row.name:<16} left out: {why}", flush=True)
+            continue
+        path = folder / f"model{row.suffix}"
+        export_model(str(checkpoint), format=row.name, output=str(path))
+        fmt, precision = row.name, "int8" if row.int8 else "fp32"
+        yield fmt, precision, row.open(path, None, None, None)
         if fmt == "openvino" and _native_bf16():
             from mobilenetv3.export.openvino import OpenVinoModule
 
@@ -74,7 +79,9 @@ def score(checkpoint: Path, formats=None) -> dict:
     labels = torch.cat([b.labels for b in batches])
     eager = predictions(model, batches)
     rows = [dict(format="eager (PyTorch)", precision="fp32", top1=eager.eq(labels).float().mean().item())]
-    fp32_of = {"onnx-int8": "onnx", "openvino-int8": "openvino", "executorch-int8": "executorch"}
+    from mobilenetv3.export.formats import FORMATS_BY_NAME
+
+    fp32_of = {row.name: row.fp32_of for row in FORMATS_BY_NAME.values() if row.fp32_of}
     found = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, precision, run in runners(checkpoint, formats, Path(folder)):

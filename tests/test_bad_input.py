@@ -641,8 +641,8 @@ CASES = [
                                                        "--runtime", "openvino"], "not a loadable ONNX model",
          make=(onnx_named_file, an_image)),
     Case("predict: an exported file of another kind", ["predict", "{d}/image.png", "--exported", "{d}/weights.pt"],
-         "not an exported model (an .onnx file, an OpenVINO IR .xml, an ExecuTorch .pte, a LiteRT .tflite, an ncnn "
-         ".ncnn.param, a Core ML .mlpackage, a TorchScript .torchscript.pt or a torch.export .pt2)",
+         "not an exported model (an .onnx file, an OpenVINO IR .xml, an ExecuTorch .pte, a LiteRT .tflite, a Core "
+         "ML .mlpackage, an ncnn .ncnn.param, a TorchScript .torchscript.pt or a torch.export .pt2)",
          make=(weights, an_image)),
     *[Case(f"{command}: random bytes as a {suffix}", argv, f"{{d}}/model{suffix}: not a loadable {what} (",
            make=(torch_program_of_random_bytes, an_image))

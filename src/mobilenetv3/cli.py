@@ -262,8 +262,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- export
 def _add_export(subparsers) -> None:
-    from .export import ACTIVATION_RANGES, DEFAULT_KEEP_FP32, FORMATS, KEEP_FP32, OVERFLOW_FIX
-    from .tasks.export import DEFAULT_VALIDATION_IMAGES
+    from .export import (
+        ACTIVATION_RANGES,
+        DEFAULT_KEEP_FP32,
+        DEFAULT_VALIDATION_IMAGES,
+        FORMATS,
+        KEEP_FP32,
+        OVERFLOW_FIX,
+    )
 
     p = subparsers.add_parser("export", help="export to ONNX, OpenVINO, ExecuTorch, LiteRT, Core ML, ncnn, "
                                              "TorchScript or torch.export (INT8: ONNX, OpenVINO, ExecuTorch, "

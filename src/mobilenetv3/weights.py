@@ -49,17 +49,22 @@ class Weights:
         return ckpt.dataset_record(config, self.classes)
 
 
-EXPORTED = {".onnx": "an ONNX model", ".xml": "an OpenVINO IR", ".pte": "an ExecuTorch program",
-            ".pt2": "a torch.export program"}  # files export writes that are models, not weights
+def exported_format(path: Path):
+    """The row of ``export.formats.TABLE`` whose files ``path`` is named as (models, not weights), or ``None``.
+    A TorchScript ``.pt`` is told apart by its content, where it is read."""
+    from .export.formats import kind_of_name
+
+    row = kind_of_name(path.name)
+    return None if row is None or row.kind == "torchscript" else row
 
 
 def read_weights(path, ema: bool = False) -> Weights:
     """Read a checkpoint of ours, safetensors, a torchvision or timm state dict (or training checkpoint),
     or a MindSpore ``.ckpt``; ``ema=True`` takes the EMA weights of our training checkpoints."""
     path = Path(path)
-    if path.suffix.lower() in EXPORTED:
-        raise UsageError(f"{path} is {EXPORTED[path.suffix.lower()]}, not weights: eval and predict run it with "
-                         f"--exported {path}")
+    exported = exported_format(path)
+    if exported is not None:
+        raise UsageError(f"{path} is {exported.what}, not weights: eval and predict run it with --exported {path}")
     if path.suffix == ".ckpt":
         return _read_mindspore(path)
     if path.suffix == ".safetensors":

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -122,12 +123,44 @@ def _save(ov_model, path: Path) -> None:
         assert weights == xml.with_suffix(".bin"), (weights, xml)
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)  # the default halves the weights to fp16
 
+DEFAULT_VALIDATION_IMAGES = 2000  # accuracy control: 0.05% of them is one answer
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How OpenVINO INT8 quantises, checked when made (a value it does not take is one ``UsageError``):
+    ``keep_fp32``, the layer kinds left in fp32 (keys of ``KEEP_FP32``); ``overflow_fix`` (``OVERFLOW_FIX``);
+    ``activation_ranges`` (``ACTIVATION_RANGES``); ``max_drop``, accuracy control (``None``: off): layers put
+    back in fp32 until INT8 gives fp32's top-1 answer on at least ``1 - max_drop`` of ``validation_images``
+    images apart from the calibration images (``validation``, what they are: ``validation_info``)."""
+
+    keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32
+    overflow_fix: str = "enable"
+    activation_ranges: str = "histogram"
+    max_drop: Optional[float] = None
+    validation_images: Optional[int] = None  # None: DEFAULT_VALIDATION_IMAGES with accuracy control
+    validation: Sequence[torch.Tensor] = ()
+    validation_info: Optional[dict] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
+        check_int8_settings(self.keep_fp32, self.overflow_fix, self.activation_ranges, self.max_drop)
+        if self.validation_images is not None and self.max_drop is None:
+            raise UsageError("--int8-validation-images is a setting of accuracy control: give --int8-max-drop too")
+        if self.validation_images is not None and self.validation_images < 1:
+            raise UsageError(f"--int8-validation-images must be at least 1, got {self.validation_images}")
+
+    @property
+    def images_to_validate(self) -> int:
+        """Training images accuracy control validates on (0 without it)."""
+        return 0 if self.max_drop is None else self.validation_images or DEFAULT_VALIDATION_IMAGES
+
 
 def quantize_openvino(fp32_path: Path, path: Path, calibration: Iterable[torch.Tensor],
                       calibration_info: Optional[dict] = None, keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32, *,
                       overflow_fix: str = "enable", activation_ranges: str = "histogram",
                       max_drop: Optional[float] = None, validation: Iterable[torch.Tensor] = (),
-                      validation_info: Optional[dict] = None) -> Path:
+                      validation_info: Optional[dict] = None, settings: Optional[Int8Settings] = None) -> Path:
     """INT8 IR from the fp32 IR at ``fp32_path``: NNCF post-training quantisation (mixed preset: symmetric
     weights, asymmetric activations; full bias correction) calibrated on every image of ``calibration``, with
     the layer kinds ``keep_fp32`` (keys of ``KEEP_FP32``) left in fp32, ``overflow_fix`` (``OVERFLOW_FIX``) and
@@ -137,8 +170,12 @@ def quantize_openvino(fp32_path: Path, path: Path, calibration: Iterable[torch.T
     the most answers, until INT8's top-1 answer is fp32's on at least ``1 - max_drop`` of the ``validation``
     images (which must not be the images INT8 is scored on). The IR keeps the fp32 IR's card and records
     ``calibration_info`` under ``CALIBRATION_KEY`` and how it was quantised (the settings, the layers left in
-    fp32, the accuracy control's ``validation_info`` and the agreement reached) under ``INT8_KEY``."""
-    check_int8_settings(keep_fp32, overflow_fix, activation_ranges, max_drop)
+    fp32, the accuracy control's ``validation_info`` and the agreement reached) under ``INT8_KEY``. ``settings``
+    (an ``Int8Settings``, checked when it was made) stands for the keyword arguments after ``calibration_info``."""
+    settings = settings or Int8Settings(keep_fp32, overflow_fix, activation_ranges, max_drop,
+                                        validation=validation, validation_info=validation_info)
+    keep_fp32, overflow_fix, activation_ranges = settings.keep_fp32, settings.overflow_fix, settings.activation_ranges
+    max_drop, validation, validation_info = settings.max_drop, settings.validation, settings.validation_info
     _check_xml(path)
     nncf = _import_nncf()
     ov_model = read_ir(import_openvino().Core(), fp32_path)

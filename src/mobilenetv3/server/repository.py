@@ -33,12 +33,17 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from ..errors import UsageError
+from ..export.formats import TABLE, kind_of_name
 from .runtime import ServedModel
 from .uploads import BadRequest
 
 log = logging.getLogger(__name__)
 
-MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt", ".onnx", ".xml")  # model files found in a folder
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")
+# model files found in a folder: weights and the exported files of every format that runs on this machine and is
+# one file (a Core ML package is a folder)
+MODEL_SUFFIXES = WEIGHTS_SUFFIXES + tuple(dict.fromkeys(
+    suffix for row in TABLE if row.runs_here() for suffix in row.recognised if suffix not in WEIGHTS_SUFFIXES))
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"  # Triton's states
 
 
@@ -90,7 +95,7 @@ def scan(paths: Sequence[str], name: Optional[str] = None) -> list[ModelFile]:
     ``UsageError`` for what concerns them all (no paths, a missing one, two files of one name and version)."""
     if not paths:
         raise UsageError("give a model file or a model repository folder to serve")
-    lone = len(paths) == 1 and not Path(paths[0]).is_dir()
+    lone = len(paths) == 1 and _is_model(Path(paths[0]))
     if name is not None and not lone:
         raise UsageError("--name names the model of one file; in a repository or a list of files each model is "
                          "named after its folder or file")
@@ -102,14 +107,14 @@ def scan(paths: Sequence[str], name: Optional[str] = None) -> list[ModelFile]:
 def _files_under(path: Path) -> list[ModelFile]:
     if not path.exists():
         raise UsageError(f"{path} does not exist")
-    if not path.is_dir():
-        return [ModelFile(path.stem, "1", path)]
+    if _is_model(path):
+        return [ModelFile(path.name[:-len(_model_suffix(path))] if _model_suffix(path) else path.stem, "1", path)]
     files = []
     for entry in sorted(path.iterdir()):
         if entry.is_dir() and not entry.name.startswith("."):
             files += _versions(entry)
-        elif entry.suffix.lower() in MODEL_SUFFIXES:  # a README, an IR's .bin: not models
-            files.append(ModelFile(entry.stem, "1", entry))
+        elif _model_suffix(entry):  # a README, an IR's .bin: not models
+            files.append(ModelFile(entry.name[:-len(_model_suffix(entry))], "1", entry))
     if not files:
         raise UsageError(f"{path} holds no model files: lay it out as {path}/NAME/VERSION/FILE or {path}/NAME.EXT "
                          f"(EXT one of {', '.join(MODEL_SUFFIXES)})")
@@ -126,12 +131,23 @@ def _versions(folder: Path) -> list[ModelFile]:
 
 
 def _version(name: str, folder: Path) -> ModelFile:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and _model_suffix(p))
     if len(files) == 1:
         return ModelFile(name, str(int(folder.name)), files[0])
     held = "no model file" if not files else f"{len(files)} model files ({', '.join(p.name for p in files)})"
     return ModelFile(name, str(int(folder.name)), folder,
                      f"{folder} holds {held}: a version folder holds one ({', '.join(MODEL_SUFFIXES)})")
+
+
+def _is_model(path: Path) -> bool:
+    """A file, or a folder that is a model of its own (a Core ML ``.mlpackage``), not a repository folder."""
+    return not path.is_dir() or kind_of_name(path.name) is not None
+
+
+def _model_suffix(path: Path) -> str:
+    """The suffix that makes ``path`` a model file (``.ncnn.param``: the whole of it), or ``""``."""
+    return next((suffix for suffix in sorted(MODEL_SUFFIXES, key=len, reverse=True)
+                 if path.name.lower().endswith(suffix)), "")
 
 
 def _check_unique(files: list[ModelFile]) -> None:
@@ -159,9 +175,11 @@ def check_model_file(path: Path) -> None:
         raise UsageError(f"{path} is empty")
     if suffix == ".xml" and not path.with_suffix(".bin").is_file():
         raise UsageError(f"{path} is an OpenVINO IR without its weights: {path.with_suffix('.bin')} is missing")
+    exported = kind_of_name(path.name)
     if suffix == ".safetensors":
         _check_safetensors(path)
-    elif suffix not in (".onnx", ".xml", ".ckpt"):  # torch.load's files: a zip archive (PyTorch >= 1.6) or a pickle
+    elif suffix != ".ckpt" and (exported is None or exported.runtime == "pytorch"):
+        # torch.load's files, TorchScript and pt2: a zip archive (PyTorch >= 1.6) or a pickle
         if head.startswith(b"PK\x03\x04"):
             _check_zip(path)
         elif head[:1] != b"\x80":

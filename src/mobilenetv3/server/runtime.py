@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +12,14 @@ import torch
 
 from ..data.transforms import Preprocessing
 from ..errors import UsageError
+from ..export.formats import TABLE, Format, kind_of_name, runtimes
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "onnxruntime", "openvino", "torch")
-EXPORTED = {".onnx": "onnxruntime", ".xml": "openvino"}  # exported files and the runtime ``auto`` picks for them
-EXPORT_FORMATS = {"onnxruntime": ("onnx", ".onnx"), "openvino": ("openvino", ".xml")}  # weights served by them
+RUNTIMES = ("auto", *runtimes(), "torch")  # auto: the file's own; torch: PyTorch (weights, TorchScript, pt2)
+# weights served in another runtime are exported first, to the fp32 format of that runtime that runs anywhere
+EXPORT_FORMATS = {row.runtime: row for row in reversed(TABLE)
+                  if not row.int8 and row.runtime != "pytorch" and not row.systems}
 
 
 @dataclass
@@ -44,14 +47,19 @@ class ServedModel:
 
 def load_served_model(path: str, runtime: str = "auto", name: Optional[str] = None, threads: Optional[int] = None,
                       precision: Optional[str] = None) -> ServedModel:
-    """Load ``path`` (a checkpoint or weights of any format ``mobilenetv3.load_model`` reads, an ONNX file or an
-    OpenVINO IR ``.xml``) to run in ``runtime``: ``auto`` is the file's own (ONNX Runtime for ``.onnx``, OpenVINO
-    for ``.xml``, PyTorch for weights); ONNX Runtime or OpenVINO with weights export them first (verified
-    against PyTorch). ``threads`` caps the runtime's threads; ``precision`` (``fp32``, ``bf16``) is OpenVINO's."""
+    """Load ``path`` (a checkpoint or weights of any format ``mobilenetv3.load_model`` reads, or a file of any
+    format of ``export.formats.TABLE`` that runs on this machine) to run in ``runtime``: ``auto`` is the file's
+    own (ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``, ExecuTorch for ``.pte``, LiteRT for ``.tflite``, ncnn
+    for ``.ncnn.param``, PyTorch for weights, TorchScript and ``.pt2``); another runtime with weights exports them
+    first (verified against PyTorch). ``threads`` caps the runtime's threads; ``precision`` (``fp32``, ``bf16``)
+    is OpenVINO's."""
+    from ..export import exported_kind
+
     path = Path(path)
     check_runtime(path, runtime)
-    if path.suffix.lower() in EXPORTED:
-        return _from_exported(path, path, None if runtime == "auto" else runtime, name, threads, precision)
+    if exported_kind(path) is not None:  # a TorchScript .pt too, told by its content
+        return _from_exported(path, path, None if runtime in ("auto", "torch") else runtime, name, threads,
+                              precision)
     from ..export import check_pytorch_options
     from ..weights import load_model
 
@@ -71,11 +79,28 @@ def load_served_model(path: str, runtime: str = "auto", name: Optional[str] = No
 
 
 def check_runtime(path: Path, runtime: str) -> None:
-    """``runtime`` can serve ``path`` (told by its suffix, without reading it); ``UsageError`` otherwise."""
+    """``runtime`` can serve ``path`` on this machine (told by its suffix, without reading it); ``UsageError``
+    otherwise."""
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-    if path.suffix.lower() in EXPORTED and runtime == "torch":
-        raise UsageError(f"{path} is an exported file: serve it with --runtime {EXPORTED[path.suffix.lower()]}")
+    row = kind_of_name(path.name)
+    if row is None and runtime not in ("auto", "torch", *EXPORT_FORMATS):
+        raise UsageError(f"--runtime {runtime} does not run on {platform.system()}: serve {path} with --runtime "
+                         f"{', '.join(('torch', *EXPORT_FORMATS))}")
+    if row is None:
+        return
+    if not row.runs_here():
+        raise UsageError(f"{path} is {row.what}: it runs only on {' or '.join(_system_names(row))}, not on "
+                         f"{platform.system()}")
+    if runtime == "torch" and row.runtime != "pytorch":
+        raise UsageError(f"{path} is an exported file: serve it with --runtime {row.runtime}")
+    served = ["torch" if each == "pytorch" else each for each in row.runtimes]
+    if runtime not in ("auto", *served):
+        raise UsageError(f"{path} is {row.what}: serve it with --runtime {' or '.join(served)} (or auto)")
+
+
+def _system_names(row: Format) -> list[str]:
+    return [{"Darwin": "macOS"}.get(system, system) for system in row.systems]
 
 
 def _from_exported(path: Path, source: Path, runtime: Optional[str], name: Optional[str], threads: Optional[int],
@@ -100,7 +125,7 @@ def _exported_first(model: torch.nn.Module, source: Path, runtime: str, name: st
     """Weights served by ONNX Runtime or OpenVINO: exported (and checked against PyTorch) into a temporary file."""
     from ..export import export_verified
 
-    fmt, suffix = EXPORT_FORMATS[runtime]
+    fmt, suffix = EXPORT_FORMATS[runtime].name, EXPORT_FORMATS[runtime].suffix
     preprocessing = Preprocessing.from_dict(model.preprocessing)
     example = torch.zeros(1, preprocessing.in_chans, preprocessing.crop, preprocessing.crop)
     log.info("exporting %s to %s for %s", source, fmt, runtime)

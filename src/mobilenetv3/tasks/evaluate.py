@@ -24,6 +24,7 @@ from ..dist import destroy_distributed, init_distributed
 from ..engine import evaluate as score
 from ..errors import SettingError, UsageError
 from ..export import check_pytorch_options, exported_kind, open_exported
+from ..export.formats import kinds
 from ..files import file_sha256
 from ..progress import tracked
 from ..reports import write_eval_report
@@ -180,11 +181,6 @@ def _score(scored: _Scored, info, by_index: bool, asked: list[str], report_dir: 
                       notes=notes)
 
 
-_KINDS = {"onnx": "ONNX file", "openvino": "OpenVINO IR", "executorch": "ExecuTorch program",
-          "torchscript": "TorchScript program", "pt2": "torch.export program", "litert": "LiteRT model",
-          "ncnn": "ncnn model", "coreml": "Core ML package"}
-
-
 def _open(source: str, ema: bool, settings: dict, runtime: Optional[str] = None,
           precision: Optional[str] = None) -> _Scored:
     """Read the model once; its training config (when it has one) under the settings given now."""
@@ -193,7 +189,8 @@ def _open(source: str, ema: bool, settings: dict, runtime: Optional[str] = None,
         model: nn.Module = open_exported(source, runtime, precision)
         classes, preprocessing = model.classes, model.preprocessing
         record = model.dataset  # the data it was trained on, as export recorded it (None: an older file)
-        runtime, precision, kind = model.runtime, model.precision, _KINDS[exported_kind(Path(source))]
+        runtime, precision = model.runtime, model.precision
+        kind = kinds()[exported_kind(Path(source))].what.split(" ", 1)[1]  # "ONNX model", "OpenVINO IR", ...
     else:
         check_pytorch_options(runtime, precision)
         read = read_weights(source, ema=ema)

@@ -9,7 +9,7 @@ order, an ImageFolder's first images are all one class.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -24,8 +24,8 @@ from ..data.datasets import subset
 from ..data.transforms import Preprocessing
 from ..engine import top_classes
 from ..errors import SettingError, UsageError
-from ..export import FORMATS, INT8_FORMATS, SUFFIXES, check_extra, check_int8_settings, export_verified, \
-    int8_source_path, open_exported, read_int8_info
+from ..export import TABLE, Format, Int8Settings, export_verified, int8_source_path, open_exported, read_int8_info
+from ..export.formats import get as format_row
 from ..files import check_writable
 from ..progress import Stages, tracked
 from ..rundir import VAL_INDICES, read_holdout
@@ -33,7 +33,6 @@ from ..weights import model_from_weights, read_weights
 from .common import renamed, required_source
 
 SPLIT_NAMES = {"train": "training", "val": "validation"}
-DEFAULT_VALIDATION_IMAGES = 2000  # INT8 accuracy control: 0.05% of them is one answer
 
 
 @dataclass
@@ -112,65 +111,65 @@ def export_model(source: Optional[str] = None, *, format: str = "onnx", output: 
     ``.xml`` path; its weights go to the ``.bin`` beside it. An ExecuTorch program is a ``.pte``;
     ``executorch-int8`` writes the fp32 program beside it too (its accuracy is compared with it).
 
-    ``openvino-int8``'s settings (``None``: the default): ``keep_fp32``, the layer kinds left in fp32
-    (``export.KEEP_FP32``; default ``export.DEFAULT_KEEP_FP32``); ``int8_overflow_fix`` (``export.OVERFLOW_FIX``,
-    default ``enable``); ``int8_ranges``, how activation ranges are set (``export.ACTIVATION_RANGES``, default
-    ``histogram``); ``int8_max_drop``: accuracy control, layers put back in fp32 until INT8 gives fp32's top-1
-    answer on at least ``1 - int8_max_drop`` of ``int8_validation_images`` (default 2000) training images apart
-    from the calibration images (held out by the run when it held some out).
-    """
+    ``openvino-int8``'s settings (``None``: the default): ``keep_fp32``, ``int8_overflow_fix``, ``int8_ranges``,
+    ``int8_max_drop`` and ``int8_validation_images``, the fields of ``export.Int8Settings`` that say what each is
+    (accuracy control validates on training images held out by the run when it held some out)."""
     source = Path(required_source(renamed("export_model", "source", source, checkpoint=checkpoint),
                                   "the weights to export"))
-    if format not in FORMATS:
-        raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
-    if calibration_images < 1:
-        raise SettingError("calibration_images", "must be at least 1")
-    if verify_images < 0:
-        raise SettingError("verify_images", "must be at least 0 (0: all)")
-    int8, validation_images = _int8_settings(format, keep_fp32, int8_overflow_fix, int8_ranges, int8_max_drop,
-                                             int8_validation_images)
-    _check_phone_options(format, precision, nhwc)
-    check_extra(format)  # before the weights and the data are read
+    row = format_row(format)
+    _check_counts(calibration_images, verify_images)
+    int8 = _int8_settings(format, keep_fp32, int8_overflow_fix, int8_ranges, int8_max_drop, int8_validation_images)
+    _check_format_options(row, precision, nhwc)
+    row.extra()  # before the weights and the data are read
     weights = read_weights(source, ema=ema)
     model = model_from_weights(weights)
     pre = Preprocessing.from_dict(model.preprocessing)
-    path = _output_path(source, format, output)
+    path = _output_path(source, row, output)
     config = Config.from_dict(weights.checkpoint.config) if weights.checkpoint and weights.checkpoint.config \
         else Config()
     apply_over_run(config, settings)
     d = config.data
     has_data = use_dataset and (d.dataset in ("fashion-mnist", "synthetic") or d.data_path)
     guessed = model.dataset is None and "dataset" not in settings  # the default dataset, not the model's own
-    stages = Stages(f"export {format}", enabled=format in INT8_FORMATS or format.startswith("executorch"))
-    data = _export_data(config, model.num_classes, pre, format in INT8_FORMATS, calibration_images, verify_images,
-                        sample_seed, validation_images, source,
+    stages = Stages(f"export {format}", enabled=row.int8 or row.slow)
+    data = _export_data(config, model.num_classes, pre, row.int8, calibration_images, verify_images,
+                        sample_seed, int8.images_to_validate if int8 else 0, source,
                         check_classes=lambda val: _check_classes(model, val, guessed)) if has_data else ExportData()
-    if validation_images:
-        int8.update(validation=data.validation or (),
-                    validation_info=data.validation_sample.to_dict() if data.validation_sample else None)
+    if int8 and int8.images_to_validate:
+        int8 = replace(int8, validation=data.validation or (),
+                       validation_info=data.validation_sample.to_dict() if data.validation_sample else None)
     size = d.image_size if "image_size" in settings else pre.crop
     return _export_and_score(model, format, path, torch.randn(2, model.in_chans, size, size), softmax, data, int8,
                              pre, config, stages, precision=precision, nhwc=nhwc)
 
 
-def _output_path(source: Path, format: str, output: Optional[str]) -> Path:
+def _check_counts(calibration_images: int, verify_images: int) -> None:
+    if calibration_images < 1:
+        raise SettingError("calibration_images", "must be at least 1")
+    if verify_images < 0:
+        raise SettingError("verify_images", "must be at least 0 (0: all)")
+
+
+def _output_path(source: Path, row: Format, output: Optional[str]) -> Path:
     """The file to write (default: beside ``source``), checked writable before the data is read and the model
-    exported; an IR or a program must not overwrite what it is made from."""
-    path = Path(output) if output else source.with_name(source.stem + SUFFIXES[format])
-    check_writable(path.with_name(path.name + ".probe") if format == "coreml" else path)  # a package is a folder
-    for companion in _phone_format_companions(format, path):
-        check_writable(companion)
-    if format.startswith("openvino"):
-        for ir in (path, int8_source_path(path)) if format in INT8_FORMATS else (path,):
-            _check_ir_output(ir, source)
-    if format.startswith("executorch"):
-        _check_pte_output(path, int8_source_path(path) if format in INT8_FORMATS else None)
+    exported, with what is written beside it (INT8: its fp32 file); none may overwrite what it is made from."""
+    path = Path(output) if output else source.with_name(source.stem + row.suffix)
+    check_writable(path.with_name(path.name + ".probe") if row.kind == "coreml" else path)  # a package is a folder
+    row.check_output(path)
+    for written in (path, int8_source_path(path)) if row.int8 else (path,):
+        for companion in row.companions(written):
+            if companion.resolve() == source.resolve():
+                raise SettingError("output", f"{written}: the {row.what.split(' ', 1)[1]}'s weights file "
+                                   f"{companion} would overwrite {source}; name it another way")
+            check_writable(companion)
+        if written != path:
+            check_writable(written)
     return path
 
 
 def _export_and_score(model: nn.Module, format: str, path: Path, example: torch.Tensor, softmax: bool,
-                      data: ExportData, int8: dict, pre: Preprocessing, config: Config, stages: Stages,
-                      **options) -> ExportResult:
+                      data: ExportData, int8: Optional[Int8Settings], pre: Preprocessing, config: Config,
+                      stages: Stages, **options) -> ExportResult:
     """Write and verify the file; an INT8 one is then scored beside its fp32 file on the validation split.
     ``options``: ``export_verified``'s ``precision`` (Core ML) and ``nhwc`` (LiteRT)."""
     calibration_info = data.calibration_sample.to_dict() if data.calibration_sample else None
@@ -184,37 +183,22 @@ def _export_and_score(model: nn.Module, format: str, path: Path, example: torch.
                           operators=figures.get("operators"), fp16=figures.get("fp16"), coreml=figures.get("coreml"))
     if format == "openvino-int8":
         result.int8 = read_int8_info(path)
-    if format in INT8_FORMATS and data.val is not None:
+    if format_row(format).int8 and data.val is not None:
         stages.begin(f"scoring INT8 and fp32 on the {len(data.val):,} validation images")
         result.accuracy = _int8_accuracy(result, data.val, pre, config)
     return result
 
 
-def _phone_format_companions(format: str, path: Path) -> list[Path]:
-    """The other files a LiteRT, ncnn or Core ML export writes, checked writable with ``path`` (and its suffix)."""
-    from ..export.coreml import check_package_path
-    from ..export.litert import check_tflite_path
-    from ..export.ncnn import check_param_path, companions
-
-    if format.startswith("litert"):
-        check_tflite_path(path)
-        return [int8_source_path(path)] if format in INT8_FORMATS else []
-    if format == "ncnn":
-        check_param_path(path)
-        return list(companions(path))
-    if format == "coreml":
-        check_package_path(path)
-    return []
-
-
-def _check_phone_options(format: str, precision: Optional[str], nhwc: bool) -> None:
-    """``precision`` is Core ML's (fp16, fp32), ``nhwc`` LiteRT's."""
-    if precision is not None and format != "coreml":
-        raise SettingError("precision", f"{precision}: a setting of --format coreml (fp16 or fp32)")
-    if precision not in (None, "fp16", "fp32"):
-        raise SettingError("precision", f"{precision!r}: Core ML computes in fp16 or fp32")
-    if nhwc and not format.startswith("litert"):
-        raise SettingError("nhwc", "a setting of --format litert and litert-int8")
+def _check_format_options(row: Format, precision: Optional[str], nhwc: bool) -> None:
+    """``precision`` and ``nhwc`` are options of the formats whose row lists them (Core ML's, LiteRT's)."""
+    for option, given in (("precision", precision is not None), ("nhwc", nhwc)):
+        if given and option not in row.options:
+            owners = [each for each in TABLE if option in each.options]
+            what = f" ({' or '.join(owners[0].precisions)})" if option == "precision" else ""
+            raise SettingError(option, f"{precision + ': ' if option == 'precision' else ''}a setting of "
+                               f"--format {' and '.join(each.name for each in owners)}{what}")
+    if precision is not None and precision not in row.precisions:
+        raise SettingError("precision", f"{precision!r}: {row.runtime} computes in {' or '.join(row.precisions)}")
 
 
 def _check_classes(model, val: Dataset, guessed: bool) -> None:
@@ -231,43 +215,19 @@ def _check_classes(model, val: Dataset, guessed: bool) -> None:
 
 def _int8_settings(format: str, keep_fp32: Optional[Sequence[str]], overflow_fix: Optional[str],
                    ranges: Optional[str], max_drop: Optional[float],
-                   validation_images: Optional[int]) -> tuple[dict, int]:
-    """``quantize_openvino``'s keyword arguments for the settings given (checked), and the number of images
-    accuracy control validates on (0 without it)."""
-    given = dict(keep_fp32=keep_fp32, overflow_fix=overflow_fix, activation_ranges=ranges, max_drop=max_drop)
-    int8 = {key: value for key, value in given.items() if value is not None}
-    flags = dict(keep_fp32="--keep-fp32", overflow_fix="--int8-overflow-fix", activation_ranges="--int8-ranges",
-                 max_drop="--int8-max-drop")
-    if format != "openvino-int8" and (int8 or validation_images is not None):
-        named = [flags[key] for key in int8] + (["--int8-validation-images"] if validation_images is not None else [])
-        raise UsageError(f"{', '.join(named)}: a setting of --format openvino-int8")
-    if validation_images is not None and max_drop is None:
-        raise UsageError("--int8-validation-images is a setting of accuracy control: give --int8-max-drop too")
-    if validation_images is not None and validation_images < 1:
-        raise UsageError(f"--int8-validation-images must be at least 1, got {validation_images}")
-    check_int8_settings(**int8)
-    return int8, 0 if max_drop is None else validation_images or DEFAULT_VALIDATION_IMAGES
-
-
-def _check_ir_output(path: Path, source: Path) -> None:
-    """An IR is an ``.xml`` and the ``.bin`` of the same name, which must be writable and must not be the
-    weights being exported (``pytorch_model.bin`` -> ``pytorch_model.xml`` would overwrite them)."""
-    if path.suffix != ".xml":
-        raise UsageError(f"an OpenVINO IR is an .xml file (and its .bin): {path} does not end in .xml")
-    weights = path.with_suffix(".bin")
-    if weights.resolve() == source.resolve():
-        raise SettingError("output", f"{path}: the IR's weights file {weights} would overwrite {source}; name the "
-                           "IR another way")
-    check_writable(weights)
-
-
-def _check_pte_output(path: Path, fp32_path: Optional[Path]) -> None:
-    """A ``.pte`` (the runtime is picked by suffix when it is run); ``executorch-int8``'s fp32 program beside it
-    must be writable too, before either is exported."""
-    if path.suffix != ".pte":
-        raise UsageError(f"an ExecuTorch program is a .pte file: {path} does not end in .pte")
-    if fp32_path is not None:
-        check_writable(fp32_path)
+                   validation_images: Optional[int]) -> Optional[Int8Settings]:
+    """OpenVINO INT8's settings given (``None``: the default each), checked once; ``None`` for other formats,
+    which take none of them."""
+    given = {"--keep-fp32": keep_fp32, "--int8-overflow-fix": overflow_fix, "--int8-ranges": ranges,
+             "--int8-max-drop": max_drop, "--int8-validation-images": validation_images}
+    if format != "openvino-int8":
+        named = [flag for flag, value in given.items() if value is not None]
+        if named:
+            raise UsageError(f"{', '.join(named)}: a setting of --format openvino-int8")
+        return None
+    settings = dict(keep_fp32=keep_fp32, overflow_fix=overflow_fix, activation_ranges=ranges, max_drop=max_drop,
+                    validation_images=validation_images)
+    return Int8Settings(**{key: value for key, value in settings.items() if value is not None})
 
 
 def _export_data(config: Config, num_classes: int, pre: Preprocessing, int8: bool, calibration_images: int,
