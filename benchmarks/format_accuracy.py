@@ -74,14 +74,19 @@ def _native_bf16() -> bool:
     return native()
 
 
+def fp32_formats() -> dict:
+    """``{"onnx-int8": "onnx", ...}``: each INT8 format and the fp32 format it is compared with (the table's)."""
+    from mobilenetv3.export import TABLE
+
+    return {row.name: row.fp32_of for row in TABLE if row.int8}
+
+
 def score(checkpoint: Path, formats=None) -> dict:
     model, config, batches = eval_batches(checkpoint)
     labels = torch.cat([b.labels for b in batches])
     eager = predictions(model, batches)
     rows = [dict(format="eager (PyTorch)", precision="fp32", top1=eager.eq(labels).float().mean().item())]
-    from mobilenetv3.export.formats import FORMATS_BY_NAME
-
-    fp32_of = {row.name: row.fp32_of for row in FORMATS_BY_NAME.values() if row.fp32_of}
+    fp32_of = fp32_formats()
     found = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, precision, run in runners(checkpoint, formats, Path(folder)):

@@ -1,13 +1,13 @@
-"""Inference latency, side by side: our PyTorch, TorchScript, torch.compile, ONNX Runtime, OpenVINO and ExecuTorch
-paths against torchvision's mobilenet_v3_large/small in eager PyTorch and exported by hand to ONNX Runtime and to
-OpenVINO, on one core and on all cores, plus the physical floor.
+"""Inference latency, side by side: our PyTorch, TorchScript, torch.compile, ONNX Runtime, OpenVINO, ExecuTorch,
+LiteRT (XNNPACK) and ncnn paths against torchvision's mobilenet_v3_large/small in eager PyTorch and exported by hand
+to ONNX Runtime, to OpenVINO and to ncnn (pnnx), on one core and on all cores, plus the physical floor.
 
     python benchmarks/inference.py                 # the full table, one core then all (long: exports, torch.compile)
     python benchmarks/inference.py --quick         # a smoke run
     python benchmarks/inference.py --cores all --threads 4    # all-core figures only, with 4 threads
     python benchmarks/inference.py --int8-checkpoint runs/x/best.pt   # INT8 agreement on that run's eval set
 
-Ratios are a reference's time over each path's (higher is faster): torchvision eager's, and the faster of the two
+Ratios are a reference's time over each path's (higher is faster): torchvision eager's, and the fastest of the
 by-hand exports' in the same model/batch/threads group. The one-core run is a process of its own pinned to one core
 with CPU affinity, one thread everywhere; the all-core run gives torch, ONNX Runtime (no spinning) and OpenVINO
 (latency hint) the same thread count. A load average above the core count at the start prints a warning: timings

@@ -238,7 +238,8 @@ def inference_section(result: dict) -> list[str]:
     if result.get("notes"):
         lines += [f"Left out: {'; '.join(result['notes'])}.", ""]
     lines += ["Ratios: a reference's time over the path's, in the same model/batch/threads group (above 1: faster). "
-              "By hand: the faster of torchvision's model exported to ONNX Runtime and converted to OpenVINO.", ""]
+              "By hand: the fastest of torchvision's model exported to ONNX Runtime, converted to OpenVINO and "
+              "converted to ncnn with pnnx (its default options).", ""]
     for (cores, threads), rows in groups.items():
         label = _cores_label(cores)
         lines += [f"### {label[0].upper() + label[1:]}" + (f", {threads} thread(s)" if threads else ""), "",

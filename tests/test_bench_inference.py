@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,28 @@ def test_quick_run_with_executorch(tmp_path):
     row = rows["executorch fp32"]
     assert row["batch"] == 1 and row["ms"] > 0
     assert row["speedup_vs_torchvision_eager"] == pytest.approx(rows["torchvision eager"]["ms"] / row["ms"])
+
+
+def test_ncnn_by_hand_joins_the_by_hand_references():
+    rows = add_ratios([_row("torchvision eager", 40.0), _row("torchvision onnxruntime", 10.0),
+                       _row("torchvision openvino", 11.0), _row("torchvision ncnn", 9.0), _row("ncnn fp32", 6.0)])
+    ours = {r["variant"]: r for r in rows}["ncnn fp32"]
+    assert ours["best_by_hand"] == "torchvision ncnn" and ours["speedup_vs_best_by_hand"] == 9.0 / 6.0
+
+
+@pytest.mark.parametrize("variants, modules", [(["ncnn fp32", "torchvision ncnn"], ("ncnn", "pnnx")),
+                                               (["litert fp32"], ("ai_edge_litert", "litert_torch"))])
+def test_phone_runtime_variants_run_a_small_model(variants, modules, tmp_path):
+    """Ours in ncnn and LiteRT (XNNPACK) and torchvision's model converted by pnnx by hand, at 32 px, batch 2:
+    each gives a row of 1000 scores per image, as eager PyTorch does."""
+    from mobilenetv3.benchmarking import inference_callables, unavailable_variants
+
+    if any(importlib.util.find_spec(module) is None for module in modules):
+        runtime = variants[0].split()[0]
+        assert set(unavailable_variants(variants).values()) == {f"{runtime}: not installed"}
+        pytest.skip(f"{runtime} is not installed")
+    assert unavailable_variants(variants) == {}
+    with torch.inference_mode():
+        for variant, run in inference_callables("mobilenetv3_small", 2, 32, variants, tmp_path, threads=1).items():
+            scores = torch.as_tensor(np.stack(run()) if isinstance(run(), list) else run())
+            assert scores.shape == (2, 1000) and torch.isfinite(scores).all(), variant

@@ -23,6 +23,7 @@ from torch import nn
 from .errors import RunError, UsageError
 from .export import (ExecuTorchModule, OpenVinoModule, export_executorch, export_onnx, export_openvino, quantize_onnx,
                      quantize_openvino)
+from .export import formats
 from .export.openvino import check_bf16
 from .models import count_madds, create_model
 from .models.layers import ConvBNAct
@@ -260,6 +261,62 @@ def _executorch(s: _Setup, int8: bool = False) -> Callable[[], object]:
     return lambda: module(s.x)
 
 
+def _litert(s: _Setup) -> Callable[[], object]:
+    """Ours as a ``.tflite`` (``export_litert``), run by ``LiteRtModule``: the LiteRT interpreter with XNNPACK, on
+    ``s.threads`` threads."""
+    from .export.litert import LiteRtModule, export_litert
+
+    path = s.folder / f"{s.name}.tflite"
+    export_litert(s.ours, path, s.example())
+    module = LiteRtModule(path, threads=s.threads)
+    return lambda: module(s.x)
+
+
+def _ncnn(s: _Setup) -> Callable[[], object]:
+    """Ours through ``export_ncnn`` (pnnx, fp32 weights), run by ``NcnnModule`` in fp32 on ``s.threads`` threads,
+    image by image (ncnn takes one image per call)."""
+    from .export.ncnn import NcnnModule, export_ncnn
+
+    path = s.folder / f"{s.name}.ncnn.param"
+    export_ncnn(s.ours, path, s.example())
+    module = NcnnModule(path, precision="fp32", threads=s.threads)
+    return lambda: module(s.x)
+
+
+def _ncnn_by_hand(s: _Setup) -> Callable[[], object]:
+    """torchvision's model converted the way pnnx's README shows a user (a traced TorchScript file, then the
+    ``pnnx`` command with the input shape and its default options: fp16 weights), run by ncnn image by image with
+    its default options (fp16 storage and arithmetic where the CPU has them) on the threads ours gets."""
+    import subprocess
+    import warnings
+
+    import ncnn
+    import numpy as np
+    import pnnx
+
+    traced = s.folder / f"tv_{s.name}.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated
+        torch.jit.trace(torchvision_model(s.name), s.x[:1]).save(str(traced))
+    shape = ",".join(str(n) for n in s.x[:1].shape)
+    subprocess.run([pnnx.EXEC_PATH, str(traced), f"inputshape=[{shape}]"], cwd=s.folder, check=True,
+                   capture_output=True)
+    net = ncnn.Net()
+    net.opt.num_threads = s.threads
+    net.load_param(str(traced.with_suffix(".ncnn.param")))
+    net.load_model(str(traced.with_suffix(".ncnn.bin")))
+
+    def run() -> list:
+        outputs = []
+        for image in s.x.numpy():
+            extractor = net.create_extractor()
+            extractor.input("in0", ncnn.Mat(np.ascontiguousarray(image)).clone())
+            outputs.append(np.array(extractor.extract("out0")[1]))
+        return outputs
+
+    return run
+
+
 def _torchscript(s: _Setup) -> Callable[[], object]:
     import warnings
 
@@ -278,11 +335,13 @@ def _channels_last(model: nn.Module, s: _Setup) -> Callable[[], object]:
 
 
 # Each variant: how to build its forward pass (no argument; runs s.x). torchvision's model is the reference, in
-# eager PyTorch and exported by hand (BY_HAND: the best a user gets without this project, at fp32).
+# eager PyTorch and exported by hand (BY_HAND: the best a user gets without this project, at fp32; ncnn's by hand
+# keeps pnnx's and ncnn's defaults, fp16 weights and fp16 storage where the CPU has it, as a user gets them).
 VARIANT_BUILDERS: dict[str, Callable[[_Setup], Callable[[], object]]] = {
     "torchvision eager": lambda s: _run(torchvision_model(s.name), s.x),
     "torchvision onnxruntime": lambda s: _onnxruntime(torchvision_model(s.name), s, f"tv_{s.name}"),
     "torchvision openvino": _openvino_by_hand,
+    "torchvision ncnn": _ncnn_by_hand,
     "eager": lambda s: _run(s.ours, s.x),
     "eager channels_last": lambda s: _channels_last(copy.deepcopy(s.ours), s),
     "bn folded": lambda s: _channels_last(fold_batchnorm(s.ours), s),
@@ -295,32 +354,25 @@ VARIANT_BUILDERS: dict[str, Callable[[_Setup], Callable[[], object]]] = {
     "openvino bf16": lambda s: _openvino(s, precision="bf16"),
     "executorch fp32": lambda s: _executorch(s),
     "executorch int8": lambda s: _executorch(s, int8=True),
+    "litert fp32": _litert,
+    "ncnn fp32": _ncnn,
 }
 INFERENCE_VARIANTS = tuple(VARIANT_BUILDERS)
-BY_HAND = ("torchvision onnxruntime", "torchvision openvino")
+BY_HAND = ("torchvision onnxruntime", "torchvision openvino", "torchvision ncnn")
 
 
 def unavailable_variants(variants) -> dict[str, str]:
-    """``{variant: reason}`` for each of ``variants`` this machine cannot run (a runtime not installed, bf16 on a
-    CPU without native bf16); the reasons are the one-line notes a run prints."""
-    import importlib.util
-
-    def installed(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except ImportError:  # a parent package that is not there
-            return False
-
+    """``{variant: reason}`` for each of ``variants`` this machine cannot run (a runtime whose extra is not
+    installed, by ``export.formats.TABLE``; bf16 on a CPU without native bf16); the reasons are the one-line notes
+    a run prints."""
     missing = {}
-    openvino = installed("openvino")
-    executorch = installed("executorch") and installed("mobilenetv3.export.executorch")
     for variant in variants:
-        if "openvino" in variant and not openvino:
-            missing[variant] = "openvino: not installed"
+        runtime = variant.removeprefix("torchvision ").split()[0]
+        row = formats.of_runtime(runtime)
+        if row is not None and not formats.installed(row):
+            missing[variant] = f"{runtime}: not installed"
         elif variant == "openvino bf16" and not _native_bf16():
             missing[variant] = "bf16: not native on this CPU"
-        elif variant.startswith("executorch") and not executorch:
-            missing[variant] = "executorch: not installed"
     return missing
 
 
@@ -402,9 +454,10 @@ def _ratio(reference_ms: Optional[float], ms: float) -> Optional[float]:
 
 def add_ratios(rows: list[dict]) -> list[dict]:
     """``rows`` with, within each model/batch/size/threads/cores group: ``speedup_vs_torchvision_eager``;
-    ``speedup_vs_best_by_hand``, against the faster in that group of torchvision's model exported by hand to ONNX
-    Runtime and to OpenVINO (``best_by_hand`` names it); and for an INT8 or bf16 variant ``speedup_vs_own_fp32``,
-    against its runtime's fp32 variant. A ratio whose reference is not among the rows is None."""
+    ``speedup_vs_best_by_hand``, against the fastest in that group of torchvision's model exported by hand to ONNX
+    Runtime, to OpenVINO and to ncnn (``BY_HAND``; ``best_by_hand`` names it); and for an INT8 or bf16 variant
+    ``speedup_vs_own_fp32``, against its runtime's fp32 variant. A ratio whose reference is not among the rows is
+    None."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         key = tuple(row.get(k) for k in ("model", "batch", "size", "threads", "cores"))
