@@ -159,6 +159,31 @@ def test_a_pte_cut_short_is_one_line_for_eval_and_predict(pte, images, tmp_path)
     assert not (tmp_path / "never").exists()
 
 
+def test_the_server_serves_the_pte_as_predict_exported_runs_it(pte, tmp_path):
+    """The server runs a ``.pte`` in ExecuTorch and answers a real image (a Fashion-MNIST test image, made RGB by
+    the eval protocol) with ``mobilenetv3 predict --exported``'s probabilities within 1e-5."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+    from test_serve_formats import TEST_IMAGES, real_image
+
+    from mobilenetv3.server import ServerSettings, create_app, load_served_model
+
+    if not TEST_IMAGES.is_file():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    image = real_image(tmp_path / "boot.png")
+    by_cli = run_cli("predict", image, "--exported", pte[0], "--json", "--topk", CLASSES)
+    assert by_cli.returncode == 0, by_cli.stderr
+    expected = {t["class"]: t["probability"] for t in json.loads(by_cli.stdout)[0]["top"]}
+    served = load_served_model(str(pte[0]))
+    assert (served.runtime, served.precision) == ("executorch", "fp32")
+    with TestClient(create_app(served, ServerSettings(max_delay_ms=0))) as client:
+        answer = client.post(f"/predict?topk={CLASSES}", content=image.read_bytes(),
+                             headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    got = {t["class"]: t["probability"] for t in answer.json()["predictions"][0]["top"]}
+    assert got.keys() == expected.keys() and max(abs(got[k] - expected[k]) for k in got) <= 1e-5, (got, expected)
+
+
 @pytest.fixture(scope="module")
 def int8_export(checkpoint, tmp_path_factory):
     """``mobilenetv3 export --format executorch-int8`` calibrated on 8 images of a small ImageFolder."""
