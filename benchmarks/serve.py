@@ -362,23 +362,25 @@ async def _one_request(port: int, request: bytes, give_up_s: float, idle: list) 
     """One request on an idle kept-alive connection of ``idle`` (or a new one), put back there once answered:
     ``(HTTP status, or what went wrong, seconds)``. A client that has waited ``give_up_s`` closes its
     connection ("gave up")."""
-    started, connection = time.perf_counter(), None
+    started, held = time.perf_counter(), []  # held: the connection in use, to close or put back
+
+    async def send():
+        while True:
+            reused = bool(idle)
+            held[:] = [idle.pop() if reused else await asyncio.open_connection("127.0.0.1", port)]
+            answer = await _exchange(*held[0], request)
+            if answer is not None or not reused:
+                return answer if answer is not None else ("closed", False)
+            held[0][1].close()  # the server had closed it while it was idle: again on a new one
+
     try:
-        async with asyncio.timeout(give_up_s):
-            while True:
-                reused = bool(idle)
-                connection = idle.pop() if reused else await asyncio.open_connection("127.0.0.1", port)
-                answer = await _exchange(*connection, request)
-                if answer is not None or not reused:
-                    break
-                connection[1].close()  # the server had closed it while it was idle: again on a new one
-            status, keep = answer if answer is not None else ("closed", False)
-    except TimeoutError:
+        status, keep = await asyncio.wait_for(send(), give_up_s)
+    except asyncio.TimeoutError:
         status, keep = "gave up", False
     except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as err:
         status, keep = type(err).__name__, False
-    if connection is not None:
-        idle.append(connection) if keep else connection[1].close()
+    if held:
+        idle.append(held[0]) if keep else held[0][1].close()
     return status, time.perf_counter() - started
 
 

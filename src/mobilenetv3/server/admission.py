@@ -88,19 +88,24 @@ class Work:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise BadRequest(413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes")
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+
+        async def read():
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(413, f"upload is over the limit of {limit} bytes")
+                chunks.append(chunk)
+
         try:
-            async with asyncio.timeout(max(self.remaining(), 0)):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise BadRequest(413, f"upload is over the limit of {limit} bytes")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise Refused(408, f"the request body did not arrive within {self.timeout_s:g} s ({size} bytes came)",
-                          {"Connection": "close"}) from None
+            await asyncio.wait_for(read(), max(self.remaining(), 0))  # asyncio.timeout is Python 3.11's
+        except asyncio.TimeoutError:
+            raise Refused(408, f"the request body did not arrive within {self.timeout_s:g} s "
+                               f"({sum(map(len, chunks))} bytes came)", {"Connection": "close"}) from None
         except ClientDisconnect:
-            raise ClientGone(f"the client went away during the upload ({size} bytes came)") from None
+            raise ClientGone(f"the client went away during the upload ({sum(map(len, chunks))} bytes came)") \
+                from None
         return b"".join(chunks)
 
     def watch(self, request) -> None:
