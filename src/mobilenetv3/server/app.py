@@ -1,7 +1,9 @@
 """The HTTP app: the Open Inference Protocol (KServe v2), ``/predict`` for people, ``/metrics`` and a web page.
 
 ``create_app(model, settings)`` returns a Starlette (ASGI) app; ``mobilenetv3.tasks.serve`` runs it under
-uvicorn. Importing this module needs the serve extra (``mobilenetv3.server`` imports it only when asked). Every refusal is a 4xx JSON body ``{"error": "..."}`` naming the problem, and the server goes on.
+uvicorn. Importing this module needs the serve extra (``mobilenetv3.server`` imports it only when asked). Every
+refusal is a JSON body ``{"error": "..."}`` naming the problem (4xx; 503 with ``Retry-After`` when the server is
+full or a request's deadline passed: ``admission``), and the server goes on.
 """
 from __future__ import annotations
 
