@@ -573,10 +573,11 @@ def targets(batching: list[dict], load: dict, costly: dict) -> dict:
         crowd_ratio=row(crowd, TARGETS["crowd_ratio"], crowd >= TARGETS["crowd_ratio"]),
         overload_p99_ratio=row(p99_ratio, TARGETS["overload_p99_ratio"],
                                p99_ratio is not None and p99_ratio <= TARGETS["overload_p99_ratio"]),
-        rejected_p99_ms=row(over["rejected_p99_ms"], TARGETS["rejected_p99_ms"],
-                            over["rejected_p99_ms"] is not None and over["rejected_p99_ms"] <= TARGETS["rejected_p99_ms"]),
+        rejected_p99_ms=row(over["rejected_p99_ms"], TARGETS["rejected_p99_ms"], over["rejected_p99_ms"] is not None
+                            and over["rejected_p99_ms"] <= TARGETS["rejected_p99_ms"]),
         other_statuses=row(other, TARGETS["other_statuses"], other == 0),
-        rss_growth_pct=row(growth, TARGETS["rss_growth_pct"], growth is not None and growth <= TARGETS["rss_growth_pct"]),
+        rss_growth_pct=row(growth, TARGETS["rss_growth_pct"],
+                           growth is not None and growth <= TARGETS["rss_growth_pct"]),
         abandoned_images=row(abandoned, TARGETS["abandoned_images"], abandoned <= 0),
         costly_delay_ms=row(costly["delay_ms"], TARGETS["costly_delay_ms"],
                             costly["delay_ms"] is not None and costly["delay_ms"] <= TARGETS["costly_delay_ms"]),
@@ -651,8 +652,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def describe(args, info: dict, model: str) -> None:
     load = os.getloadavg()[0]
     print(f"machine: {info['cpu']}, {info['cores']} cores, flags {' '.join(info['cpu_flags']) or 'n/a'}")
-    print(f"torch {info['torch']}, python {info['python']}, OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}"
-          f", load average (1 min) {load:.2f}")
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"torch {info['torch']}, python {info['python']}, OMP_NUM_THREADS {threads}, load average (1 min) {load:.2f}")
     if load > (info["cores"] or 1):
         print(f"warning: the load average {load:.2f} is above the {info['cores']} cores: something else is busy, "
               "and the numbers below mean little")

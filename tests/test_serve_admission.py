@@ -18,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from serving import PREPROCESSING, jpeg_bytes, live_server, png_header_only, write_served_model
 from mobilenetv3.data.transforms import Preprocessing
 from mobilenetv3.server import ServedModel, ServerSettings, create_app
+
+from serving import PREPROCESSING, jpeg_bytes, live_server, png_header_only, write_served_model
 
 pytest.importorskip("uvicorn")
 from mobilenetv3.server import app as app_module  # noqa: E402
