@@ -4,6 +4,7 @@ mid-upload is one log line and a 499; a slow body gets 408; silent and slow-lori
 request over the pixel budget is refused before decoding; a costly upload decodes in its own lane. Each bad
 input is followed by a good request that succeeds. The "model" is a stub whose runs can be held (``gate``),
 so that what is queued, and for how long, does not depend on the machine's speed."""
+import asyncio
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ from serving import PREPROCESSING, jpeg_bytes, live_server, png_header_only, wri
 
 pytest.importorskip("uvicorn")
 from mobilenetv3.server import app as app_module  # noqa: E402
-from mobilenetv3.server.admission import HEAVY_PIXELS  # noqa: E402
+from mobilenetv3.server.admission import HEAVY_PIXELS, ClientGone, DecodeLanes, Expired, Work  # noqa: E402
 from mobilenetv3.server.connections import http_protocol  # noqa: E402
 from mobilenetv3.server.uploads import decoded_pixels  # noqa: E402
 
@@ -296,3 +297,21 @@ def test_a_v2_shape_whose_size_overflows_is_refused_with_a_4xx():
         answer = httpx.post(f"{url}/v2/models/tiny/infer", json=dict(inputs=[good]), timeout=30)
         assert answer.status_code == 200, answer.text
         assert json.loads(answer.text)["outputs"][0]["shape"] == [1, 3]
+
+
+def test_decoding_is_not_started_for_a_request_no_longer_wanted():
+    lanes, calls = DecodeLanes(1), []
+    gone, late, wanted = Work(10), Work(0.001), Work(10)
+    gone.gone = True
+    time.sleep(0.01)  # late's deadline passes
+
+    async def decode_each():
+        return await asyncio.gather(*(lanes.run(work, calls.append, name) for work, name in
+                                      ((gone, "gone"), (late, "late"), (wanted, "wanted"))), return_exceptions=True)
+
+    try:
+        answers = asyncio.run(decode_each())
+    finally:
+        lanes.shutdown()
+    assert isinstance(answers[0], ClientGone) and isinstance(answers[1], Expired) and answers[1].status == 503
+    assert calls == ["wanted"]
