@@ -63,7 +63,8 @@ class Format:
     int8: bool = False
     fp32_of: Optional[str] = None  # INT8: the fp32 format it is quantised from and compared with
     precisions: tuple[str, ...] = ("fp32",)  # what a file of it computes in
-    options: tuple[str, ...] = ()  # export options of this format only: "nhwc" (LiteRT), "precision" (Core ML)
+    options: tuple[str, ...] = ()  # export options of this format only: "nhwc" (LiteRT), "precision" (Core ML),
+    # "int8_settings" (OpenVINO INT8's Int8Settings; its file records how it was quantised, read_int8_info)
     companions: Callable[[Path], tuple[Path, ...]] = lambda path: ()  # files written beside it
     check_output: Callable[[Path], None] = lambda path: None  # its output path is of its kind (before writing)
     check_file: Optional[Callable[[Path, nn.Module, Optional[str]], dict]] = None  # checked, not run, at export
@@ -259,7 +260,8 @@ TABLE: tuple[Format, ...] = (
     Format("pt2", ".pt2", "pt2", "a torch.export program", "a torch.export .pt2", (".pt2",),
            write=_write_plain(torch_formats.export_pt2), open=_open_torch_program("pt2"), **_TORCH),
     Format("openvino", ".xml", write=_write_plain(openvino.export_openvino), **_OPENVINO),
-    Format("openvino-int8", ".int8.xml", write=_write_openvino_int8, int8=True, fp32_of="openvino", **_OPENVINO),
+    Format("openvino-int8", ".int8.xml", write=_write_openvino_int8, int8=True, fp32_of="openvino",
+           options=("int8_settings",), **_OPENVINO),
     Format("executorch", ".pte", write=_write_executorch, **_EXECUTORCH),
     Format("executorch-int8", ".int8.pte", write=_write_executorch_int8, int8=True, fp32_of="executorch",
            **_EXECUTORCH),

@@ -70,7 +70,7 @@ def open_exported(path, runtime: Optional[str] = None, precision: Optional[str] 
     _check_runtime(path, row, runtime)
     runtime = runtime or row.runtime
     if precision not in (None, "fp32") and runtime != "openvino":
-        runner = {"pytorch": "PyTorch", "executorch": "ExecuTorch"}.get(runtime, runtime)
+        runner = row.runs_in.split(" (")[0]  # "ExecuTorch (--runtime executorch)": ExecuTorch
         raise UsageError(f"--precision {precision} is OpenVINO's: "
                          + ("add --runtime openvino" if "openvino" in row.runtimes else
                             f"{runner} runs {path} as exported"))

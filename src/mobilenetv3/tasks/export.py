@@ -118,7 +118,7 @@ def export_model(source: Optional[str] = None, *, format: str = "onnx", output: 
                                   "the weights to export"))
     row = format_row(format)
     _check_counts(calibration_images, verify_images)
-    int8 = _int8_settings(format, keep_fp32, int8_overflow_fix, int8_ranges, int8_max_drop, int8_validation_images)
+    int8 = _int8_settings(row, keep_fp32, int8_overflow_fix, int8_ranges, int8_max_drop, int8_validation_images)
     _check_format_options(row, precision, nhwc)
     row.extra()  # before the weights and the data are read
     weights = read_weights(source, ema=ema)
@@ -181,7 +181,7 @@ def _export_and_score(model: nn.Module, format: str, path: Path, example: torch.
                           calibration_sample=data.calibration_sample, delegation=figures.get("delegation"),
                           validation_sample=data.validation_sample, dataset=model.dataset,
                           operators=figures.get("operators"), fp16=figures.get("fp16"), coreml=figures.get("coreml"))
-    if format == "openvino-int8":
+    if "int8_settings" in format_row(format).options:
         result.int8 = read_int8_info(path)
     if format_row(format).int8 and data.val is not None:
         stages.begin(f"scoring INT8 and fp32 on the {len(data.val):,} validation images")
@@ -213,17 +213,18 @@ def _check_classes(model, val: Dataset, guessed: bool) -> None:
                          "the model's own data")
 
 
-def _int8_settings(format: str, keep_fp32: Optional[Sequence[str]], overflow_fix: Optional[str],
+def _int8_settings(row: Format, keep_fp32: Optional[Sequence[str]], overflow_fix: Optional[str],
                    ranges: Optional[str], max_drop: Optional[float],
                    validation_images: Optional[int]) -> Optional[Int8Settings]:
     """OpenVINO INT8's settings given (``None``: the default each), checked once; ``None`` for other formats,
     which take none of them."""
     given = {"--keep-fp32": keep_fp32, "--int8-overflow-fix": overflow_fix, "--int8-ranges": ranges,
              "--int8-max-drop": max_drop, "--int8-validation-images": validation_images}
-    if format != "openvino-int8":
+    if "int8_settings" not in row.options:
         named = [flag for flag, value in given.items() if value is not None]
         if named:
-            raise UsageError(f"{', '.join(named)}: a setting of --format openvino-int8")
+            owners = " and ".join(each.name for each in TABLE if "int8_settings" in each.options)
+            raise UsageError(f"{', '.join(named)}: a setting of --format {owners}")
         return None
     settings = dict(keep_fp32=keep_fp32, overflow_fix=overflow_fix, activation_ranges=ranges, max_drop=max_drop,
                     validation_images=validation_images)
