@@ -448,8 +448,8 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--grpc-port", type=int, help="also serve the Open Inference Protocol over gRPC on this port "
                                                  "(Triton's GRPCInferenceService; default: no gRPC)")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                   help="auto: ONNX Runtime for .onnx, OpenVINO for .xml, PyTorch for weights; onnxruntime and "
-                        "openvino export weights first")
+                   help="auto: each exported file's own runtime (ONNX Runtime for .onnx, OpenVINO for .xml, ...), "
+                        "PyTorch for weights; another runtime exports weights first")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="OpenVINO's inference precision (default fp32; bf16 "
                                                                "only on a CPU with native bf16)")
     p.add_argument("--max-batch", type=int, default=32, help="most images in one model run (1: no batching)")
