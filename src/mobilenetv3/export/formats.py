@@ -81,6 +81,10 @@ class Format:
     def runs_here(self) -> bool:
         return not self.systems or platform.system() in self.systems
 
+    def systems_named(self) -> str:
+        """"macOS": the systems it runs on, as their users call them."""
+        return " or ".join({"Darwin": "macOS"}.get(system, system) for system in self.systems)
+
 
 def no_extra() -> None:
     """Formats written by what the project always installs (PyTorch, ONNX Runtime)."""

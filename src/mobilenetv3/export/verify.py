@@ -129,9 +129,9 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
     options = WriteOptions(calibration, calibration_info, int8, stages, nhwc, precision)
     written = row.write(model, path, example, softmax, options)
     if row.check_file is not None:
-        stages.begin(f"checking {path.name}'s program (Core ML predicts only on macOS)")
+        stages.begin(f"checking {path.name}'s program (it runs only on {row.systems_named()})")
         return dict(written, path=str(path), format=fmt, softmax=True,
-                    coreml=row.check_file(path, model, precision or "fp16"))
+                    **{row.kind: row.check_file(path, model, precision or row.precisions[0])})
     stages.begin(f"verifying {path.name} in its runtime against PyTorch")
     runtime = load_exported(path, fmt)
     generator = torch.Generator().manual_seed(0)

@@ -12,7 +12,7 @@ import torch
 
 from ..data.transforms import Preprocessing
 from ..errors import UsageError
-from ..export.formats import TABLE, Format, kind_of_name, runtimes
+from ..export.formats import TABLE, kind_of_name, runtimes
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,12 @@ def check_runtime(path: Path, runtime: str) -> None:
     if row is None:
         return
     if not row.runs_here():
-        raise UsageError(f"{path} is {row.what}: it runs only on {' or '.join(_system_names(row))}, not on "
-                         f"{platform.system()}")
+        raise UsageError(f"{path} is {row.what}: it runs only on {row.systems_named()}, not on {platform.system()}")
     if runtime == "torch" and row.runtime != "pytorch":
         raise UsageError(f"{path} is an exported file: serve it with --runtime {row.runtime}")
     served = ["torch" if each == "pytorch" else each for each in row.runtimes]
     if runtime not in ("auto", *served):
         raise UsageError(f"{path} is {row.what}: serve it with --runtime {' or '.join(served)} (or auto)")
-
-
-def _system_names(row: Format) -> list[str]:
-    return [{"Darwin": "macOS"}.get(system, system) for system in row.systems]
 
 
 def _from_exported(path: Path, source: Path, runtime: Optional[str], name: Optional[str], threads: Optional[int],
