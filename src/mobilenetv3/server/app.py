@@ -98,10 +98,11 @@ class ServerSettings:
         return self.max_request_pixels if self.max_request_pixels is not None else self.max_pixels
 
 
-def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSettings = ServerSettings()):
+def create_app(models: Union[ServedModel, ModelRepository], settings: Optional[ServerSettings] = None):
     """The ASGI app serving ``models``: one model, or a repository of them (``repository.ModelRepository``). The
     models' batchers and the decoding threads start and stop with the app's lifespan (stopping finishes the
-    requests already in the batchers)."""
+    requests already in the batchers). ``settings`` default to ``ServerSettings()``."""
+    settings = settings or ServerSettings()
     allow_pixels(settings.max_pixels)
     metrics = Metrics()
     if isinstance(models, ServedModel):
@@ -137,7 +138,14 @@ def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSett
         decoders.shutdown()
         metrics.close()
 
-    routes = [
+    return Starlette(routes=_routes(server), lifespan=lifespan, exception_handlers={HTTPException: _http_error},
+                     middleware=[Middleware(RequestIds, access_log=settings.access_log)])
+
+
+def _routes(server: "_Endpoints") -> list:
+    """The paths: the page, /predict and /metrics for people and Prometheus; the Open Inference Protocol under /v2
+    (versioned paths, the statistics and repository extensions)."""
+    return [
         Route("/", server.page, methods=["GET"]),
         Route("/predict", server.predict, methods=["POST"]),
         Route("/metrics", server.metrics, methods=["GET"]),
@@ -157,8 +165,6 @@ def create_app(models: Union[ServedModel, ModelRepository], settings: ServerSett
         Route("/v2/repository/models/{name}/load", server.repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", server.repository_unload, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error},
-                     middleware=[Middleware(RequestIds, access_log=settings.access_log)])
 
 
 def _both(first: Callable, second: Callable) -> Callable:

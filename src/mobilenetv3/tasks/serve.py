@@ -70,14 +70,8 @@ def serve(source: Union[str, Sequence[str], None] = None, *, host: str = "127.0.
                                  lambda path: check_runtime(path, runtime))
     _check_listening(host, port, options.api_key)
     _check_grpc(host, port, options.grpc_port)
-    scheme = "https" if ssl_certfile else "http"
-    address = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
-    from ..server.connections import http_protocol
-
-    common = dict(host=host, port=port, access_log=False, log_level="info",
-                  timeout_graceful_shutdown=max(grace_s - SHUTDOWN_MARGIN_S, 0.1),
-                  timeout_keep_alive=keep_alive_s, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                  http=http_protocol(header_timeout_s))
+    address = f"{'https' if ssl_certfile else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/"
+    common = _uvicorn_options(host, port, keep_alive_s, header_timeout_s, grace_s, ssl_certfile, ssl_keyfile)
     with _sigterm_ends_quietly():
         if workers == 1:
             repository.preload()  # a file that does not load: one line, exit 2, before listening
@@ -85,13 +79,29 @@ def serve(source: Union[str, Sequence[str], None] = None, *, host: str = "127.0.
             uvicorn.run(create_app(repository, options), **common)
             return
         log.info("serving %s on %s with %d workers, each loading the models", ", ".join(paths), address, workers)
-        from ..server.metrics import multiprocess_folder
+        _run_workers(uvicorn, dict(paths=paths, runtime=runtime, name=name, threads=threads, precision=precision,
+                                   settings=asdict(options)), workers, common)
 
-        with multiprocess_folder():  # the workers' metrics, added up at each scrape; removed at exit
-            os.environ[ENVIRONMENT_KEY] = json.dumps(dict(paths=paths, runtime=runtime, name=name, threads=threads,
-                                                          precision=precision, settings=asdict(options)))
-            uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers,
-                        timeout_worker_healthcheck=WORKER_START_S, **common)
+
+def _uvicorn_options(host: str, port: int, keep_alive_s: int, header_timeout_s: float, grace_s: float,
+                     ssl_certfile: Optional[str], ssl_keyfile: Optional[str]) -> dict:
+    """What uvicorn is told: where to listen, TLS, the idle, header and shutdown time-outs (the access log is ours:
+    ``server.access``, with request ids)."""
+    from ..server.connections import http_protocol
+
+    return dict(host=host, port=port, access_log=False, log_level="info",
+                timeout_graceful_shutdown=max(grace_s - SHUTDOWN_MARGIN_S, 0.1), timeout_keep_alive=keep_alive_s,
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, http=http_protocol(header_timeout_s))
+
+
+def _run_workers(uvicorn, served: dict, workers: int, common: dict) -> None:
+    """uvicorn's worker processes, each building its app from ``served`` (``app_from_environment``)."""
+    from ..server.metrics import multiprocess_folder
+
+    with multiprocess_folder():  # the workers' metrics, added up at each scrape; removed at exit
+        os.environ[ENVIRONMENT_KEY] = json.dumps(served)
+        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers,
+                    timeout_worker_healthcheck=WORKER_START_S, **common)
 
 
 def app_from_environment():
