@@ -153,3 +153,19 @@ def test_a_missing_extra_is_one_line_naming_it(row, monkeypatch):
     with pytest.raises(UsageError, match=r"needs the \w+ extra: pip install 'mobilenetv3\[\w+\]'") as raised:
         formats.get(row.name).extra()
     assert "\n" not in str(raised.value)
+
+
+def test_openvino_int8_settings_are_one_object_checked_when_made():
+    from mobilenetv3.export import DEFAULT_VALIDATION_IMAGES, Int8Settings
+
+    assert Int8Settings().images_to_validate == 0 and Int8Settings().keep_fp32 == ("se", "classifier")
+    assert Int8Settings(max_drop=0.01).images_to_validate == DEFAULT_VALIDATION_IMAGES
+    assert Int8Settings(keep_fp32=["se"], max_drop=0.01, validation_images=10).images_to_validate == 10
+    for bad, says in ((dict(keep_fp32=("stem",)), "cannot keep stem in fp32"),
+                      (dict(overflow_fix="always"), "unknown --int8-overflow-fix 'always'"),
+                      (dict(activation_ranges="max"), "unknown --int8-ranges 'max'"),
+                      (dict(max_drop=2.0), "--int8-max-drop must be a fraction between 0 and 1"),
+                      (dict(validation_images=5), "a setting of accuracy control: give --int8-max-drop too"),
+                      (dict(max_drop=0.1, validation_images=0), "--int8-validation-images must be at least 1")):
+        with pytest.raises(UsageError, match=says):
+            Int8Settings(**bad)
