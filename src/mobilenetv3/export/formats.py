@@ -82,7 +82,7 @@ class Format:
         return not self.systems or platform.system() in self.systems
 
     def systems_named(self) -> str:
-        """"macOS": the systems it runs on, as their users call them."""
+        """The systems it runs on, as their users call them ("macOS")."""
         return " or ".join({"Darwin": "macOS"}.get(system, system) for system in self.systems)
 
 
