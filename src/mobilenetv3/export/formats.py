@@ -68,6 +68,8 @@ class Format:
     companions: Callable[[Path], tuple[Path, ...]] = lambda path: ()  # files written beside it
     check_output: Callable[[Path], None] = lambda path: None  # its output path is of its kind (before writing)
     check_file: Optional[Callable[[Path, nn.Module, Optional[str]], dict]] = None  # checked, not run, at export
+    reported: tuple[tuple[str, Callable[[Path], nn.Module]], ...] = ()  # other ways its runtime runs it: compared
+    # with PyTorch at export and reported under their name, not bounded (ncnn: "fp16", its default storage)
     own_files: str = ""  # what its runtime runs, where that runtime runs nothing else ("ExecuTorch programs (.pte)")
     no_threads: str = ""  # why ``threads`` is not a setting of it ("{path}": the file)
     systems: tuple[str, ...] = ()  # the platform.system() values it runs on (empty: any)
@@ -204,6 +206,10 @@ def _open_ncnn(path, runtime, precision, threads) -> nn.Module:
     return ncnn.NcnnModule(path, precision="fp32", threads=threads)
 
 
+def _open_ncnn_fp16(path) -> nn.Module:
+    return ncnn.NcnnModule(path, precision="fp16")
+
+
 def _open_coreml(path, runtime, precision, threads) -> nn.Module:
     return coreml.open_coreml(path)
 
@@ -278,7 +284,7 @@ TABLE: tuple[Format, ...] = (
            no_threads="Core ML picks its own compute units: threads is not a setting of an .mlpackage"),
     Format("ncnn", ".ncnn.param", "ncnn", "an ncnn model", "an ncnn .ncnn.param", (".ncnn.param",), ("ncnn",),
            "ncnn (leave --runtime out)", ncnn.import_pnnx, ("ncnn", "pnnx"), _write_ncnn, _open_ncnn,
-           precisions=ncnn.PRECISIONS,
+           precisions=ncnn.PRECISIONS, reported=(("fp16", _open_ncnn_fp16),),
            companions=ncnn.companions, check_output=ncnn.check_param_path, own_files="its own files (.ncnn.param)"),
 )
 FORMATS_BY_NAME = {row.name: row for row in TABLE}

@@ -12,7 +12,6 @@ from ..progress import Stages
 from . import formats
 from .common import WithSoftmax
 from .formats import WriteOptions, int8_source_path
-from .ncnn import NcnnModule
 from .openvino import PRECISIONS, Int8Settings
 from .torch_formats import is_torchscript
 
@@ -141,8 +140,8 @@ def export_verified(model: nn.Module, fmt: str, path: Path, example: torch.Tenso
     real_inputs = list(real_inputs)
     if real_inputs:
         figures["real"] = compare(reference, runtime, real_inputs)
-    if fmt == "ncnn":  # ncnn's default: fp16 storage and arithmetic where the CPU has them; reported, not bounded
-        written["fp16"] = compare(reference, NcnnModule(path, precision="fp16"), real_inputs or random_inputs)
+    for name, open_as in row.reported:  # ncnn's fp16: its default storage and arithmetic, reported, not bounded
+        written[name] = compare(reference, open_as(path), real_inputs or random_inputs)
     if not row.int8:
         worst = max(f["max_abs_diff"] for f in figures.values())
         if worst > tolerance:
