@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from conftest import run_cli
 from mobilenetv3.cli import main
+
+from conftest import run_cli
 
 SUBCOMMANDS = ["train", "eval", "export", "predict", "convert", "bench", "info"]
 

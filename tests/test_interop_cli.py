@@ -7,11 +7,12 @@ import torch
 import torchvision
 
 import mobilenetv3
-from builders import write_crc_ckpt
 from mobilenetv3 import weights as wts
 from mobilenetv3.config import load_config
 from mobilenetv3.convert import read_ckpt, to_mindspore, write_ckpt
 from mobilenetv3.models import create_model
+
+from builders import write_crc_ckpt
 from conftest import MINDSPORE_FIXTURES, needs_mindspore_fixture, run_cli
 
 FIXTURES = MINDSPORE_FIXTURES
