@@ -22,8 +22,16 @@ from export_check_fixtures import CLASSES, RECORD, SYNTHETIC, export_checkpoint
 pytest.importorskip("executorch")
 
 from mobilenetv3.errors import UsageError  # noqa: E402
-from mobilenetv3.export import (CALIBRATION_KEY, INT8_KEY, MAX_BATCH, METADATA_KEY, ExecuTorchModule,  # noqa: E402
-                                describe, export_verified, open_exported)
+from mobilenetv3.export import (  # noqa: E402
+    CALIBRATION_KEY,
+    INT8_KEY,
+    MAX_BATCH,
+    METADATA_KEY,
+    ExecuTorchModule,
+    describe,
+    export_verified,
+    open_exported,
+)
 
 pytest_plugins = ["export_check_fixtures"]  # the fixtures checkpoint and images
 

@@ -16,8 +16,7 @@ from export_check_fixtures import CLASSES, RECORD, SYNTHETIC, export_checkpoint
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from mobilenetv3.export import (CALIBRATION_KEY, INT8_KEY, METADATA_KEY, OpenVinoModule, export_verified,  # noqa: E402
-                                open_exported)
+from mobilenetv3.export import CALIBRATION_KEY, INT8_KEY, METADATA_KEY, OpenVinoModule, export_verified, open_exported  # noqa: E402
 
 pytest_plugins = ["export_check_fixtures"]  # the fixtures checkpoint and images
 

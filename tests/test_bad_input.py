@@ -21,9 +21,22 @@ import pytest
 import torch
 from PIL import Image
 
-from builders import (IDX_COUNTS, CodeRunningPayload, idx_bytes, tiny_config, tiny_flags, truncate, write_cifar_bin,
-                      write_cifar_records, write_crc_ckpt, write_idx, write_image, write_image_folder,
-                      write_random_bytes, write_weights)
+from builders import (
+    IDX_COUNTS,
+    CodeRunningPayload,
+    idx_bytes,
+    tiny_config,
+    tiny_flags,
+    truncate,
+    write_cifar_bin,
+    write_cifar_records,
+    write_crc_ckpt,
+    write_idx,
+    write_image,
+    write_image_folder,
+    write_random_bytes,
+    write_weights,
+)
 from conftest import mindspore_fixture, run_cli
 
 # how the error line starts, by exit code ("mobilenetv3: error: ..." when no command was recognised)

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from mobilenetv3.benchmarking import add_ratios, affinity, core_modes
-from mobilenetv3.tasks.bench import run_bench
 from mobilenetv3.errors import UsageError
+from mobilenetv3.tasks.bench import run_bench
+
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_ONLY = ["torchvision eager", "eager"]  # no exports: a run of a few seconds

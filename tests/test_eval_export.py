@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from builders import write_weights
-from conftest import run_cli
 from mobilenetv3.data import build_dataset
 from mobilenetv3.export import FORMATS, SUFFIXES, export_verified, load_exported
 from mobilenetv3.models import create_model
+
+from builders import write_weights
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 BIAS = [0.0, 4.0, 0.0, 9.0, 0.0, 3.0, 2.0, 1.0, 0.0, -1.0]  # ranking: 3, 1, 5, 6, 7, ...

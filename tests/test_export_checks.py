@@ -12,6 +12,7 @@ from PIL import Image
 
 from mobilenetv3 import weights as wts
 from mobilenetv3.models import create_model
+
 from conftest import not_progress, run_cli
 
 CLASSES = 4

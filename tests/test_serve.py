@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from conftest import mindspore_fixture, needs_mindspore_fixture
-from serving import PREPROCESSING, jpeg_bytes, live_server, png_header_only, write_images, write_served_model
 from mobilenetv3 import predict
 from mobilenetv3.server import ServerSettings, create_app, load_served_model
+
+from conftest import mindspore_fixture, needs_mindspore_fixture
+from serving import PREPROCESSING, jpeg_bytes, live_server, png_header_only, write_images, write_served_model
 
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402

@@ -21,9 +21,16 @@ import torch
 from torch import nn
 
 from .errors import RunError, UsageError
-from .export import (ExecuTorchModule, OpenVinoModule, export_executorch, export_onnx, export_openvino, quantize_onnx,
-                     quantize_openvino)
-from .export import formats
+from .export import (
+    ExecuTorchModule,
+    OpenVinoModule,
+    export_executorch,
+    export_onnx,
+    export_openvino,
+    formats,
+    quantize_onnx,
+    quantize_openvino,
+)
 from .export.openvino import check_bf16
 from .models import count_madds, create_model
 from .models.layers import ConvBNAct

@@ -120,8 +120,10 @@ def _check_pte(path: Path) -> None:
 def _quantize(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
     """``module`` (a ``torch.export`` graph) with int8 quantise/dequantise pairs where XNNPACK's quantizer puts
     them, activation ranges observed on every calibration image (in slices the exported batch range takes)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))

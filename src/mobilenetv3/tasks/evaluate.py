@@ -145,8 +145,8 @@ def write_report(result: EvalResult) -> dict:
         result.reports = write_eval_report(out, metrics, result.classes, meta)
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise SettingError("out_dir", f"{out}: cannot write the report to this folder ({reason}: {err.filename or out}); "
-                           "give a folder that can be written") from None
+        raise SettingError("out_dir", f"{out}: cannot write the report to this folder ({reason}: "
+                                      f"{err.filename or out}); give a folder that can be written") from None
     return result.reports
 
 
