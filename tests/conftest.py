@@ -22,17 +22,6 @@ import torch  # noqa: E402 - after the switch above, which must come before anyt
 # it is imported before pytest would load it: registered here, its asserts are rewritten as a test's.
 pytest.register_assert_rewrite("export_check_fixtures")
 
-# The tests that run gRPC servers and clients in this process go last. gRPC's C-core keeps native threads in the
-# process after its servers and channels close, and forking beside them (every later subprocess) killed the suite's
-# process with SIGSEGV, silently, 100-200 tests later: three full runs of 2026-12-05 died in test_train.py's
-# subprocess tests or the browser test, and the same run without these two files passed (857 tests). Last, only
-# their own subprocesses fork beside those threads, as when the files run alone (they pass).
-GRPC_IN_PROCESS = ("test_serve_triton.py", "test_serve_repository.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name in GRPC_IN_PROCESS)  # stable: every other test keeps its order
-
 
 # One intra-op thread in this process and in every process the tests start (they inherit OMP_NUM_THREADS). The
 # models here are tiny and gain nothing from a second thread, while on two cores that anything else keeps busy,
